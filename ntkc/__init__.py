@@ -1,0 +1,13 @@
+"""ntkc: a compiler for infinitely wide neural networks.
+
+    model = ntkc.load("examples/erf_mlp.ntk")
+    k = model.kernel(x_train)              # .nngp, .ntk Gram matrices
+    model.formulas()                        # the derived recursion, as sympy
+"""
+
+__version__ = "0.1.0"
+
+from .errors import SpecError  # noqa: E402
+from .runtime import Model, load  # noqa: E402
+
+__all__ = ["Model", "SpecError", "load", "__version__"]

@@ -1,0 +1,239 @@
+"""AST → IR: resolve names, check each op's arguments against its rule's
+signature, and build the sympy values (params, coefficients, nonlinearities)."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+
+import sympy
+
+from . import ast
+from .duals import BUILTINS, as_expr, builtin_dual, polynomial_dual
+from .errors import Pos, Reporter
+from .expr import linear_terms, number, to_sympy
+from .ir import Node, Param, Program, Shape
+from .quadrature import quadrature_dual
+from .rules import REQUIRED, RULES, Arg
+
+# Ops of the language that this version does not build yet (convolutional inputs).
+PLANNED_OPS = {"conv", "avg_pool", "sum_pool", "global_avg_pool", "global_sum_pool", "flatten"}
+CALLABLE_OPS = {"dense", "concat", "layer_norm"}
+INPUT_KINDS = {"vector": 1, "sequence": 2, "image": 3}
+RESERVED = set(CALLABLE_OPS) | PLANNED_OPS | set(BUILTINS)
+
+
+def _suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class Builder:
+    def __init__(self, module: ast.Module, filename: str, source: str, reporter: Reporter):
+        self.module = module
+        self.filename = filename
+        self.source = source
+        self.r = reporter
+        self.params: dict[str, Param] = {}
+        self.nonlins: dict[str, tuple] = {}  # name → (dual, pos)
+        self.nodes: dict[str, Node] = {}
+        self.defined_at: dict[str, Pos] = {}
+        self.used: set[str] = set()
+        self.network: str | None = None
+        self.parameterization = "ntk"
+        self.input: str | None = None
+        self.output: tuple[str, Pos] | None = None
+
+    # -- names ----------------------------------------------------------------------------
+    def _define(self, name: str, pos: Pos, what: str) -> None:
+        if name in self.defined_at:
+            line = self.defined_at[name].line
+            raise self.r.fail(f"'{name}' is already defined on line {line}", pos)
+        if name in RESERVED:
+            raise self.r.fail(f"'{name}' is the name of a built-in op; pick another name", pos)
+        self.defined_at[name] = pos
+
+    def _scalar(self, e: ast.Expr, what: str) -> sympy.Expr:
+        names = {k: p.symbol for k, p in self.params.items()}
+        value = to_sympy(e, names, self.r, what)
+        self.used.update(s.name for s in value.free_symbols)
+        return value
+
+    def _layer(self, e: ast.Expr, op: str) -> str:
+        if not isinstance(e, ast.Name):
+            raise self.r.fail(f"{op} takes a line name here, not an expression", e.pos)
+        if e.id not in self.nodes:
+            if e.id in self.params:
+                raise self.r.fail(f"'{e.id}' is a param, but {op} needs a layer", e.pos)
+            raise self.r.fail(f"undefined name '{e.id}'{_suggest(e.id, self.nodes)}", e.pos)
+        self.used.add(e.id)
+        return e.id
+
+    # -- statements -----------------------------------------------------------------------
+    def build(self) -> Program:
+        for st in self.module.statements:
+            getattr(self, "_" + type(st).__name__)(st)
+        if self.input is None:
+            raise self.r.fail("no input: declare one, e.g. 'input x : vector[784]'", None)
+        if self.output is None:
+            last = len(self.source.rstrip("\n").splitlines()) or 1
+            raise self.r.fail("no output: end the network with 'output <line>'", Pos(last, 1))
+        network = self.network or re.sub(r"\W", "_", Path(self.filename).stem) or "network"
+        return Program(network, self.parameterization, self.params, self.nodes, self.input,
+                       self.output[0], self.filename, self.source)
+
+    def _NetworkDecl(self, st: ast.NetworkDecl) -> None:
+        if self.network is not None:
+            raise self.r.fail("the network is already named", st.pos)
+        self.network = st.name
+
+    def _ParameterizationDecl(self, st: ast.ParameterizationDecl) -> None:
+        if st.name not in ("ntk", "standard"):
+            raise self.r.fail(
+                f"unknown parameterization '{st.name}' (use ntk or standard)", st.pos)
+        self.parameterization = st.name
+
+    def _ParamDecl(self, st: ast.ParamDecl) -> None:
+        self._define(st.name, st.pos, "param")
+        value = to_sympy(st.default, {}, self.r, f"the default of param '{st.name}'")
+        self.params[st.name] = Param(st.name, sympy.Symbol(st.name, real=True), float(value),
+                                     st.pos)
+
+    def _InputDecl(self, st: ast.InputDecl) -> None:
+        if self.input is not None:
+            raise self.r.fail("only one input is supported", st.pos)
+        if st.kind not in INPUT_KINDS:
+            raise self.r.fail(f"unknown input kind '{st.kind}' (vector, sequence or image)",
+                              st.kind_pos)
+        if len(st.dims) != INPUT_KINDS[st.kind]:
+            raise self.r.fail(f"{st.kind} takes {INPUT_KINDS[st.kind]} size(s), "
+                              f"got {len(st.dims)}", st.kind_pos)
+        if st.kind != "vector":
+            raise self.r.fail(f"{st.kind} inputs (convolutional networks) are not supported "
+                              "by this version yet; use vector[d]", st.kind_pos)
+        if 0 in st.dims:
+            raise self.r.fail("input sizes must be positive", st.kind_pos)
+        self._define(st.name, st.pos, "input")
+        shape = Shape(st.kind, tuple(st.dims[:-1]), st.dims[-1])
+        self.nodes[st.name] = Node(st.name, "input", (), {}, st.pos, shape)
+        self.input = st.name
+
+    def _NonlinDecl(self, st: ast.NonlinDecl) -> None:
+        self._define(st.name, st.pos, "nonlin")
+        z = sympy.Symbol(st.var, real=True)
+        names = {k: p.symbol for k, p in self.params.items()}
+        names[st.var] = z
+        body = to_sympy(st.body, names, self.r, f"nonlin {st.name}", functions=True)
+        self.used.update(s.name for s in body.free_symbols if s != z)
+        if z not in body.free_symbols:
+            raise self.r.fail(f"nonlin {st.name} does not depend on {st.var}", st.body.pos)
+        if body.is_polynomial(z):
+            coefs = sympy.Poly(body, z).all_coeffs()[::-1]
+            dual = polynomial_dual(st.name, coefs)
+        else:
+            dual = quadrature_dual(st.name, body, z)
+        self.nonlins[st.name] = (dual, st.pos, body)
+
+    def _OutputDecl(self, st: ast.OutputDecl) -> None:
+        if self.output is not None:
+            raise self.r.fail("only one output is supported", st.pos)
+        self._layer(ast.Name(st.name, st.pos), "output")
+        self.output = (st.name, st.pos)
+
+    def _Assign(self, st: ast.Assign) -> None:
+        self._define(st.target, st.pos, "line")
+        v = st.value
+        if isinstance(v, ast.Call):
+            node = self._call(st.target, v)
+        else:
+            terms = linear_terms(
+                v, lambda n: n in self.nodes, lambda e: self._scalar(e, "a coefficient"), self.r)
+            for name in terms:
+                self._layer(ast.Name(name, st.pos), "a linear combination")
+            node = Node(st.target, "lincomb", tuple(terms),
+                        {"terms": tuple((c, n) for n, c in terms.items())}, st.pos)
+        self.nodes[st.target] = node
+
+    # -- op calls -------------------------------------------------------------------------
+    def _call(self, target: str, c: ast.Call) -> Node:
+        if c.func in CALLABLE_OPS:
+            rule = RULES[c.func]
+            n_in = rule.n_inputs
+            layers = c.args if n_in is None else c.args[:n_in]
+            extra = () if n_in is None else c.args[n_in:]
+            if n_in is None and not layers or n_in is not None and len(layers) < n_in:
+                raise self.r.fail(f"{c.func} needs {n_in or 'one or more'} input line(s)",
+                                  c.func_pos)
+            inputs = tuple(self._layer(e, c.func) for e in layers)
+            attrs = self._args(c, rule.args, extra)
+            return Node(target, c.func, inputs, attrs, c.pos)
+        if c.func in BUILTINS or c.func in self.nonlins:
+            if not c.args:
+                raise self.r.fail(f"{c.func} needs an input line", c.func_pos)
+            inputs = (self._layer(c.args[0], c.func),)
+            if c.func in self.nonlins:
+                self.used.add(c.func)
+                if len(c.args) > 1 or c.kwargs:
+                    raise self.r.fail(f"nonlin {c.func} takes one argument", c.pos)
+                dual = self.nonlins[c.func][0]
+                attrs = {"dual": dual, "key": ("user", c.func), "label": c.func}
+            else:
+                sig = [Arg(n, k, d) for n, k, d in BUILTINS[c.func].params]
+                values = self._args(c, tuple(sig), c.args[1:])
+                dual = builtin_dual(c.func, **values)
+                key = (c.func, tuple(sorted((k, str(v)) for k, v in values.items())))
+                attrs = {"dual": dual, "key": key, "label": c.func, "args": values}
+            return Node(target, "nonlin", inputs, attrs, c.pos)
+        if c.func in PLANNED_OPS:
+            raise self.r.fail(f"{c.func} (convolutional networks) is not supported by this "
+                              "version yet", c.func_pos)
+        known = CALLABLE_OPS | set(BUILTINS) | set(self.nonlins)
+        raise self.r.fail(f"unknown operation '{c.func}'{_suggest(c.func, known)}", c.func_pos)
+
+    def _args(self, c: ast.Call, sig: tuple[Arg, ...], positional) -> dict:
+        by_name = {a.name: a for a in sig}
+        given: dict[str, ast.Expr] = {}
+        if len(positional) > len(sig):
+            raise self.r.fail(f"{c.func} takes at most {len(sig)} extra argument(s)",
+                              positional[len(sig)].pos)
+        for a, e in zip(sig, positional):
+            given[a.name] = e
+        for kw in c.kwargs:
+            if kw.name not in by_name:
+                hint = _suggest(kw.name, by_name) or (
+                    f" (it takes {', '.join(by_name)})" if by_name else " (it takes none)")
+                raise self.r.fail(f"{c.func} has no argument '{kw.name}'{hint}", kw.pos)
+            if kw.name in given:
+                raise self.r.fail(f"argument '{kw.name}' given twice", kw.pos)
+            given[kw.name] = kw.value
+        out = {}
+        for a in sig:
+            if a.name not in given:
+                if a.default is REQUIRED:
+                    raise self.r.fail(f"{c.func} needs argument '{a.name}'", c.func_pos)
+                out[a.name] = None if a.default is None else as_expr(a.default)
+                continue
+            out[a.name] = self._value(c.func, a, given[a.name])
+        return out
+
+    def _value(self, op: str, a: Arg, e: ast.Expr):
+        what = f"{op}'s {a.name}"
+        if a.kind == "number":
+            if isinstance(e, ast.Name) and e.id in self.nodes:
+                raise self.r.fail(f"{what} must be a number or a param, not the line '{e.id}'",
+                                  e.pos)
+            return self._scalar(e, what)
+        if a.kind == "int":
+            if not (isinstance(e, ast.Num) and number(e).is_integer and number(e) >= 0):
+                raise self.r.fail(f"{what} must be a non-negative integer", e.pos)
+            return int(number(e))
+        if a.kind == "number_list":
+            if not isinstance(e, ast.ListLit) or not e.items:
+                raise self.r.fail(f"{what} must be a list of numbers, e.g. [0.1, 1.0]", e.pos)
+            return [self._scalar(x, what) for x in e.items]
+        raise AssertionError(a.kind)
+
+
+def build(module: ast.Module, filename: str, source: str, reporter: Reporter) -> Program:
+    return Builder(module, filename, source, reporter).build()

@@ -1,0 +1,55 @@
+"""Expression printers for the generated kernels (sympy code printers).
+
+Symbols print by the code names the derivation gave them (identifiers built
+from checked line names), params as ``params[i]``, and the opaque quadrature
+expectations as calls to generated helpers. Nothing from spec text is pasted.
+"""
+
+from __future__ import annotations
+
+import sympy
+from sympy.printing.numpy import NumPyPrinter
+from sympy.printing.pycode import PythonCodePrinter
+
+
+class _Names:
+    """Shared naming for both backends."""
+
+    def __init__(self, names: dict[sympy.Symbol, str], helpers: dict[type, str], **settings):
+        super().__init__(settings={"fully_qualified_modules": True, **settings})
+        self.names = names
+        self.helpers = helpers
+
+    def _print_Symbol(self, s):
+        return self.names.get(s) or super()._print_Symbol(s)
+
+    def _print_GaussExpectation(self, e):
+        args = ", ".join(self._print(a) for a in e.args)
+        return f"{self.helpers[type(e)]}({args}, params)"
+
+
+class NumbaPrinter(_Names, PythonCodePrinter):
+    """Scalar code for @numba.njit functions (math module)."""
+
+    def _print_Heaviside(self, e):
+        return f"(1.0 if {self._print(e.args[0])} > 0 else 0.0)"
+
+    def _print_DiracDelta(self, e):
+        return "0.0"  # φ' of sign/step is zero almost everywhere (as Neural Tangents)
+
+    def _print_sign(self, e):
+        x = self._print(e.args[0])
+        return f"(1.0 if {x} > 0 else (-1.0 if {x} < 0 else 0.0))"
+
+
+class ArrayPrinter(_Names, NumPyPrinter):
+    """Vectorised numpy code for the reference backend."""
+
+    def _print_erf(self, e):
+        return f"_np_erf({self._print(e.args[0])})"
+
+    def _print_Heaviside(self, e):
+        return f"numpy.heaviside({self._print(e.args[0])}, 0.0)"
+
+    def _print_DiracDelta(self, e):
+        return f"numpy.zeros_like({self._print(e.args[0])})"

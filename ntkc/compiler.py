@@ -1,0 +1,40 @@
+"""The whole pipeline in one call: spec text → generated module source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .codegen.emit import ModuleWriter
+from .derive import Recursion, derive
+from .frontend import program_from_text
+from .ir import Program
+from .quadrature import DEFAULT_DEGREE
+
+
+@dataclass
+class Compiled:
+    program: Program
+    recursion: Recursion
+    source: str  # the generated module
+
+
+def compile_text(
+    text: str,
+    filename: str = "<spec>",
+    quad_degree: int = DEFAULT_DEGREE,
+    target: str = "cpu",
+) -> Compiled:
+    """parse → IR → passes → derive → codegen. Raises SpecError / DeriveError."""
+    if target != "cpu":
+        raise ValueError(f"target {target!r} is not supported by this version (cpu)")
+    program = program_from_text(text, filename)
+    recursion = derive(program)
+    options = {"target": target, "quad_degree": quad_degree}
+    source = ModuleWriter(recursion, quad_degree).module(Path(filename).as_posix(), text, options)
+    return Compiled(program, recursion, source)
+
+
+def compile_file(path: str | Path, **options) -> Compiled:
+    path = Path(path)
+    return compile_text(path.read_text(), path.as_posix(), **options)

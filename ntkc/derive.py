@@ -1,0 +1,174 @@
+"""Derivation: apply the translation rules to a Program, giving the recursion
+for the NNGP kernel K and the NTK Θ as sympy assignments, one group per line.
+
+Everything is phrased as covariances between two lines of the program at
+two inputs: Q(kind, a, b, p, q) = E[a(x_p) b(x_q)] for kind "K", and the
+tangent-kernel analogue for kind "T" (Θ). Points p, q ∈ {1, 2} stand for x
+and x'. Quantities with p == q depend on one input only; they are computed
+once per input (the point phase) and read by the per-pair code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy
+
+from .errors import Pos
+from .ir import Program
+from .rules import RULES
+
+
+class DeriveError(Exception):
+    def __init__(self, message: str, pos: Pos | None):
+        super().__init__(message)
+        self.pos = pos
+
+
+@dataclass(frozen=True)
+class Quantity:
+    kind: str  # "K" | "T"
+    a: str
+    b: str
+    p: int
+    q: int
+
+    @property
+    def on_point(self) -> bool:
+        return self.p == self.q
+
+    def display(self) -> str:
+        lines = self.a if self.a == self.b else f"{self.a},{self.b}"
+        at = {(1, 2): "(x,x')", (1, 1): "(x,x)", (2, 2): "(x',x')", (2, 1): "(x',x)"}
+        return f"{'K' if self.kind == 'K' else 'Θ'}[{lines}]{at[(self.p, self.q)]}"
+
+    def code_name(self) -> str:
+        lines = self.a if self.a == self.b else f"{self.a}__{self.b}"
+        if self.on_point:
+            return f"{'V' if self.kind == 'K' else 'U'}{self.p}_{lines}"
+        return f"{self.kind}_{lines}"
+
+
+@dataclass
+class Assignment:
+    symbol: sympy.Symbol
+    expr: sympy.Expr
+    quantity: Quantity
+    line: str  # the program line whose rule produced it
+
+
+@dataclass
+class Recursion:
+    """The derived recursion, ready for display and code generation."""
+
+    program: Program
+    point: list[Assignment]  # per-input quantities at x (p = q = 1)
+    pair: list[Assignment]  # per-pair quantities (p = 1, q = 2)
+    outputs: dict[str, sympy.Expr]  # "nngp" / "ntk" → expression in pair symbols
+    twins: dict[sympy.Symbol, sympy.Symbol]  # point symbol at x → same quantity at x'
+    code_names: dict[sympy.Symbol, str] = field(default_factory=dict)
+    dot: sympy.Symbol = sympy.Symbol("x·x'")
+    sq: sympy.Symbol = sympy.Symbol("x·x")
+    sq2: sympy.Symbol = sympy.Symbol("x'·x'")
+
+    @property
+    def param_symbols(self) -> list[sympy.Symbol]:
+        return [p.symbol for p in self.program.params.values()]
+
+
+class Derivation:
+    def __init__(self, program: Program):
+        self.program = program
+        self.memo: dict[Quantity, sympy.Expr] = {}
+        self.point: list[Assignment] = []
+        self.pair: list[Assignment] = []
+        self.twins: dict[sympy.Symbol, sympy.Symbol] = {}
+        self.code_names: dict[sympy.Symbol, str] = {}
+        self.dot = sympy.Symbol("x·x'", real=True)
+        self.sq = sympy.Symbol("x·x", positive=True)
+        self.sq2 = sympy.Symbol("x'·x'", positive=True)
+        self.code_names.update({self.dot: "dot", self.sq: "sq", self.sq2: "sq2"})
+        self.twins[self.sq] = self.sq2
+
+    # -- the one entry point the rules use -------------------------------------------------
+    def Q(self, kind: str, a: str, b: str, p: int, q: int) -> sympy.Expr:
+        if p == q == 2:
+            return self._twin(self.Q(kind, a, b, 1, 1))
+        if p > q:  # E[a(x') b(x)] = E[b(x) a(x')]
+            a, b, p, q = b, a, q, p
+        if p == q and self._index(a) > self._index(b):
+            a, b = b, a  # at one point the covariance is symmetric in the two lines
+        key = Quantity(kind, a, b, p, q)
+        if key not in self.memo:
+            self.memo[key] = self._define(key)
+        return self.memo[key]
+
+    def input_dot(self, p: int, q: int) -> sympy.Symbol:
+        if p != q:
+            return self.dot
+        return self.sq if p == 1 else self.sq2
+
+    def fail(self, message: str, line: str) -> DeriveError:
+        return DeriveError(message, self.program.nodes[line].pos)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _index(self, name: str) -> int:
+        return list(self.program.nodes).index(name)
+
+    def _twin(self, expr: sympy.Expr) -> sympy.Expr:
+        return expr.xreplace(self.twins)
+
+    def _define(self, key: Quantity) -> sympy.Expr:
+        expr, line = self._open(key)
+        if isinstance(expr, int):
+            expr = sympy.Integer(expr)
+        if expr.is_Number or expr.is_Symbol:
+            return expr  # an alias: no new assignment
+        display = key.display()
+        symbol = sympy.Symbol(display, real=True)
+        self.code_names[symbol] = key.code_name()
+        target = self.point if key.on_point else self.pair
+        target.append(Assignment(symbol, expr, key, line))
+        if key.on_point:
+            twin_key = Quantity(key.kind, key.a, key.b, 2, 2)
+            twin = sympy.Symbol(twin_key.display(), real=True)
+            self.twins[symbol] = twin
+            self.code_names[twin] = twin_key.code_name()
+        return symbol
+
+    def _open(self, key: Quantity) -> tuple[sympy.Expr, str]:
+        nodes = self.program.nodes
+        a, b = nodes[key.a], nodes[key.b]
+        ra, rb = RULES[a.op], RULES[b.op]
+        # Linear ops are opened first: the covariance is linear in them.
+        if ra.kind == "linear":
+            return ra.derive(self, key.kind, a, key.b, key.p, key.q), a.name
+        if rb.kind == "linear":
+            return rb.derive(self, key.kind, b, key.a, key.q, key.p), b.name
+        kinds = {ra.kind, rb.kind}
+        if kinds == {"affine"} or kinds == {"input"}:
+            if a.name != b.name:
+                # Two different fresh weight draws (or never: one input): independent.
+                return sympy.Integer(0), a.name
+            return ra.derive(self, key.kind, a, key.p, key.q), a.name
+        if kinds == {"affine", "input"}:
+            return sympy.Integer(0), a.name  # fresh zero-mean weights decorrelate
+        if "input" in kinds:
+            inp, other = (a, b) if ra.kind == "input" else (b, a)
+            raise self.fail(
+                f"'{other.name}' would need its correlation with the raw input '{inp.name}', "
+                "which is not Gaussian; combine it with dense(...) of the input instead",
+                other.name,
+            )
+        pointwise = RULES["nonlin"]
+        return pointwise.derive(self, key.kind, a, b, key.p, key.q), (
+            a.name if ra.kind == "pointwise" else b.name
+        )
+
+
+def derive(program: Program) -> Recursion:
+    """Derive K and Θ of the program's output at (x, x')."""
+    d = Derivation(program)
+    out = program.output
+    outputs = {"nngp": d.Q("K", out, out, 1, 2), "ntk": d.Q("T", out, out, 1, 2)}
+    return Recursion(program, d.point, d.pair, outputs, d.twins, d.code_names, d.dot, d.sq, d.sq2)

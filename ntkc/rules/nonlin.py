@@ -1,0 +1,77 @@
+"""φ(g) — a pointwise nonlinearity of a Gaussian line g.
+
+    K[h](x,x') = T_φ(K[g](x,x), K[g](x,x'), K[g](x',x'))     = E[φ(u)φ(v)]
+    Θ[h](x,x') = Ṫ_φ(...) · Θ[g](x,x')                         Ṫ_φ = E[φ'(u)φ'(v)]
+    K[h](x,x)  = V_φ(K[g](x,x))                                = E[φ(u)²]
+
+The same rule serves every pair of lines that meet at a nonlinearity: two
+nonlinearities of correlated Gaussians, or a nonlinearity and an affine line
+(treated as the identity of itself). Different nonlinearities, or the same one
+of different Gaussians, need a mixed expectation E[φ(u)ψ(v)]: by Stein's lemma
+when one side is the identity, as a product of means when the Gaussians are
+uncorrelated, and by quadrature otherwise (ntkc.quadrature).
+"""
+
+from __future__ import annotations
+
+import sympy
+
+from ..duals import builtin_dual
+from ..quadrature import mixed_expectation
+from . import Rule, register
+
+IDENTITY = builtin_dual("identity")
+
+
+def _activation(node):
+    """(dual, Gaussian line, identity key) of a line seen as φ(u)."""
+    if node.op == "nonlin":
+        return node.attrs["dual"], node.inputs[0], node.attrs["key"]
+    return IDENTITY, node.name, ("identity",)
+
+
+def _expectation(eng, a, b, p: int, q: int, derivative: bool) -> sympy.Expr:
+    da, u, ka = _activation(a)
+    db, v, kb = _activation(b)
+    k11 = eng.Q("K", u, u, p, p)
+    k22 = eng.Q("K", v, v, q, q)
+    k12 = eng.Q("K", u, v, p, q)
+    if ka == kb and u == v:
+        if p == q:
+            return da.ntk_factor(k11, k11, k11) if derivative else da.variance(k11)
+        return da.ntk_factor(k11, k12, k22) if derivative else da.nngp(k11, k12, k22)
+    slope_a = da.mean_slope if ka != ("identity",) else None
+    slope_b = db.mean_slope if kb != ("identity",) else None
+    if derivative:
+        if ka == ("identity",) and slope_b is not None:
+            return slope_b(k22)
+        if kb == ("identity",) and slope_a is not None:
+            return slope_a(k11)
+        if k12 == 0 and slope_a is not None and slope_b is not None:
+            return slope_a(k11) * slope_b(k22)
+    else:
+        if ka == ("identity",) and slope_b is not None:  # Stein: E[u ψ(v)] = k12·E[ψ'(v)]
+            return k12 * slope_b(k22)
+        if kb == ("identity",) and slope_a is not None:
+            return k12 * slope_a(k11)
+        if k12 == 0 and da.mean is not None and db.mean is not None:
+            return da.mean(k11) * db.mean(k22)
+    return mixed_expectation(da, db, derivative, k11, k12, k22)
+
+
+def derive_nonlin(eng, kind: str, a, b, p: int, q: int) -> sympy.Expr:
+    if kind == "K":
+        return _expectation(eng, a, b, p, q, derivative=False)
+    _, u, _ = _activation(a)
+    _, v, _ = _activation(b)
+    theta = eng.Q("T", u, v, p, q)
+    if theta == 0:
+        return sympy.Integer(0)
+    return _expectation(eng, a, b, p, q, derivative=True) * theta
+
+
+def shape_nonlin(node, in_shapes, program):
+    return in_shapes[0]
+
+
+NONLIN = register(Rule("nonlin", "pointwise", (), 1, False, shape_nonlin, derive_nonlin))

@@ -1,0 +1,184 @@
+"""Runtime: load a spec (compiled once per spec hash) or a generated module,
+and fill Gram matrices in tiles, with the memory checked before allocation."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .compiler import Compiled, compile_file
+from .quadrature import DEFAULT_DEGREE
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("NTKC_CACHE_DIR") or Path.home() / ".cache" / "ntkc"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def import_module_file(path: Path) -> ModuleType:
+    name = f"ntkc_generated_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # numba's cache wants the module importable by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (MemAvailable), or a large number if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
+
+
+def gram_bytes(n1: int, n2: int, outputs: int, itemsize: int) -> int:
+    return n1 * n2 * outputs * itemsize
+
+
+class Model:
+    """A compiled network: ``.kernel(...)``, ``.formulas()``, ``.params``."""
+
+    def __init__(self, module: ModuleType, compiled: Compiled | None = None):
+        self.module = module
+        self.compiled = compiled
+
+    @property
+    def params(self) -> dict[str, float]:
+        return dict(self.module.PARAMS)
+
+    @property
+    def network(self) -> str:
+        return self.module.NETWORK
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.module.INPUT_SHAPE)
+
+    def formulas(self) -> dict[str, Any]:
+        """The derived recursion as sympy objects: {quantity: expression}, plus outputs."""
+        if self.compiled is None:
+            raise ValueError("formulas() needs the spec: load the .ntk file, not the module")
+        rec = self.compiled.recursion
+        out = {a.symbol: a.expr for a in rec.point + rec.pair}
+        out["nngp"] = rec.outputs["nngp"]
+        out["ntk"] = rec.outputs["ntk"]
+        return out
+
+    def kernel(
+        self,
+        x1: np.ndarray,
+        x2: np.ndarray | None = None,
+        get: str | tuple[str, ...] = ("nngp", "ntk"),
+        params: dict[str, float] | None = None,
+        backend: str = "numba",
+        tile: int | None = None,
+        progress: bool | None = None,
+        out_dir: str | Path | None = None,
+        memory_limit: int | None = None,
+    ):
+        """Gram matrices; large ones are filled tile by tile.
+
+        tile: rows/cols per tile (default: whole matrix when it fits in ~1 GiB of work
+        memory, else 4096). out_dir: write the results as .npy memory maps there
+        (out-of-core). memory_limit: bytes allowed in memory (default: MemAvailable).
+        """
+        x1 = self.module._check_inputs("x1", x1)
+        symmetric = x2 is None or x2 is x1
+        x2c = x1 if symmetric else self.module._check_inputs("x2", x2)
+        names = (get,) if isinstance(get, str) else tuple(get)
+        dtype = np.float32 if x1.dtype == np.float32 and x2c.dtype == np.float32 else np.float64
+        n1, n2 = len(x1), len(x2c)
+        itemsize = np.dtype(dtype).itemsize
+        need = gram_bytes(n1, n2, len(names), itemsize)
+        limit = memory_limit if memory_limit is not None else int(0.8 * available_memory())
+        if out_dir is None and need > limit:
+            raise MemoryError(
+                f"the requested Gram matrices ({len(names)} × {n1}×{n2} {np.dtype(dtype).name}) "
+                f"need {need / 2**30:.1f} GiB, over the {limit / 2**30:.1f} GiB available: "
+                "use float32 inputs, ask for one of nngp/ntk, compute blocks with x2=, or "
+                "write to disk with out_dir=... (tiles are filled out-of-core)"
+            )
+        if tile is None:
+            tile = max(n1, n2) if n1 * n2 * 8 * 3 <= 2**30 else 4096
+        blocks = [(i, j) for i in range(0, n1, tile) for j in range(0, n2, tile)
+                  if not symmetric or j >= i]
+        if len(blocks) == 1:
+            return self.module.kernel(x1, None if symmetric else x2c, get, params, backend)
+        outs = self._allocate(names, (n1, n2), dtype, out_dir)
+        show = progress if progress is not None else sys.stderr.isatty()
+        start = time.perf_counter()
+        for k, (i, j) in enumerate(blocks):
+            a = x1[i:i + tile]
+            if symmetric and i == j:
+                res = self.module.kernel(a, None, names, params, backend)
+            else:
+                b = (x1 if symmetric else x2c)[j:j + tile]
+                res = self.module.kernel(a, b, names, params, backend)
+            for name, block in zip(names, res):
+                outs[name][i:i + len(block), j:j + block.shape[1]] = block
+                if symmetric and i != j:
+                    outs[name][j:j + block.shape[1], i:i + len(block)] = block.T
+            if show:
+                done = (k + 1) / len(blocks)
+                eta = (time.perf_counter() - start) * (1 / done - 1)
+                print(f"\rntkc: tile {k + 1}/{len(blocks)} ({done:.0%}), {eta:.0f} s left",
+                      end="", file=sys.stderr, flush=True)
+        if show:
+            print(file=sys.stderr)
+        if isinstance(get, str):
+            return outs[get]
+        import collections
+
+        return collections.namedtuple("Kernels", names)(*(outs[n] for n in names))
+
+    @staticmethod
+    def _allocate(names, shape, dtype, out_dir):
+        if out_dir is None:
+            return {n: np.empty(shape, dtype) for n in names}
+        d = Path(out_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        return {n: np.lib.format.open_memmap(d / f"{n}.npy", "w+", dtype, shape) for n in names}
+
+
+class StaleModuleError(ValueError):
+    pass
+
+
+def load(path: str | Path, quad_degree: int = DEFAULT_DEGREE) -> Model:
+    """Load a spec (.ntk: compiled once per content hash, cached) or a generated module."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.suffix == ".py":
+        module = import_module_file(path)
+        spec = Path(module.SPEC_FILE)
+        if spec.exists():
+            sha = hashlib.sha256(spec.read_bytes()).hexdigest()
+            if sha != module.SPEC_SHA256:
+                raise StaleModuleError(
+                    f"{path} was compiled from an older {spec} (sha256 differs): "
+                    f"regenerate it with `ntkc compile {spec}`")
+        return Model(module)
+    compiled = compile_file(path, quad_degree=quad_degree)
+    sha = hashlib.sha256(compiled.source.encode()).hexdigest()[:16]
+    target = cache_dir() / f"{compiled.program.network}_{sha}.py"
+    if not target.exists():
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(compiled.source)
+        tmp.replace(target)
+    return Model(import_module_file(target), compiled)
