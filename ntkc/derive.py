@@ -170,5 +170,9 @@ def derive(program: Program) -> Recursion:
     """Derive K and Θ of the program's output at (x, x')."""
     d = Derivation(program)
     out = program.output
-    outputs = {"nngp": d.Q("K", out, out, 1, 2), "ntk": d.Q("T", out, out, 1, 2)}
+    outputs = {"nngp": d.Q("K", out, out, 1, 2), "ntk": d.Q("T", out, out, 1, 2),
+               # K(x,x) and Θ(x,x) from the per-input formulas, exact at correlation 1:
+               # the Gram diagonal is taken from these (acos near 1 would amplify
+               # rounding of the pair recursion to ~1e-8).
+               "nngp_diag": d.Q("K", out, out, 1, 1), "ntk_diag": d.Q("T", out, out, 1, 1)}
     return Recursion(program, d.point, d.pair, outputs, d.twins, d.code_names, d.dot, d.sq, d.sq2)

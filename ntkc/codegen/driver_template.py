@@ -96,6 +96,10 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba"):
             _mirror(nngp)
             if want_ntk:
                 _mirror(ntk)
+    if symmetric:  # the diagonal from the per-input formulas (exact at correlation 1)
+        np.fill_diagonal(nngp, p1[:, DIAG_NNGP])
+        if want_ntk:
+            np.fill_diagonal(ntk, p1[:, DIAG_NTK])
     out = {"nngp": nngp, "ntk": ntk}
     if isinstance(get, str):
         return out[get]

@@ -52,7 +52,8 @@ class ModuleWriter:
         self.slots = {a.symbol: k for k, a in enumerate(rec.point)}
         point_full = _substituted(rec.point, {})
         pair_full = _substituted(rec.pair, {})
-        self.point_outputs = [point_full[a.symbol] for a in rec.point]
+        diag = [rec.outputs[k].xreplace(point_full) for k in ("nngp_diag", "ntk_diag")]
+        self.point_outputs = [point_full[a.symbol] for a in rec.point] + diag
         self.nngp = rec.outputs["nngp"].xreplace(pair_full)
         self.ntk = rec.outputs["ntk"].xreplace(pair_full)
         exprs = self.point_outputs + [self.nngp, self.ntk]
@@ -150,14 +151,10 @@ class ModuleWriter:
         src = ["@numba.njit(parallel=True, cache=True)", "def _point_numba(sqs, params, out):",
                "    for i in numba.prange(sqs.shape[0]):", "        sq = sqs[i]"]
         src += body + [f"        out[i, {k}] = {o}" for k, o in enumerate(outs)]
-        if not outs:
-            src.append("        out[i, 0] = sq")
         body_np, outs_np = _block(self.point_outputs, npy, "    ", "t")
         src += ["", "", "def _point_numpy(sq, params):",
                 "    out = numpy.empty((sq.shape[0], N_POINT))"]
         src += body_np + [f"    out[:, {k}] = {o}" for k, o in enumerate(outs_np)]
-        if not outs_np:
-            src.append("    out[:, 0] = sq")
         return src + ["    return out"]
 
     def _loads(self, exprs, printer, which: int, row: str, vec: str | None) -> list[str]:
@@ -234,7 +231,8 @@ class ModuleWriter:
             f"PARAMETERIZATION = {prog.parameterization!r}",
             f"INPUT_SHAPE = {tuple(shape)!r}",
             f"PARAMS = {params!r}",
-            f"N_POINT = {max(1, len(self.rec.point))}",
+            f"N_POINT = {len(self.point_outputs)}",
+            "DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)",
             "",
             "# The recursion, one group per spec line (K: NNGP kernel, Θ: NTK):",
             *self.formulas(),

@@ -31,6 +31,9 @@ class _Names:
 class NumbaPrinter(_Names, PythonCodePrinter):
     """Scalar code for @numba.njit functions (math module)."""
 
+    def _print_Clip1(self, e):
+        return f"min(max({self._print(e.args[0])}, -1.0), 1.0)"
+
     def _print_Heaviside(self, e):
         return f"(1.0 if {self._print(e.args[0])} > 0 else 0.0)"
 
@@ -44,6 +47,9 @@ class NumbaPrinter(_Names, PythonCodePrinter):
 
 class ArrayPrinter(_Names, NumPyPrinter):
     """Vectorised numpy code for the reference backend."""
+
+    def _print_Clip1(self, e):
+        return f"numpy.clip({self._print(e.args[0])}, -1.0, 1.0)"
 
     def _print_erf(self, e):
         return f"_np_erf({self._print(e.args[0])})"

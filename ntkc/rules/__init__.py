@@ -17,7 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..duals import REQUIRED  # noqa: F401  (one sentinel for every signature)
+from ..duals import REQUIRED  # one sentinel for every signature
+
+__all__ = ["REQUIRED", "Arg", "Rule", "RULES", "register"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,262 @@
+"""Finite-width networks in numpy, for Monte Carlo checks of ntkc's kernels (DESIGN §6.2).
+
+Given a :class:`ntkc.ir.Program` and a width n, :class:`FiniteNetwork` samples random
+finite networks of that architecture: every hidden dense line gets n units (whatever its
+``width`` attribute says), the output dense line gets 1 unit. For each draw it evaluates the
+scalar output f(x) on a batch of inputs and the empirical NTK
+
+    Θ̂(x, x') = Σ_θ ∂f(x)/∂θ · ∂f(x')/∂θ        (θ: every weight and bias)
+
+by hand-written backprop. Nothing here uses ntkc's kernel formulas: only the program's
+graph, its numeric attributes (w_std, b_std, coefficients) and, for user ``nonlin`` lines
+only, φ and φ' lambdified from the user's own expression. Built-in nonlinearities are
+implemented here independently, from Neural Tangents' definitions.
+
+Parameterizations (both sample the same function; they differ in what is trained):
+
+* ntk:      W ~ N(0, 1), g = w/√fan_in · h Wᵀ + b·β, β ~ N(0, 1); θ = (W, β).
+* standard: W ~ N(0, w²/fan_in), g = h Wᵀ + b, b ~ N(0, b_std²); θ = (W, b).
+
+The empirical NTK of one dense line, with δ = ∂f/∂g (examples × units) and h its input
+(examples × fan_in), is computed without per-example weight gradients:
+
+    Σ_ab ∂f(x)/∂W_ab ∂f(x')/∂W_ab = c² (δ δᵀ)(x, x') · (h hᵀ)(x, x'),   bias: c_b² (δ δᵀ)(x, x')
+
+with c = w/√fan_in, c_b = b (ntk) or c = c_b = 1 (standard, bias present even if b_std = 0).
+
+Draws are vectorised: arrays carry a leading axis of draws (chunks of ``chunk`` draws).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.special as ss
+import sympy
+
+from ntkc.duals import numeric_phi, numeric_phi_prime
+from ntkc.ir import Program
+
+LAYER_NORM_EPS = 1e-12  # Neural Tangents' LayerNorm default (inside the sqrt)
+
+
+def _builtin_phi(label: str, args: dict[str, float]):
+    """φ and φ' of the built-ins the Monte Carlo tests use, by Neural Tangents' definitions.
+
+    Written out here (not taken from ntkc) so that a wrong φ in ntkc's dual table would show
+    up as a Monte Carlo disagreement. Returns None for the others."""
+    a, b, c = args.get("a", 1.0), args.get("b", 1.0), args.get("c", 0.0)
+    if label == "relu":
+        return (lambda z: np.maximum(z, 0.0)), (lambda z: (z > 0).astype(float))
+    if label == "erf":  # a·erf(b·z) + c
+        return (lambda z: a * ss.erf(b * z) + c,
+                lambda z: a * b * 2.0 / np.sqrt(np.pi) * np.exp(-((b * z) ** 2)))
+    if label == "rectified_monomial":  # max(z, 0)^degree
+        n = int(args["degree"])
+        if n == 0:
+            return (lambda z: (z > 0).astype(float)), np.zeros_like
+        return (lambda z: np.where(z > 0, np.abs(z) ** n, 0.0),
+                lambda z: np.where(z > 0, n * np.abs(z) ** (n - 1), 0.0))
+    if label == "identity":
+        return (lambda z: z), np.ones_like
+    return None
+
+
+@dataclass
+class Draws:
+    """Per-draw quantities, stacked over draws (axis 0).
+
+    f: (D, N) outputs. ntk: (D, N, N) empirical NTKs.
+    nngp_cond: (D, N, N) E[f(x) f(x') | everything but the readout layer]
+    = c² h hᵀ + b² with h the readout's input (the readout weights integrated out
+    exactly: a Rao–Blackwellised empirical NNGP with the same mean as f fᵀ).
+    """
+
+    f: np.ndarray
+    ntk: np.ndarray
+    nngp_cond: np.ndarray
+
+    @property
+    def ff(self) -> np.ndarray:
+        return self.f[:, :, None] * self.f[:, None, :]
+
+
+def mean_and_se(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over axis 0 and its standard error (sample std / √D)."""
+    d = samples.shape[0]
+    return samples.mean(axis=0), samples.std(axis=0, ddof=1) / np.sqrt(d)
+
+
+class FiniteNetwork:
+    def __init__(self, program: Program, width: int, params: dict[str, float] | None = None):
+        self.program = program
+        self.width = width
+        values = {p.symbol: p.default for p in program.params.values()}
+        for name, v in (params or {}).items():
+            values[program.params[name].symbol] = v
+        self._subs = values
+
+        # Only the lines the output depends on, in program order.
+        live = {program.output}
+        for node in reversed(list(program.nodes.values())):
+            if node.name in live:
+                live.update(node.inputs)
+        self.order = [n for n in program.nodes.values() if n.name in live]
+
+        out = program.nodes[program.output]
+        if out.op != "dense":
+            raise ValueError("the Monte Carlo network needs a dense output line")
+        self.widths: dict[str, int] = {}
+        self.phis: dict[str, tuple] = {}
+        for node in self.order:
+            ins = [self.widths[i] for i in node.inputs]
+            if node.op == "input":
+                shape = node.shape
+                assert shape is not None and not shape.spatial
+                self.widths[node.name] = shape.channels
+            elif node.op == "dense":
+                self.widths[node.name] = 1 if node.name == program.output else width
+            elif node.op in ("nonlin", "layer_norm"):
+                self.widths[node.name] = ins[0]
+                if node.op == "nonlin":
+                    self.phis[node.name] = self._phi(node)
+            elif node.op == "lincomb":
+                if len(set(ins)) != 1:
+                    raise ValueError(f"{node.name}: summands of different widths {ins}")
+                self.widths[node.name] = ins[0]
+            elif node.op == "concat":
+                self.widths[node.name] = sum(ins)
+            else:
+                raise NotImplementedError(f"Monte Carlo network: op {node.op}")
+
+    def _num(self, expr) -> float:
+        if isinstance(expr, sympy.Basic):
+            return float(expr.subs(self._subs))
+        return float(expr)
+
+    def _phi(self, node):
+        label = node.attrs.get("label")
+        if "args" in node.attrs:  # a built-in
+            args = {k: (v if isinstance(v, list) else self._num(v))
+                    for k, v in node.attrs["args"].items()}
+            pair = _builtin_phi(label, args)
+            if pair is not None:
+                return pair
+        phi, dphi = numeric_phi(node.attrs["dual"]), numeric_phi_prime(node.attrs["dual"])
+        # φ' is sympy's derivative of φ: check it against central differences of φ away
+        # from 0 (where the kinks of max/abs sit), so a wrong φ' cannot go unnoticed.
+        z = np.linspace(-3.0, 3.0, 61)
+        z = z[np.abs(z) > 0.05]
+        eps = 1e-6
+        fd = (phi(z + eps) - phi(z - eps)) / (2 * eps)
+        if not np.allclose(dphi(z), fd, rtol=1e-5, atol=1e-6):
+            raise AssertionError(f"{label}: φ' disagrees with finite differences of φ")
+        return phi, dphi
+
+    def sample(self, x: np.ndarray, draws: int, rng: np.random.Generator,
+               chunk: int | None = None) -> Draws:
+        """``draws`` independent networks evaluated on x (N, d)."""
+        x = np.asarray(x, dtype=float)
+        if chunk is None:  # ~32 MB of weights per dense line and chunk
+            chunk = max(1, min(draws, 2**22 // max(self.width * self.width, 1)))
+        parts = []
+        done = 0
+        while done < draws:
+            b = min(chunk, draws - done)
+            parts.append(self._sample_chunk(x, b, rng))
+            done += b
+        return Draws(*(np.concatenate([p[i] for p in parts]) for i in range(3)))
+
+    def _sample_chunk(self, x: np.ndarray, nb: int, rng: np.random.Generator):
+        prog = self.program
+        ntk_param = prog.parameterization == "ntk"
+        n_pts = x.shape[0]
+        acts: dict[str, np.ndarray] = {}
+        cache: dict[str, tuple] = {}
+        for node in self.order:
+            if node.op == "input":
+                acts[node.name] = np.broadcast_to(x, (nb, *x.shape))
+            elif node.op == "dense":
+                (src,) = node.inputs
+                h = acts[src]
+                fan_in = h.shape[-1]
+                w = self._num(node.attrs["w_std"])
+                b_std = node.attrs["b_std"]
+                scale = w / np.sqrt(fan_in)
+                weights = rng.standard_normal((nb, self.widths[node.name], fan_in))
+                g = scale * np.matmul(h, weights.transpose(0, 2, 1))
+                if b_std is not None:
+                    b = self._num(b_std)
+                    g = g + b * rng.standard_normal((nb, 1, self.widths[node.name]))
+                # Gradient weights (squared): of W entries and of bias entries.
+                if ntk_param:
+                    cw2, cb2 = scale**2, (0.0 if b_std is None else b**2)
+                else:  # W and b themselves are trained
+                    cw2, cb2 = 1.0, (0.0 if b_std is None else 1.0)
+                cache[node.name] = (weights, scale, cw2, cb2)
+                acts[node.name] = g
+            elif node.op == "nonlin":
+                acts[node.name] = self.phis[node.name][0](acts[node.inputs[0]])
+            elif node.op == "lincomb":
+                acts[node.name] = sum(self._num(c) * acts[u] for c, u in node.attrs["terms"])
+            elif node.op == "concat":
+                acts[node.name] = np.concatenate([acts[u] for u in node.inputs], axis=-1)
+            elif node.op == "layer_norm":
+                g = acts[node.inputs[0]]
+                mu = g.mean(axis=-1, keepdims=True)
+                sd = np.sqrt(g.var(axis=-1, keepdims=True) + LAYER_NORM_EPS)
+                nrm = (g - mu) / sd
+                cache[node.name] = (nrm, sd)
+                acts[node.name] = nrm
+        out = prog.nodes[prog.output]
+        f = acts[out.name][:, :, 0]
+        h_last = acts[out.inputs[0]]
+        _, scale, _, _ = cache[out.name]
+        b_std = out.attrs["b_std"]
+        b2 = 0.0 if b_std is None else self._num(b_std) ** 2
+        nngp_cond = scale**2 * gram(h_last) + b2
+
+        # Backprop: deltas[v] = ∂f/∂v, (draws, N, width of v).
+        deltas: dict[str, np.ndarray] = {out.name: np.ones((nb, n_pts, 1))}
+        ntk = np.zeros((nb, n_pts, n_pts))
+
+        def add(name: str, d: np.ndarray) -> None:
+            deltas[name] = deltas[name] + d if name in deltas else d
+
+        for node in reversed(self.order):
+            d = deltas.get(node.name)
+            if d is None or node.op == "input":
+                continue
+            if node.op == "dense":
+                (src,) = node.inputs
+                weights, scale, cw2, cb2 = cache[node.name]
+                dd = gram(d)
+                ntk += cw2 * dd * gram(acts[src])
+                if cb2:
+                    ntk += cb2 * dd
+                if prog.nodes[src].op != "input":
+                    add(src, scale * np.matmul(d, weights))
+            elif node.op == "nonlin":
+                (src,) = node.inputs
+                add(src, d * self.phis[node.name][1](acts[src]))
+            elif node.op == "lincomb":
+                for c, u in node.attrs["terms"]:
+                    add(u, self._num(c) * d)
+            elif node.op == "concat":
+                start = 0
+                for u in node.inputs:
+                    k = self.widths[u]
+                    add(u, d[..., start:start + k])
+                    start += k
+            elif node.op == "layer_norm":
+                nrm, sd = cache[node.name]
+                dg = (d - d.mean(axis=-1, keepdims=True)
+                      - nrm * (d * nrm).mean(axis=-1, keepdims=True)) / sd
+                add(node.inputs[0], dg)
+        return f, ntk, nngp_cond
+
+
+def gram(a: np.ndarray) -> np.ndarray:
+    """a aᵀ over the last axis, per draw: (D, N, k) → (D, N, N)."""
+    return np.matmul(a, a.transpose(0, 2, 1))
