@@ -7,7 +7,7 @@
 
 __version__ = "0.1.0"
 
-from .errors import SpecError  # noqa: E402
-from .runtime import Model, load  # noqa: E402
+from .errors import SpecError
+from .runtime import Model, load
 
-__all__ = ["Model", "SpecError", "load", "__version__"]
+__all__ = ["Model", "SpecError", "__version__", "load"]

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .codegen.emit import ModuleWriter
-from .derive import Recursion, derive
+from .derive import DeriveError, Recursion, derive
+from .errors import Diagnostic, SpecError
 from .frontend import program_from_text
 from .ir import Program
 from .quadrature import DEFAULT_DEGREE
@@ -29,7 +30,10 @@ def compile_text(
     if target != "cpu":
         raise ValueError(f"target {target!r} is not supported by this version (cpu)")
     program = program_from_text(text, filename)
-    recursion = derive(program)
+    try:
+        recursion = derive(program)
+    except DeriveError as e:
+        raise SpecError([Diagnostic("error", str(e), e.pos)], filename, text) from None
     options = {"target": target, "quad_degree": quad_degree}
     source = ModuleWriter(recursion, quad_degree).module(Path(filename).as_posix(), text, options)
     return Compiled(program, recursion, source)

@@ -7,8 +7,8 @@ through text: numbers become exact Rationals, names must be declared params
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Callable
 
 import sympy
 

@@ -26,7 +26,12 @@ def cache_dir() -> Path:
 
 
 def import_module_file(path: Path) -> ModuleType:
-    name = f"ntkc_generated_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    # numba's on-disk cache re-imports the module by name, so the name must be the
+    # one a plain `import` of the file gives: its stem (unique in the compile cache).
+    name = path.stem
+    loaded = sys.modules.get(name)
+    if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() == path.resolve():
+        return loaded
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # numba's cache wants the module importable by name

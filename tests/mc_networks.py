@@ -164,38 +164,52 @@ class FiniteNetwork:
         done = 0
         while done < draws:
             b = min(chunk, draws - done)
-            parts.append(self._sample_chunk(x, b, rng))
+            parts.append(self.evaluate(x, self.draw_params(b, rng)))
             done += b
         return Draws(*(np.concatenate([p[i] for p in parts]) for i in range(3)))
 
-    def _sample_chunk(self, x: np.ndarray, nb: int, rng: np.random.Generator):
-        prog = self.program
-        ntk_param = prog.parameterization == "ntk"
-        n_pts = x.shape[0]
+    # -- one chunk of draws -----------------------------------------------------------------
+    def draw_params(self, nb: int, rng: np.random.Generator) -> dict[str, tuple]:
+        """Standard normals Z (nb, units, fan_in) and β (nb, 1, units) (or None) per dense
+        line, in program order: W = w/√fan_in · Z and bias = b_std · β in both
+        parameterizations."""
+        params = {}
+        for node in self.order:
+            if node.op != "dense":
+                continue
+            units, fan_in = self.widths[node.name], self.widths[node.inputs[0]]
+            z = rng.standard_normal((nb, units, fan_in))
+            beta = None
+            if node.attrs["b_std"] is not None:
+                beta = rng.standard_normal((nb, 1, units))
+            params[node.name] = (z, beta)
+        return params
+
+    def gradient_weights(self, name: str) -> tuple[float, float, float, float]:
+        """(scale, b_std, cw², cb²) of a dense line: W = scale·Z, bias = b_std·β, and the
+        squared factors by which ∂f/∂g ⊗ h (weights) and ∂f/∂g (bias) enter Θ̂."""
+        node = self.program.nodes[name]
+        fan_in = self.widths[node.inputs[0]]
+        scale = self._num(node.attrs["w_std"]) / np.sqrt(fan_in)
+        has_bias = node.attrs["b_std"] is not None
+        b = self._num(node.attrs["b_std"]) if has_bias else 0.0
+        if self.program.parameterization == "ntk":  # trained: Z and β
+            return scale, b, scale**2, b**2
+        return scale, b, 1.0, (1.0 if has_bias else 0.0)  # trained: W and the bias
+
+    def forward(self, x: np.ndarray, params: dict[str, tuple]):
+        """Activations of every live line, (nb, N, width), and layer_norm's saved values."""
+        nb = next(iter(params.values()))[0].shape[0]
         acts: dict[str, np.ndarray] = {}
-        cache: dict[str, tuple] = {}
+        saved: dict[str, tuple] = {}
         for node in self.order:
             if node.op == "input":
                 acts[node.name] = np.broadcast_to(x, (nb, *x.shape))
             elif node.op == "dense":
-                (src,) = node.inputs
-                h = acts[src]
-                fan_in = h.shape[-1]
-                w = self._num(node.attrs["w_std"])
-                b_std = node.attrs["b_std"]
-                scale = w / np.sqrt(fan_in)
-                weights = rng.standard_normal((nb, self.widths[node.name], fan_in))
-                g = scale * np.matmul(h, weights.transpose(0, 2, 1))
-                if b_std is not None:
-                    b = self._num(b_std)
-                    g = g + b * rng.standard_normal((nb, 1, self.widths[node.name]))
-                # Gradient weights (squared): of W entries and of bias entries.
-                if ntk_param:
-                    cw2, cb2 = scale**2, (0.0 if b_std is None else b**2)
-                else:  # W and b themselves are trained
-                    cw2, cb2 = 1.0, (0.0 if b_std is None else 1.0)
-                cache[node.name] = (weights, scale, cw2, cb2)
-                acts[node.name] = g
+                z, beta = params[node.name]
+                scale, b, _, _ = self.gradient_weights(node.name)
+                g = scale * np.matmul(acts[node.inputs[0]], z.transpose(0, 2, 1))
+                acts[node.name] = g if beta is None else g + b * beta
             elif node.op == "nonlin":
                 acts[node.name] = self.phis[node.name][0](acts[node.inputs[0]])
             elif node.op == "lincomb":
@@ -207,17 +221,26 @@ class FiniteNetwork:
                 mu = g.mean(axis=-1, keepdims=True)
                 sd = np.sqrt(g.var(axis=-1, keepdims=True) + LAYER_NORM_EPS)
                 nrm = (g - mu) / sd
-                cache[node.name] = (nrm, sd)
+                saved[node.name] = (nrm, sd)
                 acts[node.name] = nrm
+        return acts, saved
+
+    def output(self, x: np.ndarray, params: dict[str, tuple]) -> np.ndarray:
+        """f(x) for each draw: (nb, N)."""
+        acts, _ = self.forward(np.asarray(x, dtype=float), params)
+        return acts[self.program.output][:, :, 0]
+
+    def evaluate(self, x: np.ndarray, params: dict[str, tuple]):
+        """(f, Θ̂, E[f fᵀ | all but the readout]) for each draw of ``params``."""
+        prog = self.program
+        acts, saved = self.forward(x, params)
+        nb, n_pts = acts[prog.output].shape[0], x.shape[0]
         out = prog.nodes[prog.output]
         f = acts[out.name][:, :, 0]
-        h_last = acts[out.inputs[0]]
-        _, scale, _, _ = cache[out.name]
-        b_std = out.attrs["b_std"]
-        b2 = 0.0 if b_std is None else self._num(b_std) ** 2
-        nngp_cond = scale**2 * gram(h_last) + b2
+        scale, b, _, _ = self.gradient_weights(out.name)
+        nngp_cond = scale**2 * gram(acts[out.inputs[0]]) + b**2
 
-        # Backprop: deltas[v] = ∂f/∂v, (draws, N, width of v).
+        # Backprop: deltas[v] = ∂f/∂v, (nb, N, width of v).
         deltas: dict[str, np.ndarray] = {out.name: np.ones((nb, n_pts, 1))}
         ntk = np.zeros((nb, n_pts, n_pts))
 
@@ -230,13 +253,13 @@ class FiniteNetwork:
                 continue
             if node.op == "dense":
                 (src,) = node.inputs
-                weights, scale, cw2, cb2 = cache[node.name]
+                scale, _, cw2, cb2 = self.gradient_weights(node.name)
                 dd = gram(d)
                 ntk += cw2 * dd * gram(acts[src])
                 if cb2:
                     ntk += cb2 * dd
                 if prog.nodes[src].op != "input":
-                    add(src, scale * np.matmul(d, weights))
+                    add(src, scale * np.matmul(d, params[node.name][0]))
             elif node.op == "nonlin":
                 (src,) = node.inputs
                 add(src, d * self.phis[node.name][1](acts[src]))
@@ -250,7 +273,7 @@ class FiniteNetwork:
                     add(u, d[..., start:start + k])
                     start += k
             elif node.op == "layer_norm":
-                nrm, sd = cache[node.name]
+                nrm, sd = saved[node.name]
                 dg = (d - d.mean(axis=-1, keepdims=True)
                       - nrm * (d * nrm).mean(axis=-1, keepdims=True)) / sd
                 add(node.inputs[0], dg)

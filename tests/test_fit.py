@@ -71,6 +71,23 @@ def expm_gain(k, tau):
     return np.eye(len(k)) - scipy.linalg.expm(-tau * k)
 
 
+class Shifted:
+    """A model whose train-train kernels have smallest eigenvalue -0.1 (not PSD).
+
+    Not positive definite until an absolute diag_reg exceeds 0.1. Test-train blocks
+    are passed through unchanged.
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def kernel(self, x1, x2=None, get=("nngp", "ntk"), params=None):
+        out = self.model.kernel(x1, x2, get=get, params=params)
+        if x2 is not None:
+            return out
+        return tuple(g - (np.linalg.eigvalsh(g)[0] + 0.1) * np.eye(len(g)) for g in out)
+
+
 @pytest.mark.parametrize("diag_reg", [0.0, 1e-3])
 def test_ntk_infinite_time_mean_and_cov(model, data, diag_reg):
     x, xs, y = data
@@ -88,7 +105,7 @@ def test_ntk_infinite_time_mean_and_cov(model, data, diag_reg):
     out = fm.predict(xs, return_cov=True)
     close(out.mean, mean)
     close(out.covariance, cov)
-    m2, c2 = out  # unpacks as a pair
+    m2, _ = out  # unpacks as a pair
     close(m2, mean)
 
 
@@ -190,12 +207,14 @@ def test_select_diag_reg_matches_brute_force(model, data):
 
 def test_select_diag_reg_skips_singular_candidates(model, data):
     x, _, y = data
-    # Duplicated inputs make K exactly singular, so diag_reg=0 is not a candidate.
-    xd = np.concatenate([x, x[:1]])
-    yd = np.concatenate([y, y[:1]])
-    sel = select_diag_reg(model, xd, yd, candidates=(0.0, 1e-3))
-    assert sel.diag_reg == 1e-3
-    assert sel.table["nngp", 0.0] == np.inf or sel.table["nngp", 0.0] > sel.nll
+
+    sel = select_diag_reg(
+        Shifted(model), x, y, candidates=(0.0, 0.05, 0.2, 1.0), diag_reg_absolute_scale=True
+    )
+    assert sel.table["nngp", 0.0] == np.inf and sel.table["nngp", 0.05] == np.inf
+    assert sel.diag_reg in (0.2, 1.0) and np.isfinite(sel.nll)
+    with pytest.raises(ValueError, match="positive definite"):
+        select_diag_reg(Shifted(model), x, y, candidates=(0.0, 0.05), diag_reg_absolute_scale=True)
 
 
 @pytest.mark.parametrize(
@@ -249,13 +268,8 @@ def test_bad_data(model, data):
 
 def test_not_positive_definite_reported_at_fit(model, data):
     x, _, y = data
-    # Two identical inputs: Θ is singular; with diag_reg=0 infinite-time regression
-    # has no unique solution and fit must say so rather than return garbage later.
-    xd = np.concatenate([x, x[:1]])
-    yd = np.concatenate([y, y[:1] + 1.0])
-    try:
-        fm = fit(model, xd, yd, kernel="ntk", diag_reg=0.0)
-    except ValueError as e:
-        assert "positive definite" in str(e)
-    else:  # rounding left a tiny positive pivot: then the solve must still be finite
-        assert np.isfinite(fm.predict(x[:2])).all()
+    with pytest.raises(ValueError, match="not positive definite.*increase diag_reg"):
+        fit(Shifted(model), x, y, kernel="ntk", diag_reg=0.05, diag_reg_absolute_scale=True)
+    # Finite times go through the eigenbasis (negative eigenvalues clipped), no error.
+    fm = fit(Shifted(model), x, y, kernel="ntk", t=1.0)
+    assert np.isfinite(fm.predict(x[:2])).all()

@@ -23,9 +23,12 @@ class _Names:
     def _print_Symbol(self, s):
         return self.names.get(s) or super()._print_Symbol(s)
 
-    def _print_GaussExpectation(self, e):
-        args = ", ".join(self._print(a) for a in e.args)
-        return f"{self.helpers[type(e)]}({args}, params)"
+    def _print_Function(self, e):
+        # sympy skips printer methods of Function subclasses by name, so dispatch here.
+        if type(e) in self.helpers:
+            args = ", ".join(self._print(a) for a in e.args)
+            return f"{self.helpers[type(e)]}({args}, params)"
+        return super()._print_Function(e)
 
 
 class NumbaPrinter(_Names, PythonCodePrinter):

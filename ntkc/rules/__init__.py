@@ -14,12 +14,13 @@ Rule kinds tell the derivation engine how an op is opened:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..duals import REQUIRED  # one sentinel for every signature
 
-__all__ = ["REQUIRED", "Arg", "Rule", "RULES", "register"]
+__all__ = ["REQUIRED", "RULES", "Arg", "Rule", "register"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,164 @@
+"""The ntkc command line: compile, show, check, gram, predict, bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SpecError
+
+
+def _compile(args) -> int:
+    from .compiler import compile_file
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for spec in args.specs:
+        compiled = compile_file(spec, quad_degree=args.quad_degree, target=args.target)
+        _warn(compiled.program)
+        target = out / f"{compiled.program.network}.py"
+        target.write_text(compiled.source)
+        print(f"{spec} -> {target}")
+    return 0
+
+
+def _show(args) -> int:
+    from .compiler import compile_file
+    from .show import show
+
+    compiled = compile_file(args.spec)
+    _warn(compiled.program)
+    style = "latex" if args.latex else "sympy" if args.sympy else "text"
+    print(show(compiled.recursion, style, expand=args.expand))
+    return 0
+
+
+def _check(args) -> int:
+    from .compiler import compile_file
+
+    compiled = compile_file(args.spec)
+    _warn(compiled.program)
+    print(f"{args.spec}: ok (network {compiled.program.network})")
+    return 0
+
+
+def _load_array(path: str, what: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{what}: cannot read {path}: {e}") from None
+
+
+def _gram(args) -> int:
+    from .runtime import load
+
+    model = load(args.spec)
+    x1 = _load_array(args.x1, "--x1")
+    x2 = _load_array(args.x2, "--x2") if args.x2 else None
+    get = ("nngp", "ntk") if args.get == "both" else args.get
+    result = model.kernel(x1, x2, get=get, tile=args.tile, progress=True)
+    if isinstance(get, str):
+        np.save(args.output, result)
+    else:
+        np.savez(args.output, nngp=result.nngp, ntk=result.ntk)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _predict(args) -> int:
+    from .fit import fit
+    from .runtime import load
+
+    def npz(path, what):
+        with np.load(path, allow_pickle=False) as f:
+            if "x" not in f or "y" not in f:
+                raise ValueError(f"{what}: {path} needs arrays 'x' and 'y'")
+            return f["x"], f["y"]
+
+    model = load(args.spec)
+    x_train, y_train = npz(args.train, "--train")
+    x_test, y_test = npz(args.test, "--test")
+    t = None if args.t in (None, "inf") else float(args.t)
+    fitted = fit(model, x_train, y_train, kernel=args.kernel, t=t, diag_reg=args.diag_reg)
+    mean = fitted.predict(x_test)
+    mse = float(np.mean((mean - y_test) ** 2))
+    print(f"test MSE: {mse:.6g}")
+    if y_test.ndim == 2 and y_test.shape[1] > 1:
+        acc = float(np.mean(mean.argmax(1) == y_test.argmax(1)))
+        print(f"test accuracy: {acc:.4f}")
+    if args.output:
+        np.savez(args.output, mean=mean)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def _warn(program) -> None:
+    for w in program.warnings:
+        print(w, file=sys.stderr)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ntkc", description="Compile infinitely wide networks "
+                                 "to NNGP / NTK kernels.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compile", help="write generated/<network>.py for each spec")
+    c.add_argument("specs", nargs="+")
+    c.add_argument("-o", "--output", default="generated")
+    c.add_argument("--quad-degree", type=int, default=32)
+    c.add_argument("--target", default="cpu", choices=["cpu"])
+    c.set_defaults(func=_compile)
+    s = sub.add_parser("show", help="print the derived formulas")
+    s.add_argument("spec")
+    s.add_argument("--latex", action="store_true")
+    s.add_argument("--sympy", action="store_true")
+    s.add_argument("--expand", action="store_true", help="the output kernel as one formula")
+    s.set_defaults(func=_show)
+    k = sub.add_parser("check", help="check a spec and report errors")
+    k.add_argument("spec")
+    k.set_defaults(func=_check)
+    g = sub.add_parser("gram", help="compute a Gram matrix from .npy inputs")
+    g.add_argument("spec")
+    g.add_argument("--x1", required=True)
+    g.add_argument("--x2")
+    g.add_argument("--get", default="nngp", choices=["nngp", "ntk", "both"])
+    g.add_argument("--tile", type=int)
+    g.add_argument("-o", "--output", required=True)
+    g.set_defaults(func=_gram)
+    p = sub.add_parser("predict", help="closed-form predictions from train/test .npz (x, y)")
+    p.add_argument("spec")
+    p.add_argument("--train", required=True)
+    p.add_argument("--test", required=True)
+    p.add_argument("--kernel", default="ntk", choices=["nngp", "ntk"])
+    p.add_argument("--t", default=None, help="training time (default: infinite)")
+    p.add_argument("--diag-reg", type=float, default=1e-4)
+    p.add_argument("-o", "--output")
+    p.set_defaults(func=_predict)
+    b = sub.add_parser("bench", help="run the benchmarks (ntkc bench --help)")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=_bench)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as e:
+        print(e.report(), file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, MemoryError) as e:
+        print(f"ntkc: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""Monte Carlo verification (DESIGN §6.2): random finite networks converge to ntkc's kernels.
+
+For each architecture below, finite networks of widths 64, 256 and 1024 are sampled with
+``tests/mc_networks.py`` (plain numpy: forward pass and hand-written backprop, no ntkc
+kernel formula) and three estimates are compared with ntkc's Gram matrices on the same
+five inputs:
+
+* Θ̂  = mean over draws of the empirical NTK  Σ_θ ∂f(x)/∂θ ∂f(x')/∂θ      (→ ntk)
+* K̂  = mean over draws of f(x) f(x')                                       (→ nngp)
+* K̂c = mean over draws of E[f(x) f(x') | all but the readout layer]
+      = c²·h(x)·h(x') + b²  (h: the readout's input; the readout's Gaussian weights
+      integrated out exactly — same expectation as K̂, far smaller variance)  (→ nngp)
+
+Error model of an estimate at width n with D draws, per Gram entry (i, j):
+
+    |estimate - limit| ≤ Z·SE + B/n · s_ij,     s_ij = sqrt(limit_ii · limit_jj)
+
+* SE: the standard error of the mean, computed from the draws (sample std / √D);
+  Z = 4 (two-sided normal tail 6e-5 per entry; ~500 entries are checked in all).
+* B/n: the finite-width bias of the mean, which is O(1/n). B = 0 exactly for networks with
+  a single hidden layer of independent units (the output is a sum of n i.i.d. terms, so
+  E[K̂] and E[Θ̂] equal the limit at every width). For deeper ones B was measured once
+  with 2·10⁴ draws at widths 16, 32 and 64 (bias·n roughly constant in n, as
+  expected) and is set to twice the largest measured bias·n of the case (values in CASES).
+
+Convergence: the fluctuation of one draw's K̂c and Θ̂ is O(1/√n), the bias O(1/n), so
+with the same number of draws at each width the RMS relative error over the Gram entries
+should fall like 1/√n: by ~4 from 64 to 1024. The test asks for at least a factor 2
+(err(1024) < err(64)/2) for Θ̂ and K̂c. K̂ is a product of two O(1) outputs, whose variance
+does not shrink with width, so it is checked at the largest width only.
+
+ntkc's kernels come from the numpy reference backend (``backend="numpy"``): the numba
+backend costs ~3 s of JIT per spec here and its agreement with the numpy backend is tested
+elsewhere (DESIGN §6.3).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mc_networks import FiniteNetwork, mean_and_se
+
+import ntkc
+from ntkc.frontend import program_from_text
+
+pytestmark = pytest.mark.slow
+
+WIDTHS = (64, 256, 1024)
+Z = 4.0
+# Inputs: 5 points in dimension 4 with different norms (so that K(x,x) varies by point
+# and layer_norm has something to normalise); the last one is close to 1.3·(the first),
+# so one pair sits near correlation 1.
+_rng = np.random.default_rng(20240611)
+X = _rng.standard_normal((5, 4)) * np.array([[0.6], [1.0], [1.4], [0.8], [1.0]])
+X[4] = 1.3 * X[0] + 0.1 * _rng.standard_normal(4)
+
+
+@dataclass(frozen=True)
+class Case:
+    spec: str  # "{n}" in it is replaced by the width (parameterization standard)
+    draws: int  # per width, the same at every width
+    bias: float  # B: the finite-width bias bound is B/n · s_ij (0: one hidden layer)
+    seed: int
+
+
+CASES: dict[str, Case] = {
+    "relu_mlp": Case("""
+network relu_mlp
+param w = 1.5
+input x : vector[4]
+g1 = dense(x, w_std=w, b_std=0.1)
+h1 = relu(g1)
+g2 = dense(h1, w_std=w, b_std=0.1)
+h2 = relu(g2)
+y = dense(h2, w_std=w, b_std=0.1)
+output y
+""", draws=96, bias=1.0, seed=1),
+    "erf_mlp": Case("""
+network erf_mlp
+param w = 1.5
+param b = 0.05
+input x : vector[4]
+g1 = dense(x, w_std=w, b_std=b)
+h1 = erf(g1)
+g2 = dense(h1, w_std=w, b_std=b)
+h2 = erf(g2)
+y = dense(h2, w_std=w, b_std=b)
+output y
+""", draws=96, bias=1.0, seed=2),
+    # No closed form: ntkc integrates with Gauss–Hermite quadrature.
+    "softplus_mlp": Case("""
+network softplus_mlp
+nonlin softplus(z) = log(1 + exp(z))
+input x : vector[4]
+g1 = dense(x, w_std=1.2, b_std=0.2)
+h1 = softplus(g1)
+g2 = dense(h1, w_std=1.2, b_std=0.2)
+h2 = softplus(g2)
+y = dense(h2, w_std=1.2, b_std=0.2)
+output y
+""", draws=96, bias=1.0, seed=3),
+    # d = g1 + g1 is 2·g1 (4·K[g1]); r = d + s shares g1 with both summands, so
+    # K[r] = 9·K[g1] + 0.25·K[g2] (5·K[g1] + … if the cross covariance were dropped).
+    "shared_sum": Case("""
+network shared_sum
+input x : vector[4]
+g1 = dense(x, w_std=1.3, b_std=0.2)
+g2 = dense(x, w_std=1.3, b_std=0.2)
+d = g1 + g1
+s = g1 + 0.5 * g2
+r = d + s
+h = erf(r)
+y = dense(h, w_std=1.5, b_std=0.1)
+output y
+""", draws=2000, bias=0.0, seed=4),
+    # Residual through a nonlinearity: K[r] carries 2·E[g·relu(g')].
+    "residual": Case("""
+network residual
+input x : vector[4]
+g = dense(x, w_std=1.4, b_std=0.3)
+h = relu(g)
+r = g + h
+y = dense(r, w_std=1.2, b_std=0.1)
+output y
+""", draws=2000, bias=0.0, seed=5),
+    "concat": Case("""
+network concat
+input x : vector[4]
+g1 = dense(x, w_std=1.4, b_std=0.2)
+h1 = relu(g1)
+g2 = dense(x, w_std=2.0, b_std=0.1)
+h2 = erf(g2)
+c = concat(h1, h2)
+y = dense(c, w_std=1.3, b_std=0.1)
+output y
+""", draws=2000, bias=0.0, seed=6),
+    # Two concats summed: the first halves are both g1 (2·g1), the second halves g2 + g3,
+    # so K[r] = ½·4·K[g1] + ½·(K[g2] + K[g3]) (the overlap of the two partitions).
+    "concat_overlap": Case("""
+network concat_overlap
+input x : vector[4]
+g1 = dense(x, w_std=1.0, b_std=0.2)
+g2 = dense(x, w_std=1.5, b_std=0.1)
+g3 = dense(x, w_std=0.7)
+a = concat(g1, g2)
+b = concat(g1, g3)
+r = a + b
+h = relu(r)
+y = dense(h, w_std=1.3, b_std=0.1)
+output y
+""", draws=2000, bias=0.0, seed=7),
+    "layer_norm": Case("""
+network layer_norm
+input x : vector[4]
+g1 = dense(x, w_std=1.5, b_std=0.2)
+h1 = relu(g1)
+g2 = dense(h1, w_std=1.5, b_std=0.2)
+n2 = layer_norm(g2)
+h2 = erf(n2)
+y = dense(h2, w_std=1.3, b_std=0.1)
+output y
+""", draws=96, bias=1.0, seed=8),
+    # Neural Tangents returns NaN on the diagonal of this kernel; ntkc must not.
+    "rectified_monomial": Case("""
+network rect_mono
+input x : vector[4]
+g = dense(x, w_std=1.0, b_std=0.1)
+h = rectified_monomial(g, degree=2)
+y = dense(h, w_std=1.0, b_std=0.1)
+output y
+""", draws=2000, bias=0.0, seed=9),
+    # Standard parameterization: the NTK depends on the hidden widths, so the spec is
+    # compiled with width = n at each n.
+    "relu_standard": Case("""
+network relu_standard
+parameterization standard
+input x : vector[4]
+g1 = dense(x, w_std=1.5, b_std=0.1, width={n})
+h1 = relu(g1)
+g2 = dense(h1, w_std=1.5, b_std=0.1, width={n})
+h2 = relu(g2)
+y = dense(h2, w_std=1.5, b_std=0.1, width=1)
+output y
+""", draws=96, bias=1.0, seed=10),
+}
+
+
+def _spec(case: Case, n: int) -> str:
+    return case.spec.replace("{n}", str(n))
+
+
+@functools.cache
+def _ntkc_kernels(spec: str, tmp: str) -> tuple[np.ndarray, np.ndarray]:
+    path = Path(tmp) / f"mc_{hashlib.sha256(spec.encode()).hexdigest()[:16]}.ntk"
+    path.write_text(spec)
+    k = ntkc.load(path).kernel(X, backend="numpy")
+    return np.asarray(k.nngp), np.asarray(k.ntk)
+
+
+@dataclass
+class Estimate:
+    width: int
+    nngp: np.ndarray  # ntkc
+    ntk: np.ndarray
+    est: dict[str, tuple[np.ndarray, np.ndarray]]  # name → (mean, SE)
+
+
+@functools.cache
+def _estimates(name: str, tmp: str) -> list[Estimate]:
+    case = CASES[name]
+    out = []
+    for n in WIDTHS:
+        spec = _spec(case, n)
+        nngp, ntk = _ntkc_kernels(spec, tmp)
+        net = FiniteNetwork(program_from_text(spec, f"{name}.ntk"), n)
+        draws = net.sample(X, case.draws, np.random.default_rng(case.seed))
+        est = {
+            "ntk": mean_and_se(draws.ntk),
+            "nngp_cond": mean_and_se(draws.nngp_cond),
+            "nngp": mean_and_se(draws.ff),
+        }
+        out.append(Estimate(n, nngp, ntk, est))
+    return out
+
+
+def _limit(e: Estimate, which: str) -> np.ndarray:
+    return e.ntk if which == "ntk" else e.nngp
+
+
+def _scale(k: np.ndarray) -> np.ndarray:
+    d = np.sqrt(np.diag(k))
+    return np.outer(d, d)
+
+
+def rms_rel_error(e: Estimate, which: str) -> float:
+    ref = _limit(e, which)
+    iu = np.triu_indices(len(ref))
+    return float(np.sqrt(np.mean(((e.est[which][0] - ref) / _scale(ref))[iu] ** 2)))
+
+
+@pytest.fixture(scope="module")
+def tmp_specs(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("mc_specs"))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_converges_to_ntkc(name: str, tmp_specs: str) -> None:
+    case = CASES[name]
+    ests = _estimates(name, tmp_specs)
+    last = ests[-1]
+    for which in ("ntk", "nngp_cond", "nngp"):
+        ref = _limit(last, which)
+        assert np.all(np.isfinite(ref)), (which, ref)
+        mean, se = last.est[which]
+        tol = Z * se + case.bias / last.width * _scale(ref)
+        bad = np.abs(mean - ref) > tol
+        assert not bad.any(), (
+            f"{name} {which} at width {last.width}: ntkc\n{ref}\nMonte Carlo\n{mean}\n"
+            f"|diff|/tol\n{np.abs(mean - ref) / tol}"
+        )
+    # ~1/√n convergence (same draws and seed at every width): a factor 4 expected.
+    for which in ("ntk", "nngp_cond"):
+        errs = [rms_rel_error(e, which) for e in ests]
+        assert errs[-1] < errs[0] / 2, (name, which, dict(zip(WIDTHS, errs)))
+
+
+def test_rectified_monomial_diagonal(tmp_specs: str) -> None:
+    # Neural Tangents 0.6.5 gives NaN on the diagonal (x = x') of this kernel; ntkc must
+    # give the finite value E[φ(u)²] and it must agree with the finite networks.
+    last = _estimates("rectified_monomial", tmp_specs)[-1]
+    for which in ("ntk", "nngp_cond", "nngp"):
+        ref = np.diag(_limit(last, which))
+        mean, se = (np.diag(a) for a in last.est[which])
+        assert np.all(np.isfinite(ref)) and np.all(ref > 0), (which, ref)
+        np.testing.assert_array_less(np.abs(mean - ref), Z * se)
