@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,9 @@ def _compile(args) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     for spec in args.specs:
-        compiled = compile_file(spec, quad_degree=args.quad_degree, target=args.target)
+        rel = Path(os.path.relpath(Path(spec).resolve(), out.resolve())).as_posix()
+        compiled = compile_file(spec, quad_degree=args.quad_degree, target=args.target,
+                                spec_name=rel)
         _warn(compiled.program)
         target = out / f"{compiled.program.network}.py"
         target.write_text(compiled.source)

@@ -25,8 +25,13 @@ def compile_text(
     filename: str = "<spec>",
     quad_degree: int = DEFAULT_DEGREE,
     target: str = "cpu",
+    spec_name: str | None = None,
 ) -> Compiled:
-    """parse → IR → passes → derive → codegen. Raises SpecError / DeriveError."""
+    """parse → IR → passes → derive → codegen. Raises SpecError.
+
+    spec_name: how the module header names its spec (a path relative to the
+    module's directory, so the runtime can check the hash); default ``filename``.
+    """
     if target != "cpu":
         raise ValueError(f"target {target!r} is not supported by this version (cpu)")
     program = program_from_text(text, filename)
@@ -35,7 +40,8 @@ def compile_text(
     except DeriveError as e:
         raise SpecError([Diagnostic("error", str(e), e.pos)], filename, text) from None
     options = {"target": target, "quad_degree": quad_degree}
-    source = ModuleWriter(recursion, quad_degree).module(Path(filename).as_posix(), text, options)
+    source = ModuleWriter(recursion, quad_degree).module(
+        spec_name or Path(filename).as_posix(), text, options)
     return Compiled(program, recursion, source)
 
 

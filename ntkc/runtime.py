@@ -171,7 +171,7 @@ def load(path: str | Path, quad_degree: int = DEFAULT_DEGREE) -> Model:
         raise FileNotFoundError(f"no such file: {path}")
     if path.suffix == ".py":
         module = import_module_file(path)
-        spec = Path(module.SPEC_FILE)
+        spec = path.parent / module.SPEC_FILE  # recorded relative to the module
         if spec.exists():
             sha = hashlib.sha256(spec.read_bytes()).hexdigest()
             if sha != module.SPEC_SHA256:

@@ -161,24 +161,30 @@ class FiniteNetwork:
         if chunk is None:  # ~32 MB of weights per dense line and chunk
             chunk = max(1, min(draws, 2**22 // max(self.width * self.width, 1)))
         parts = []
-        done = 0
+        buffers: dict[str, np.ndarray] = {}  # reused between chunks: filling preallocated
+        done = 0  # memory is ~2x faster than allocating fresh arrays for every chunk
         while done < draws:
             b = min(chunk, draws - done)
-            parts.append(self.evaluate(x, self.draw_params(b, rng)))
+            parts.append(self.evaluate(x, self.draw_params(b, rng, buffers)))
             done += b
         return Draws(*(np.concatenate([p[i] for p in parts]) for i in range(3)))
 
     # -- one chunk of draws -----------------------------------------------------------------
-    def draw_params(self, nb: int, rng: np.random.Generator) -> dict[str, tuple]:
+    def draw_params(self, nb: int, rng: np.random.Generator,
+                    buffers: dict[str, np.ndarray] | None = None) -> dict[str, tuple]:
         """Standard normals Z (nb, units, fan_in) and β (nb, 1, units) (or None) per dense
         line, in program order: W = w/√fan_in · Z and bias = b_std · β in both
-        parameterizations."""
+        parameterizations. ``buffers``: arrays to fill in place (keyed by line name)."""
+        buffers = {} if buffers is None else buffers
         params = {}
         for node in self.order:
             if node.op != "dense":
                 continue
             units, fan_in = self.widths[node.name], self.widths[node.inputs[0]]
-            z = rng.standard_normal((nb, units, fan_in))
+            z = buffers.get(node.name)
+            if z is None or z.shape != (nb, units, fan_in):
+                z = buffers[node.name] = np.empty((nb, units, fan_in))
+            rng.standard_normal(out=z)
             beta = None
             if node.attrs["b_std"] is not None:
                 beta = rng.standard_normal((nb, 1, units))
@@ -208,7 +214,8 @@ class FiniteNetwork:
             elif node.op == "dense":
                 z, beta = params[node.name]
                 scale, b, _, _ = self.gradient_weights(node.name)
-                g = scale * np.matmul(acts[node.inputs[0]], z.transpose(0, 2, 1))
+                # (Z hᵀ)ᵀ: numpy's batched matmul is fastest with the big matrix on the left
+                g = scale * np.matmul(z, acts[node.inputs[0]].transpose(0, 2, 1)).transpose(0, 2, 1)
                 acts[node.name] = g if beta is None else g + b * beta
             elif node.op == "nonlin":
                 acts[node.name] = self.phis[node.name][0](acts[node.inputs[0]])
@@ -259,7 +266,8 @@ class FiniteNetwork:
                 if cb2:
                     ntk += cb2 * dd
                 if prog.nodes[src].op != "input":
-                    add(src, scale * np.matmul(d, params[node.name][0]))
+                    zt = params[node.name][0].transpose(0, 2, 1)
+                    add(src, scale * np.matmul(zt, d.transpose(0, 2, 1)).transpose(0, 2, 1))
             elif node.op == "nonlin":
                 (src,) = node.inputs
                 add(src, d * self.phis[node.name][1](acts[src]))

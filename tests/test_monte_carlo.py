@@ -139,19 +139,21 @@ c = concat(h1, h2)
 y = dense(c, w_std=1.3, b_std=0.1)
 output y
 """, draws=2000, bias=0.0, seed=6),
-    # Two concats summed: the first halves are both g1 (2·g1), the second halves g2 + g3,
-    # so K[r] = ½·4·K[g1] + ½·(K[g2] + K[g3]) (the overlap of the two partitions).
+    # Two concats summed: the first halves are both h1 (2·h1), the second halves h2 + g3,
+    # so K[r] = ½·4·K[h1] + ½·(K[h2] + K[g3]) (the overlap of the two partitions). A
+    # concat is not Gaussian (its features mix two laws), so r feeds a dense, not a φ.
     "concat_overlap": Case("""
 network concat_overlap
 input x : vector[4]
 g1 = dense(x, w_std=1.0, b_std=0.2)
+h1 = relu(g1)
 g2 = dense(x, w_std=1.5, b_std=0.1)
+h2 = erf(g2)
 g3 = dense(x, w_std=0.7)
-a = concat(g1, g2)
-b = concat(g1, g3)
+a = concat(h1, h2)
+b = concat(h1, g3)
 r = a + b
-h = relu(r)
-y = dense(h, w_std=1.3, b_std=0.1)
+y = dense(r, w_std=1.3, b_std=0.1)
 output y
 """, draws=2000, bias=0.0, seed=7),
     "layer_norm": Case("""

@@ -1,0 +1,460 @@
+"""Finite-network ensemble vs ntkc's infinite-width prediction: the sine regression of
+the Neural Tangents paper (Novak et al. 2020, section 2.1, and its "cookbook").
+
+Setup (the paper's): 5 training inputs uniform in [-pi, pi], targets sin(x) + N(0, 0.1^2);
+test grid of 50 points on [-pi, pi] with noise-free targets sin(x). Network: two hidden
+Erf layers, W_std = 1.5, b_std = 0.05, NTK parameterization. Loss
+0.5 * mean_i (f(x_i) - y_i)^2 (Neural Tangents' convention, ``||f - y||^2 / (2 y.size)``),
+full-batch gradient descent with learning rate 0.1 for 10^4 steps, so the continuous
+time t = lr * steps runs to 1000.
+
+The infinite-width theory is ``ntkc.predict.gradient_descent_mse_ensemble`` with the
+kernels of the same network compiled by ntkc, ``learning_rate=1`` and t in those
+continuous-time units: gradient descent with step ``lr`` is the Euler discretisation of
+``df/dt = -(1 / y.size) Θ (f - y)`` with step ``lr``, so after k steps it is at t = lr * k.
+
+The finite networks are written here, in numpy, with hand-written backprop (nothing of
+ntkc is used for them), and trained independently; their outputs at the test grid and the
+training inputs are recorded at log-spaced times. Outputs: PNGs and a JSON under
+examples/figures/.
+
+    python examples/sine_ensemble.py                 # 100 networks, width 512 (minutes)
+    python examples/sine_ensemble.py --quick         # 20 networks, width 256, t <= 100
+    python examples/sine_ensemble.py --networks 50 --width 1024 --jobs 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg.blas
+import scipy.special
+
+import ntkc
+from ntkc.predict import gradient_descent_mse_ensemble
+
+# The network, as an ntkc spec. Kept here (rather than loading examples/erf_mlp.ntk) so
+# that the finite networks below and the compiled kernels provably describe the same
+# architecture even if the shipped example changes.
+SPEC = """\
+network sine_erf_mlp
+parameterization ntk
+param w = 1.5
+param b = 0.05
+input x : vector[1]
+g1 = dense(x, w_std=w, b_std=b)
+h1 = erf(g1)
+g2 = dense(h1, w_std=w, b_std=b)
+h2 = erf(g2)
+y  = dense(h2, w_std=w, b_std=b)
+output y
+"""
+W_STD, B_STD = 1.5, 0.05
+FIGURES = Path(__file__).resolve().parent / "figures"
+
+
+@dataclass(frozen=True)
+class Config:
+    networks: int = 100
+    width: int = 512
+    n_train: int = 5
+    n_test: int = 50
+    noise: float = 0.1
+    lr: float = 0.1
+    steps: int = 10_000
+    n_records: int = 60  # log-spaced record points (plus step 0)
+    seed: int = 0  # data; network e uses seed (seed, 1, e)
+    jobs: int = 0  # worker processes (0: one per CPU)
+    chunk: int = 4  # networks trained together in one batched numpy loop
+
+    @property
+    def t_max(self) -> float:
+        return self.lr * self.steps
+
+
+def make_data(cfg: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The paper's data: train x ~ U[-pi, pi] with noisy sin targets, a clean test grid."""
+    rng = np.random.default_rng(cfg.seed)
+    x_train = rng.uniform(-np.pi, np.pi, size=(cfg.n_train, 1))
+    y_train = np.sin(x_train[:, 0]) + cfg.noise * rng.standard_normal(cfg.n_train)
+    x_test = np.linspace(-np.pi, np.pi, cfg.n_test)[:, None]
+    return x_train, y_train, x_test, np.sin(x_test[:, 0])
+
+
+def record_steps(cfg: Config) -> np.ndarray:
+    """Step 0 and ``n_records`` log-spaced steps up to ``steps`` (distinct integers)."""
+    s = np.unique(np.round(np.geomspace(1, cfg.steps, cfg.n_records)).astype(int))
+    return np.concatenate([[0], s])
+
+
+# ---------------------------------------------------------------- finite networks
+
+
+_GEMM = scipy.linalg.blas.dgemm
+
+
+def _erf_prime(z: np.ndarray) -> np.ndarray:
+    return (2.0 / np.sqrt(np.pi)) * np.exp(-z * z)
+
+
+class ErfEnsemble:
+    """B independent finite Erf MLPs 1 -> n -> n -> 1 in NTK parameterization.
+
+    Neural Tangents' Dense in NTK parameterization: ``z = (W_std / sqrt(fan_in)) h W +
+    b_std * beta`` with W, beta ~ N(0, 1); gradient descent acts on (W, beta). All
+    arrays carry a leading axis of B networks so one numpy call serves the batch.
+    """
+
+    def __init__(self, width: int, seeds: list[tuple[int, ...]]):
+        n = width
+        self.n = n
+        draws = [self._draw(np.random.default_rng(list(s)), n) for s in seeds]
+        self.w1, self.b1, w2, self.b2, self.w3, self.b3 = (
+            np.stack([d[i] for d in draws]) for i in range(6)
+        )
+        # The n x n hidden weights dominate the cost. They are stored transposed
+        # (w2t[b] = W2[b].T, C order) so that each W2[b] is a Fortran-ordered view that
+        # BLAS gemm can update in place (W2 -= a h1^T d2) without an n x n temporary.
+        self.w2t = np.ascontiguousarray(np.swapaxes(w2, 1, 2))
+        probe = np.ones((1, n))
+        res = _GEMM(0.0, probe, probe, trans_a=True, beta=1.0, c=self.w2t[0].T, overwrite_c=True)
+        if not np.shares_memory(res, self.w2t):  # would silently train nothing
+            raise RuntimeError("scipy's dgemm did not update the weights in place")
+        self.c1 = W_STD  # fan_in = 1
+        self.c = W_STD / np.sqrt(n)
+
+    @staticmethod
+    def _draw(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
+        # One network's parameters, drawn in a fixed order so that a network depends
+        # only on its own seed (not on how networks are chunked across workers).
+        return (
+            rng.standard_normal((1, n)),
+            rng.standard_normal(n),
+            rng.standard_normal((n, n)),
+            rng.standard_normal(n),
+            rng.standard_normal((n, 1)),
+            rng.standard_normal(1),
+        )
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Outputs (B, P) for inputs x (P, 1), and the activations backprop needs."""
+        z1 = self.c1 * (x @ self.w1) + B_STD * self.b1[:, None, :]  # (B, P, n)
+        h1 = scipy.special.erf(z1)
+        z2 = self.c * (h1 @ np.swapaxes(self.w2t, 1, 2)) + B_STD * self.b2[:, None, :]
+        h2 = scipy.special.erf(z2)
+        f = self.c * (h2 @ self.w3)[..., 0] + B_STD * self.b3  # (B, P)
+        return f, z1, h1, z2, h2
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x)[0]
+
+    def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> np.ndarray:
+        """One full-batch gradient-descent step on 0.5 * mean((f - y)^2); returns f before it."""
+        f, z1, h1, z2, h2 = self.forward(x)
+        r = (f - y) / y.size  # dL/df for L = ||f - y||^2 / (2 * y.size)
+        # Readout layer.
+        g_w3 = self.c * (np.swapaxes(h2, 1, 2) @ r[..., None])  # (B, n, 1)
+        g_b3 = B_STD * r.sum(axis=1, keepdims=True)
+        d2 = self.c * r[..., None] * np.swapaxes(self.w3, 1, 2) * _erf_prime(z2)  # dL/dz2
+        # Hidden layer 2; d1 must use w2 before its update.
+        d1 = self.c * (d2 @ self.w2t) * _erf_prime(z1)  # dL/dz1
+        for b in range(len(self.w2t)):  # W2 -= lr c h1^T d2, in place
+            _GEMM(-lr * self.c, h1[b], d2[b], trans_a=True, beta=1.0, c=self.w2t[b].T,
+                  overwrite_c=True)
+        self.b2 -= (lr * B_STD) * d2.sum(axis=1)
+        # Hidden layer 1 (input x is shared by all networks).
+        self.w1 -= (lr * self.c1) * np.einsum("pi,bpj->bij", x, d1)
+        self.b1 -= (lr * B_STD) * d1.sum(axis=1)
+        self.w3 -= lr * g_w3
+        self.b3 -= lr * g_b3
+        return f
+
+
+def train_chunk(
+    cfg: Config, seeds: list[tuple[int, ...]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train a chunk of networks; outputs at the record steps on (test grid, train inputs).
+
+    Returns arrays of shape (R, B, n_test) and (R, B, n_train).
+    """
+    _single_threaded_blas()
+    x_train, y_train, x_test, _ = make_data(cfg)
+    rec = set(record_steps(cfg).tolist())
+    net = ErfEnsemble(cfg.width, seeds)
+    out_test, out_train = [], []
+    for k in range(cfg.steps + 1):
+        if k in rec:
+            out_test.append(net(x_test))
+            out_train.append(net(x_train))
+        if k < cfg.steps:
+            net.step(x_train, y_train, cfg.lr)
+    return np.array(out_test), np.array(out_train)
+
+
+def _single_threaded_blas() -> None:
+    # The per-step matrix products are skinny (5 x n times n x n): threaded BLAS only
+    # adds synchronisation, and the workers already use every core.
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - ships with scikit-learn
+        return
+    threadpool_limits(1)
+
+
+def train_ensemble(cfg: Config, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """All networks, chunked over worker processes. Shapes (R, E, n_test), (R, E, n_train)."""
+    seeds = [(cfg.seed, 1, e) for e in range(cfg.networks)]
+    chunks = [seeds[i : i + cfg.chunk] for i in range(0, len(seeds), cfg.chunk)]
+    jobs = cfg.jobs or os.cpu_count() or 1
+    jobs = min(jobs, len(chunks))
+    start = time.perf_counter()
+    results = []
+    if jobs == 1:
+        for i, ch in enumerate(chunks):
+            results.append(train_chunk(cfg, ch))
+            _report(progress, i + 1, len(chunks), start)
+    else:
+        with ProcessPoolExecutor(jobs) as pool:
+            futures = [pool.submit(train_chunk, cfg, ch) for ch in chunks]
+            for i, fut in enumerate(futures):
+                results.append(fut.result())
+                _report(progress, i + 1, len(chunks), start)
+    if progress:
+        print(file=sys.stderr)
+    return (
+        np.concatenate([r[0] for r in results], axis=1),
+        np.concatenate([r[1] for r in results], axis=1),
+    )
+
+
+def _report(show: bool, done: int, total: int, start: float) -> None:
+    if show:
+        el = time.perf_counter() - start
+        print(
+            f"\rtrained {done}/{total} chunks, {el:.0f} s, ~{el * (total / done - 1):.0f} s left",
+            end="", file=sys.stderr, flush=True,
+        )
+
+
+# ---------------------------------------------------------------- theory
+
+
+def load_model() -> ntkc.Model:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "sine_erf_mlp.ntk"
+        path.write_text(SPEC)
+        return ntkc.load(path)
+
+
+def theory(cfg: Config, times: np.ndarray, model: ntkc.Model | None = None) -> dict:
+    """Infinite-width ensemble (get='ntk'): means and covariances at ``times``.
+
+    On the test grid and on the training inputs (as "test" points, which gives the
+    ensemble's spread there too).
+    """
+    model = model or load_model()
+    x_train, y_train, x_test, _ = make_data(cfg)
+    params = {"w": W_STD, "b": B_STD}
+    k_tr = model.kernel(x_train, params=params)
+    # diag_reg = 0: the finite networks are not regularised either, and finite times
+    # go through the eigenbasis, which needs no regulariser.
+    ens = gradient_descent_mse_ensemble(
+        {"nngp": k_tr.nngp, "ntk": k_tr.ntk}, y_train, learning_rate=1.0
+    )
+    out = {}
+    for name, xs in (("test", x_test), ("train", x_train)):
+        k_st = model.kernel(xs, x_train, params=params)
+        k_ss = model.kernel(xs, get="nngp", params=params)
+        g = ens.predict(
+            times, {"nngp": k_st.nngp, "ntk": k_st.ntk}, {"nngp": k_ss}, get="ntk",
+            compute_cov=True,
+        )
+        out[name] = (g.mean, g.covariance)
+    out["ntk_eigenvalues"] = np.linalg.eigvalsh(k_tr.ntk)
+    return out
+
+
+def expected_loss(mean: np.ndarray, var: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """E[0.5 * mean_i (f_i - y_i)^2] for f ~ N(mean, diag var), over the last axis."""
+    return 0.5 * np.mean((mean - y) ** 2 + var, axis=-1)
+
+
+# ---------------------------------------------------------------- experiment
+
+
+def run(cfg: Config, progress: bool = True) -> dict:
+    """Train the ensemble, compute the theory, and compare; returns plain-data results."""
+    x_train, y_train, x_test, y_test = make_data(cfg)
+    steps = record_steps(cfg)
+    times = cfg.lr * steps
+    t0 = time.perf_counter()
+    f_test, f_train = train_ensemble(cfg, progress)  # (R, E, P)
+    t_train = time.perf_counter() - t0
+    th = theory(cfg, times)
+    m_test, c_test = th["test"]
+    m_train, c_train = th["train"]
+    v_test = np.diagonal(c_test, axis1=-2, axis2=-1)
+    v_train = np.diagonal(c_train, axis1=-2, axis2=-1)
+    e = cfg.networks
+    ens = {
+        "mean_test": f_test.mean(axis=1),
+        "var_test": f_test.var(axis=1, ddof=1),
+        "mean_train": f_train.mean(axis=1),
+        "var_train": f_train.var(axis=1, ddof=1),
+        # Per-network losses averaged over the ensemble, with their standard error.
+        "loss_train": (0.5 * np.mean((f_train - y_train) ** 2, axis=-1)).mean(axis=1),
+        "loss_test": (0.5 * np.mean((f_test - y_test) ** 2, axis=-1)).mean(axis=1),
+        "loss_train_se": (0.5 * np.mean((f_train - y_train) ** 2, axis=-1)).std(axis=1, ddof=1)
+        / np.sqrt(e),
+        "loss_test_se": (0.5 * np.mean((f_test - y_test) ** 2, axis=-1)).std(axis=1, ddof=1)
+        / np.sqrt(e),
+    }
+    thy = {
+        "mean_test": m_test,
+        "var_test": v_test,
+        "mean_train": m_train,
+        "var_train": v_train,
+        "loss_train": expected_loss(m_train, v_train, y_train),
+        "loss_test": expected_loss(m_test, v_test, y_test),
+    }
+    # Discrepancies in units the test (tests/test_sine_ensemble.py) reasons with:
+    # mean error over the Monte Carlo standard error sigma/sqrt(E), variance ratio.
+    sd = np.sqrt(np.maximum(v_test, 1e-300))
+    stats = {
+        "max_abs_mean_diff": np.abs(ens["mean_test"] - m_test).max(axis=-1),
+        "rms_mean_diff_over_se": np.sqrt(
+            np.mean(((ens["mean_test"] - m_test) / (sd / np.sqrt(e))) ** 2, axis=-1)
+        ),
+        "var_ratio_median": np.median(ens["var_test"] / np.maximum(v_test, 1e-300), axis=-1),
+        "max_abs_var_diff": np.abs(ens["var_test"] - v_test).max(axis=-1),
+        "prior_var_max": float(v_test[0].max()),
+    }
+    return {
+        "config": asdict(cfg),
+        "seconds_training": t_train,
+        "data": {
+            "x_train": x_train[:, 0], "y_train": y_train, "x_test": x_test[:, 0],
+            "y_test": y_test,
+        },
+        "steps": steps,
+        "times": times,
+        "ntk_eigenvalues": th["ntk_eigenvalues"],
+        "ensemble": ens,
+        "theory": thy,
+        "stats": stats,
+    }
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def plot(res: dict, out_dir: Path, stem: str, band_times: list[float]) -> list[Path]:
+    """Loss curves and mean +- 2 sigma bands; returns the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg, t = res["config"], np.asarray(res["times"])
+    ens, thy, data = res["ensemble"], res["theory"], res["data"]
+    label = f"{cfg['networks']} networks, width {cfg['width']}"
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    pos = t > 0  # log axis
+    for key, colour, name in (("loss_train", "C0", "train"), ("loss_test", "C3", "test")):
+        ax.loglog(t[pos], thy[key][pos], color=colour, lw=2, label=f"{name}: infinite width (ntkc)")
+        m, se = ens[key][pos], ens[f"{key}_se"][pos]
+        ax.loglog(t[pos], m, "o", ms=3, color=colour, label=f"{name}: ensemble ({label})")
+        ax.fill_between(t[pos], np.maximum(m - 2 * se, 1e-12), m + 2 * se, color=colour, alpha=0.2)
+    ax.set_xlabel("t = learning rate x steps")
+    ax.set_ylabel("loss  0.5 mean (f - y)^2")
+    ax.set_title("Erf network on sin(x): expected loss vs training time")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / f"{stem}_loss.png")
+    fig.savefig(paths[-1], dpi=130)
+    plt.close(fig)
+
+    idx = [int(np.argmin(np.abs(t - bt))) for bt in band_times]
+    fig, axes = plt.subplots(1, len(idx), figsize=(4.2 * len(idx), 3.8), sharey=True)
+    xs = np.asarray(data["x_test"])
+    for ax, i in zip(np.atleast_1d(axes), idx):
+        mt, st = np.asarray(thy["mean_test"][i]), np.sqrt(np.asarray(thy["var_test"][i]))
+        me, se = np.asarray(ens["mean_test"][i]), np.sqrt(np.asarray(ens["var_test"][i]))
+        ax.fill_between(xs, mt - 2 * st, mt + 2 * st, color="C0", alpha=0.25,
+                        label="infinite width: mean +- 2 sd")
+        ax.plot(xs, mt, color="C0", lw=2)
+        ax.plot(xs, me, "--", color="C3", label="ensemble mean")
+        ax.plot(xs, me - 2 * se, ":", color="C3", label="ensemble +- 2 sd")
+        ax.plot(xs, me + 2 * se, ":", color="C3")
+        ax.plot(xs, data["y_test"], color="k", lw=0.8, alpha=0.6, label="sin(x)")
+        ax.plot(data["x_train"], data["y_train"], "ko", ms=5, label="train")
+        ax.set_title(f"t = {t[i]:g}")
+        ax.set_xlabel("x")
+    np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"Erf network, NTK parameterization: {label} vs ntkc", fontsize=10)
+    fig.tight_layout()
+    paths.append(out_dir / f"{stem}_bands.png")
+    fig.savefig(paths[-1], dpi=130)
+    plt.close(fig)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--networks", type=int, default=Config.networks, help="ensemble size")
+    p.add_argument("--width", type=int, default=Config.width, help="hidden width")
+    p.add_argument("--steps", type=int, default=Config.steps, help="gradient-descent steps")
+    p.add_argument("--lr", type=float, default=Config.lr, help="learning rate")
+    p.add_argument("--seed", type=int, default=Config.seed)
+    p.add_argument("--jobs", type=int, default=0, help="worker processes (0: all CPUs)")
+    p.add_argument("--quick", action="store_true",
+                   help="20 networks of width 256, 1000 steps (t <= 100): about a minute")
+    p.add_argument("--out", type=Path, default=FIGURES, help="output directory")
+    a = p.parse_args(argv)
+    if a.quick:
+        cfg = Config(networks=20, width=256, steps=1000, lr=a.lr, seed=a.seed, jobs=a.jobs)
+    else:
+        cfg = Config(networks=a.networks, width=a.width, steps=a.steps, lr=a.lr, seed=a.seed,
+                     jobs=a.jobs)
+    stem = "sine_ensemble_quick" if a.quick else "sine_ensemble"
+    res = run(cfg)
+    a.out.mkdir(parents=True, exist_ok=True)
+    t = res["times"]
+    band_times = [bt for bt in (1.0, 10.0, 100.0, 1000.0) if bt <= t[-1]]
+    paths = plot(res, a.out, stem, band_times)
+    js = a.out / f"{stem}.json"
+    js.write_text(json.dumps(_jsonable(res), indent=1))
+    print(f"training: {res['seconds_training']:.1f} s; wrote {js} and "
+          + ", ".join(str(q) for q in paths))
+    s = res["stats"]
+    print("\n| t | train loss ens | theory | test loss ens | theory "
+          "| max abs mean diff | rms diff / SE | median var ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for i in [int(np.argmin(np.abs(t - bt))) for bt in [0.0, 0.1, *band_times]]:
+        print(f"| {t[i]:g} | {res['ensemble']['loss_train'][i]:.4g} "
+              f"| {res['theory']['loss_train'][i]:.4g} | {res['ensemble']['loss_test'][i]:.4g} "
+              f"| {res['theory']['loss_test'][i]:.4g} | {s['max_abs_mean_diff'][i]:.3g} "
+              f"| {s['rms_mean_diff_over_se'][i]:.2f} | {s['var_ratio_median'][i]:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
