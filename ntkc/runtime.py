@@ -151,6 +151,13 @@ class Model:
 
         return collections.namedtuple("Kernels", names)(*(outs[n] for n in names))
 
+    def fit(self, x_train, y_train, **options):
+        """Closed-form predictor of the infinitely wide network trained on (x, y):
+        see ntkc.fit.fit for the options (kernel, t, diag_reg, learning_rate)."""
+        from .fit import fit
+
+        return fit(self, x_train, y_train, **options)
+
     @staticmethod
     def _allocate(names, shape, dtype, out_dir):
         if out_dir is None:
