@@ -31,6 +31,7 @@ examples/figures/.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -86,8 +87,8 @@ class Config:
     def step_sizes(self) -> np.ndarray:
         """Learning rate of every gradient-descent step; their cumulative sum is the time."""
         t_w = min(self.warmup_time, self.t_max)
-        n_w = int(round(t_w / self.warmup_lr)) if t_w > 0 else 0
-        n_main = int(round((self.t_max - n_w * self.warmup_lr) / self.lr))
+        n_w = round(t_w / self.warmup_lr) if t_w > 0 else 0
+        n_main = max(0, round((self.t_max - n_w * self.warmup_lr) / self.lr))
         return np.concatenate([np.full(n_w, self.warmup_lr), np.full(n_main, self.lr)])
 
     def step_times(self) -> np.ndarray:
@@ -104,12 +105,17 @@ def make_data(cfg: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     return x_train, y_train, x_test, np.sin(x_test[:, 0])
 
 
+#: Times always recorded (when reached): the panels of the band figure and the table.
+CHECKPOINTS = (0.1, 1.0, 10.0, 100.0, 1000.0)
+
+
 def record_steps(cfg: Config) -> np.ndarray:
-    """Step 0 and the steps nearest ``n_records`` log-spaced times (distinct, sorted)."""
+    """Step 0, the steps nearest ``n_records`` log-spaced times and the CHECKPOINTS."""
     t = cfg.step_times()
     if len(t) == 1:
         return np.array([0])
     targets = np.geomspace(t[1], t[-1], cfg.n_records)
+    targets = np.concatenate([targets, [c for c in CHECKPOINTS if c <= t[-1] * (1 + 1e-9)]])
     idx = np.clip(np.searchsorted(t, targets), 1, len(t) - 1)
     nearer_left = np.abs(t[idx - 1] - targets) < np.abs(t[idx] - targets)
     idx = np.where(nearer_left & (idx > 1), idx - 1, idx)
@@ -269,6 +275,7 @@ def _report(show: bool, done: int, total: int, start: float) -> None:
 # ---------------------------------------------------------------- theory
 
 
+@functools.cache  # parsing + deriving the spec takes seconds; do it once per process
 def load_model() -> ntkc.Model:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "sine_erf_mlp.ntk"
@@ -276,15 +283,21 @@ def load_model() -> ntkc.Model:
         return ntkc.load(path)
 
 
-def theory(cfg: Config, times: np.ndarray, model: ntkc.Model | None = None) -> dict:
+def theory(
+    cfg: Config,
+    times: np.ndarray,
+    model: ntkc.Model | None = None,
+    params: dict[str, float] | None = None,
+) -> dict:
     """Infinite-width ensemble (get='ntk'): means and covariances at ``times``.
 
     On the test grid and on the training inputs (as "test" points, which gives the
-    ensemble's spread there too).
+    ensemble's spread there too). ``params`` overrides the network's (w, b) — only to
+    check that a mis-specified theory is detected (tests/test_sine_ensemble.py).
     """
     model = model or load_model()
     x_train, y_train, x_test, _ = make_data(cfg)
-    params = {"w": W_STD, "b": B_STD}
+    params = {"w": W_STD, "b": B_STD, **(params or {})}
     k_tr = model.kernel(x_train, params=params)
     # diag_reg = 0: the finite networks are not regularised either, and finite times
     # go through the eigenbasis, which needs no regulariser.
@@ -463,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run(cfg)
     a.out.mkdir(parents=True, exist_ok=True)
     t = res["times"]
-    band_times = [bt for bt in (1.0, 10.0, 100.0, 1000.0) if bt <= t[-1]]
+    band_times = [bt for bt in CHECKPOINTS[1:] if bt <= t[-1] * (1 + 1e-9)]
     paths = plot(res, a.out, stem, band_times)
     js = a.out / f"{stem}.json"
     js.write_text(json.dumps(_jsonable(res), indent=1))
@@ -473,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| t | train loss ens | theory | test loss ens | theory "
           "| max abs mean diff | rms diff / SE | median var ratio |")
     print("|---|---|---|---|---|---|---|---|")
-    for i in [int(np.argmin(np.abs(t - bt))) for bt in [0.0, 0.1, *band_times]]:
+    for i in [int(np.argmin(np.abs(t - bt))) for bt in [0.0, CHECKPOINTS[0], *band_times]]:
         print(f"| {t[i]:g} | {res['ensemble']['loss_train'][i]:.4g} "
               f"| {res['theory']['loss_train'][i]:.4g} | {res['ensemble']['loss_test'][i]:.4g} "
               f"| {res['theory']['loss_test'][i]:.4g} | {s['max_abs_mean_diff'][i]:.3g} "

@@ -79,7 +79,8 @@ def _quad0_np(k11, k12, k22, params):
     s = numpy.sqrt(2.0 * numpy.maximum(k11, 0.0))[..., None, None]
     safe = numpy.where(k11 > 0, k11, 1.0)
     c = numpy.where(k11 > 0, math.sqrt(2.0) * k12 / numpy.sqrt(safe), 0.0)
-    r = numpy.sqrt(2.0 * numpy.maximum(k22 - numpy.where(k11 > 0, k12 * k12 / safe, 0.0), 0.0))
+    r2 = k22 - numpy.where(k11 > 0, k12 * k12 / safe, 0.0)
+    r = numpy.sqrt(2.0 * numpy.maximum(r2, 0.0))
     u = s * _GH_X[:, None]
     v = c[..., None, None] * _GH_X[:, None] + r[..., None, None] * _GH_X[None, :]
     vals = (1 - numpy.tanh(u)**2) * (1 - numpy.tanh(v)**2) * (v * 0 + 1)
@@ -122,7 +123,8 @@ def _quad2_np(k11, k12, k22, params):
     s = numpy.sqrt(2.0 * numpy.maximum(k11, 0.0))[..., None, None]
     safe = numpy.where(k11 > 0, k11, 1.0)
     c = numpy.where(k11 > 0, math.sqrt(2.0) * k12 / numpy.sqrt(safe), 0.0)
-    r = numpy.sqrt(2.0 * numpy.maximum(k22 - numpy.where(k11 > 0, k12 * k12 / safe, 0.0), 0.0))
+    r2 = k22 - numpy.where(k11 > 0, k12 * k12 / safe, 0.0)
+    r = numpy.sqrt(2.0 * numpy.maximum(r2, 0.0))
     u = s * _GH_X[:, None]
     v = c[..., None, None] * _GH_X[:, None] + r[..., None, None] * _GH_X[None, :]
     vals = (numpy.tanh(u)) * (numpy.tanh(v)) * (v * 0 + 1)

@@ -10,7 +10,7 @@ once per input (the point phase) and read by the per-pair code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import sympy
 
@@ -66,10 +66,10 @@ class Recursion:
     pair: list[Assignment]  # per-pair quantities (p = 1, q = 2)
     outputs: dict[str, sympy.Expr]  # "nngp" / "ntk" → expression in pair symbols
     twins: dict[sympy.Symbol, sympy.Symbol]  # point symbol at x → same quantity at x'
-    code_names: dict[sympy.Symbol, str] = field(default_factory=dict)
-    dot: sympy.Symbol = sympy.Symbol("x·x'")
-    sq: sympy.Symbol = sympy.Symbol("x·x")
-    sq2: sympy.Symbol = sympy.Symbol("x'·x'")
+    code_names: dict[sympy.Symbol, str]
+    dot: sympy.Symbol  # x·x'
+    sq: sympy.Symbol  # x·x
+    sq2: sympy.Symbol  # x'·x'
 
     @property
     def param_symbols(self) -> list[sympy.Symbol]:

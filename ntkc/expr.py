@@ -13,7 +13,7 @@ from fractions import Fraction
 import sympy
 
 from . import ast
-from .errors import Reporter, SpecError
+from .errors import Reporter
 
 
 def _sigmoid(z):
@@ -144,10 +144,7 @@ def linear_terms(
             )
         return scalar(n)
 
-    try:
-        out = go(e)
-    except SpecError:
-        raise
+    out = go(e)
     if not isinstance(out, dict):
         raise reporter.fail("this line combines no layers", _pos(e))
     return {k: v for k, v in out.items() if v != 0}

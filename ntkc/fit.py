@@ -112,9 +112,9 @@ class FittedModel:
     kernel: str
     t: np.ndarray | None
     params: dict[str, float] | None
-    x_train: np.ndarray
-    y_train: np.ndarray
-    train_kernels: dict[str, np.ndarray]
+    x_train: np.ndarray = field(repr=False)
+    y_train: np.ndarray = field(repr=False)
+    train_kernels: dict[str, np.ndarray] = field(repr=False)
     ensemble: Any = field(repr=False)
 
     def predict(self, x_test: npt.ArrayLike, return_cov: bool = False) -> np.ndarray | Gaussian:

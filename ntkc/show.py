@@ -55,8 +55,8 @@ def show(rec: Recursion, style: str = "text", expand: bool = False) -> str:
     src = prog.source.splitlines()
     shape = prog.input_shape
     dims = ", ".join(map(str, (*shape.spatial, shape.channels)))
-    out = [f"network {prog.network} (parameterization {prog.parameterization}), "
-           f"input {prog.input} : {shape.kind}[{dims}]"]
+    out = [(f"network {prog.network} (parameterization {prog.parameterization}), "
+            f"input {prog.input} : {shape.kind}[{dims}]")]
     if prog.params:
         out.append("params: " + ", ".join(f"{p.name} = {p.default:g}"
                                           for p in prog.params.values()))

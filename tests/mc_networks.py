@@ -29,6 +29,7 @@ Draws are vectorised: arrays carry a leading axis of draws (chunks of ``chunk`` 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,7 +144,10 @@ class FiniteNetwork:
             pair = _builtin_phi(label, args)
             if pair is not None:
                 return pair
-        phi, dphi = numeric_phi(node.attrs["dual"]), numeric_phi_prime(node.attrs["dual"])
+        # A user nonlin: φ is the user's own expression (params set to their values).
+        user = node.attrs["dual"]
+        dual = dataclasses.replace(user, phi=lambda z: user.phi(z).subs(self._subs))
+        phi, dphi = numeric_phi(dual), numeric_phi_prime(dual)
         # φ' is sympy's derivative of φ: check it against central differences of φ away
         # from 0 (where the kinks of max/abs sit), so a wrong φ' cannot go unnoticed.
         z = np.linspace(-3.0, 3.0, 61)

@@ -79,7 +79,7 @@ g2 = dense(h1, w_std=w, b_std=0.1)
 h2 = relu(g2)
 y = dense(h2, w_std=w, b_std=0.1)
 output y
-""", draws=96, bias=1.0, seed=1),
+""", draws=96, bias=0.9, seed=1),
     "erf_mlp": Case("""
 network erf_mlp
 param w = 1.5
@@ -91,11 +91,12 @@ g2 = dense(h1, w_std=w, b_std=b)
 h2 = erf(g2)
 y = dense(h2, w_std=w, b_std=b)
 output y
-""", draws=96, bias=1.0, seed=2),
-    # No closed form: ntkc integrates with Gauss–Hermite quadrature.
+""", draws=96, bias=0.6, seed=2),
+    # No closed form: ntkc integrates with Gauss–Hermite quadrature (a param inside φ).
     "softplus_mlp": Case("""
 network softplus_mlp
-nonlin softplus(z) = log(1 + exp(z))
+param beta = 2
+nonlin softplus(z) = log(1 + exp(beta * z)) / beta
 input x : vector[4]
 g1 = dense(x, w_std=1.2, b_std=0.2)
 h1 = softplus(g1)
@@ -103,7 +104,7 @@ g2 = dense(h1, w_std=1.2, b_std=0.2)
 h2 = softplus(g2)
 y = dense(h2, w_std=1.2, b_std=0.2)
 output y
-""", draws=96, bias=1.0, seed=3),
+""", draws=96, bias=0.6, seed=3),
     # d = g1 + g1 is 2·g1 (4·K[g1]); r = d + s shares g1 with both summands, so
     # K[r] = 9·K[g1] + 0.25·K[g2] (5·K[g1] + … if the cross covariance were dropped).
     "shared_sum": Case("""
@@ -166,7 +167,7 @@ n2 = layer_norm(g2)
 h2 = erf(n2)
 y = dense(h2, w_std=1.3, b_std=0.1)
 output y
-""", draws=96, bias=1.0, seed=8),
+""", draws=96, bias=4.6, seed=8),
     # Neural Tangents returns NaN on the diagonal of this kernel; ntkc must not.
     "rectified_monomial": Case("""
 network rect_mono
@@ -176,6 +177,19 @@ h = rectified_monomial(g, degree=2)
 y = dense(h, w_std=1.0, b_std=0.1)
 output y
 """, draws=2000, bias=0.0, seed=9),
+    # Quadrature again, with a φ' much narrower than the spread of its input: at x[2],
+    # K[g] = 5.04, so a·sqrt(K) ≈ 2.9 and φ' = a·sech²(a·z) is a peak about 0.3 standard
+    # deviations wide, which the degree-32 Gauss–Hermite rule under-resolves (see XFAIL).
+    "tanh_wide": Case("""
+network tanh_wide
+param a = 1.3
+nonlin scaled_tanh(z) = tanh(a * z)
+input x : vector[4]
+g = dense(x, w_std=1.5, b_std=0.2)
+h = scaled_tanh(g)
+y = dense(h, w_std=1.2, b_std=0.1)
+output y
+""", draws=2000, bias=0.0, seed=11),
     # Standard parameterization: the NTK depends on the hidden widths, so the spec is
     # compiled with width = n at each n.
     "relu_standard": Case("""
@@ -188,8 +202,24 @@ g2 = dense(h1, w_std=1.5, b_std=0.1, width={n})
 h2 = relu(g2)
 y = dense(h2, w_std=1.5, b_std=0.1, width=1)
 output y
-""", draws=96, bias=1.0, seed=10),
+""", draws=96, bias=0.9, seed=10),
 }
+
+
+# Known disagreements with ntkc (strict: a fix makes these tests XPASS and fail, as a
+# reminder to drop the entry).
+XFAIL = {
+    "tanh_wide": (
+        "ntkc bug: degree-32 Gauss–Hermite quadrature is 17% low on Θ(x2, x2) for "
+        "tanh(1.3·z) at K = 5.04 (ntkc 2.706; Monte Carlo and an independent 150-node "
+        "quadrature 3.264; ntkc's own quad_degree=64 gives 3.147, 128 gives 3.259)"
+    ),
+}
+
+
+def _cases() -> list:
+    return [pytest.param(name, marks=pytest.mark.xfail(reason=XFAIL[name], strict=True))
+            if name in XFAIL else name for name in CASES]
 
 
 def _spec(case: Case, n: int) -> str:
@@ -247,7 +277,7 @@ def tmp_specs(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("mc_specs"))
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", _cases())
 def test_mean_agrees_with_ntkc(name: str, tmp_specs: str) -> None:
     """(a) At every width, each Gram entry of each estimate is within Z·SE + B/n·s_ij."""
     case = CASES[name]
@@ -262,7 +292,7 @@ def test_mean_agrees_with_ntkc(name: str, tmp_specs: str) -> None:
             )
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", _cases())
 def test_error_falls_like_inverse_sqrt_width(name: str, tmp_specs: str) -> None:
     """(b) The error of one finite network (RMS over draws and Gram entries, relative to
     s_ij) falls like 1/√n: by 4 from width 64 to 1024, asked to fall by at least 2; and the

@@ -134,8 +134,8 @@ class ModuleWriter:
                 "    s = numpy.sqrt(2.0 * numpy.maximum(k11, 0.0))[..., None, None]",
                 "    safe = numpy.where(k11 > 0, k11, 1.0)",
                 "    c = numpy.where(k11 > 0, math.sqrt(2.0) * k12 / numpy.sqrt(safe), 0.0)",
-                "    r = numpy.sqrt(2.0 * numpy.maximum(k22 - numpy.where(k11 > 0, k12 * k12 / safe,"
-                " 0.0), 0.0))",
+                "    r2 = k22 - numpy.where(k11 > 0, k12 * k12 / safe, 0.0)",
+                "    r = numpy.sqrt(2.0 * numpy.maximum(r2, 0.0))",
                 "    u = s * _GH_X[:, None]",
                 "    v = c[..., None, None] * _GH_X[:, None] + r[..., None, None] * _GH_X[None, :]",
                 f"    vals = ({fu_np}) * ({gv_np}) * (v * 0 + 1)",
