@@ -406,7 +406,9 @@ def plot(res: dict, out_dir: Path, stem: str, band_times: list[float]) -> list[P
     import matplotlib.pyplot as plt
 
     cfg, t = res["config"], np.asarray(res["times"])
-    ens, thy, data = res["ensemble"], res["theory"], res["data"]
+    # Arrays or (from a saved JSON, see --replot) nested lists.
+    ens, thy, data = ({k: np.asarray(v) for k, v in res[g].items()}
+                      for g in ("ensemble", "theory", "data"))
     label = f"{cfg['networks']} networks, width {cfg['width']}"
     paths = []
 
@@ -419,7 +421,7 @@ def plot(res: dict, out_dir: Path, stem: str, band_times: list[float]) -> list[P
         ax.fill_between(t[pos], np.maximum(m - 2 * se, 1e-12), m + 2 * se, color=colour, alpha=0.2)
     ax.set_xlabel("t = sum of learning rates over steps")
     ax.set_ylabel("loss  0.5 mean (f - y)^2")
-    ax.set_title("Erf network on sin(x): expected loss vs training time")
+    ax.set_title("Erf network on sin(x): loss vs training time (bands: 2 SE)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     paths.append(out_dir / f"{stem}_loss.png")
@@ -430,8 +432,8 @@ def plot(res: dict, out_dir: Path, stem: str, band_times: list[float]) -> list[P
     fig, axes = plt.subplots(1, len(idx), figsize=(4.2 * len(idx), 3.8), sharey=True)
     xs = np.asarray(data["x_test"])
     for ax, i in zip(np.atleast_1d(axes), idx):
-        mt, st = np.asarray(thy["mean_test"][i]), np.sqrt(np.asarray(thy["var_test"][i]))
-        me, se = np.asarray(ens["mean_test"][i]), np.sqrt(np.asarray(ens["var_test"][i]))
+        mt, st = thy["mean_test"][i], np.sqrt(thy["var_test"][i])
+        me, se = ens["mean_test"][i], np.sqrt(ens["var_test"][i])
         ax.fill_between(xs, mt - 2 * st, mt + 2 * st, color="C0", alpha=0.25,
                         label="infinite width: mean +- 2 sd")
         ax.plot(xs, mt, color="C0", lw=2)
@@ -442,9 +444,10 @@ def plot(res: dict, out_dir: Path, stem: str, band_times: list[float]) -> list[P
         ax.plot(data["x_train"], data["y_train"], "ko", ms=5, label="train")
         ax.set_title(f"t = {t[i]:g}")
         ax.set_xlabel("x")
-    np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower left")
+    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
     fig.suptitle(f"Erf network, NTK parameterization: {label} vs ntkc", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     paths.append(out_dir / f"{stem}_bands.png")
     fig.savefig(paths[-1], dpi=130)
     plt.close(fig)
@@ -465,7 +468,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="20 networks of width 256, t <= 100: well under a minute")
     p.add_argument("--out", type=Path, default=FIGURES, help="output directory")
+    p.add_argument("--replot", type=Path, metavar="JSON",
+                   help="redraw the figures from a saved JSON (no training)")
     a = p.parse_args(argv)
+    if a.replot:
+        res = json.loads(a.replot.read_text())
+        stem = a.replot.stem
+    else:
+        res, stem = _train_and_save(a)
+    t = np.asarray(res["times"])
+    band_times = [bt for bt in CHECKPOINTS[1:] if bt <= t[-1] * (1 + 1e-9)]
+    a.out.mkdir(parents=True, exist_ok=True)
+    paths = plot(res, a.out, stem, band_times)
+    print("wrote " + ", ".join(str(q) for q in paths))
+    _print_table(res, band_times)
+    return 0
+
+
+def _train_and_save(a: argparse.Namespace) -> tuple[dict, str]:
     if a.quick:
         cfg = Config(networks=20, width=256, t_max=100.0, lr=a.lr, seed=a.seed, jobs=a.jobs,
                      warmup_time=a.warmup_time)
@@ -474,15 +494,15 @@ def main(argv: list[str] | None = None) -> int:
                      jobs=a.jobs, warmup_time=a.warmup_time)
     stem = "sine_ensemble_quick" if a.quick else "sine_ensemble"
     res = run(cfg)
-    a.out.mkdir(parents=True, exist_ok=True)
-    t = res["times"]
-    band_times = [bt for bt in CHECKPOINTS[1:] if bt <= t[-1] * (1 + 1e-9)]
-    paths = plot(res, a.out, stem, band_times)
+    a.out.mkdir(parents=True, exist_ok=True)  # before plotting: fail early, not after training
     js = a.out / f"{stem}.json"
     js.write_text(json.dumps(_jsonable(res), indent=1))
-    print(f"training: {res['seconds_training']:.1f} s; wrote {js} and "
-          + ", ".join(str(q) for q in paths))
-    s = res["stats"]
+    print(f"training: {res['seconds_training']:.1f} s; wrote {js}")
+    return res, stem
+
+
+def _print_table(res: dict, band_times: list[float]) -> None:
+    t, s = np.asarray(res["times"]), res["stats"]
     print("\n| t | train loss ens | theory | test loss ens | theory "
           "| max abs mean diff | rms diff / SE | median var ratio |")
     print("|---|---|---|---|---|---|---|---|")
@@ -491,7 +511,6 @@ def main(argv: list[str] | None = None) -> int:
               f"| {res['theory']['loss_train'][i]:.4g} | {res['ensemble']['loss_test'][i]:.4g} "
               f"| {res['theory']['loss_test'][i]:.4g} | {s['max_abs_mean_diff'][i]:.3g} "
               f"| {s['rms_mean_diff_over_se'][i]:.2f} | {s['var_ratio_median'][i]:.3f} |")
-    return 0
 
 
 if __name__ == "__main__":
