@@ -17,11 +17,10 @@ from .ir import Node, Param, Program, Shape
 from .quadrature import quadrature_dual
 from .rules import REQUIRED, RULES, Arg
 
-# Ops of the language that this version does not build yet (convolutional inputs).
-PLANNED_OPS = {"conv", "avg_pool", "sum_pool", "global_avg_pool", "global_sum_pool", "flatten"}
-CALLABLE_OPS = {"dense", "concat", "layer_norm"}
+CALLABLE_OPS = {"dense", "concat", "layer_norm", "conv", "avg_pool", "sum_pool",
+                "global_avg_pool", "global_sum_pool", "flatten"}
 INPUT_KINDS = {"vector": 1, "sequence": 2, "image": 3}
-RESERVED = set(CALLABLE_OPS) | PLANNED_OPS | set(BUILTINS)
+RESERVED = set(CALLABLE_OPS) | set(BUILTINS)
 
 
 def _suggest(name: str, options) -> str:
@@ -109,9 +108,6 @@ class Builder:
         if len(st.dims) != INPUT_KINDS[st.kind]:
             raise self.r.fail(f"{st.kind} takes {INPUT_KINDS[st.kind]} size(s), "
                               f"got {len(st.dims)}", st.kind_pos)
-        if st.kind != "vector":
-            raise self.r.fail(f"{st.kind} inputs (convolutional networks) are not supported "
-                              "by this version yet; use vector[d]", st.kind_pos)
         if 0 in st.dims:
             raise self.r.fail("input sizes must be positive", st.kind_pos)
         self._define(st.name, st.pos, "input")
@@ -185,9 +181,6 @@ class Builder:
                 key = (c.func, tuple(sorted((k, str(v)) for k, v in values.items())))
                 attrs = {"dual": dual, "key": key, "label": c.func, "args": values}
             return Node(target, "nonlin", inputs, attrs, c.pos)
-        if c.func in PLANNED_OPS:
-            raise self.r.fail(f"{c.func} (convolutional networks) is not supported by this "
-                              "version yet", c.func_pos)
         known = CALLABLE_OPS | set(BUILTINS) | set(self.nonlins)
         raise self.r.fail(f"unknown operation '{c.func}'{_suggest(c.func, known)}", c.func_pos)
 
@@ -212,7 +205,8 @@ class Builder:
             if a.name not in given:
                 if a.default is REQUIRED:
                     raise self.r.fail(f"{c.func} needs argument '{a.name}'", c.func_pos)
-                out[a.name] = None if a.default is None else as_expr(a.default)
+                plain = a.default is None or a.kind in ("ints", "choice")
+                out[a.name] = a.default if plain else as_expr(a.default)
                 continue
             out[a.name] = self._value(c.func, a, given[a.name])
         return out
@@ -228,6 +222,17 @@ class Builder:
             if not (isinstance(e, ast.Num) and number(e).is_integer and number(e) >= 0):
                 raise self.r.fail(f"{what} must be a non-negative integer", e.pos)
             return int(number(e))
+        if a.kind == "ints":
+            items = e.items if isinstance(e, ast.ListLit) else []
+            if not items or not all(isinstance(x, ast.Num) and number(x).is_integer
+                                    and number(x) >= 1 for x in items):
+                raise self.r.fail(f"{what} must be a list of positive integers, e.g. [3, 3]",
+                                  e.pos)
+            return [int(number(x)) for x in items]
+        if a.kind == "choice":
+            if not (isinstance(e, ast.Name) and e.id in a.choices):
+                raise self.r.fail(f"{what} must be one of {', '.join(a.choices)}", e.pos)
+            return e.id
         if a.kind == "number_list":
             if not isinstance(e, ast.ListLit) or not e.items:
                 raise self.r.fail(f"{what} must be a list of numbers, e.g. [0.1, 1.0]", e.pos)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .codegen.emit import ModuleWriter
+from .codegen.emit_spatial import SpatialWriter
 from .derive import DeriveError, Recursion, derive
 from .errors import Diagnostic, SpecError
 from .frontend import program_from_text
@@ -24,24 +25,37 @@ def compile_text(
     text: str,
     filename: str = "<spec>",
     quad_degree: int = DEFAULT_DEGREE,
-    target: str = "cpu",
+    target: str = "all",
     spec_name: str | None = None,
 ) -> Compiled:
     """parse → IR → passes → derive → codegen. Raises SpecError.
 
     spec_name: how the module header names its spec (a path relative to the
     module's directory, so the runtime can check the hash); default ``filename``.
+    target: "cpu" (numba prange kernels), "cuda" (numba.cuda kernels, imported by the
+    module only when used) or "all" (both: every target the network's emitter has).
     """
-    if target != "cpu":
-        raise ValueError(f"target {target!r} is not supported by this version (cpu)")
+    if target not in ("cpu", "cuda", "all"):
+        raise ValueError(f"target must be 'cpu', 'cuda' or 'all', got {target!r}")
     program = program_from_text(text, filename)
     try:
         recursion = derive(program)
     except DeriveError as e:
         raise SpecError([Diagnostic("error", str(e), e.pos)], filename, text) from None
+    if program.input_shape.spatial:  # the spatial emitter has the cpu target only (for now)
+        if target == "cuda":
+            raise ValueError("the cuda target supports dense networks only (for now): "
+                             "compile this network with --target cpu")
+        target = "cpu"
     options = {"target": target, "quad_degree": quad_degree}
-    source = ModuleWriter(recursion, quad_degree).module(
-        spec_name or Path(filename).as_posix(), text, options)
+    if program.input_shape.spatial:
+        try:
+            writer = SpatialWriter(recursion)
+        except NotImplementedError as e:
+            raise SpecError([Diagnostic("error", str(e), None)], filename, text) from None
+    else:
+        writer = ModuleWriter(recursion, quad_degree, target)
+    source = writer.module(spec_name or Path(filename).as_posix(), text, options)
     return Compiled(program, recursion, source)
 
 

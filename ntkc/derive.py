@@ -6,6 +6,15 @@ two inputs: Q(kind, a, b, p, q) = E[a(x_p) b(x_q)] for kind "K", and the
 tangent-kernel analogue for kind "T" (Θ). Points p, q ∈ {1, 2} stand for x
 and x'. Quantities with p == q depend on one input only; they are computed
 once per input (the point phase) and read by the per-pair code.
+
+Spatial lines (sequence / image inputs) carry one covariance per pair of
+positions. A quantity of spatial lines is then an array, and its formula is
+the formula of one entry (i, j): row i is a position of x_p, column j of x_q.
+Point quantities (p == q) are the per-position variances, a vector. Ops that
+mix positions (the input's channel sums, conv, pools, flatten) are stencils:
+symbols computed by their own loops from a whole source array. Pools need
+covariances between different positions of one input: those are the pair
+quantities of (x, x) itself, point 3 standing for a second copy of x.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from dataclasses import dataclass
 import sympy
 
 from .errors import Pos
+from .geometry import Window
 from .ir import Program
 from .rules import RULES
 
@@ -39,7 +49,8 @@ class Quantity:
 
     def display(self) -> str:
         lines = self.a if self.a == self.b else f"{self.a},{self.b}"
-        at = {(1, 2): "(x,x')", (1, 1): "(x,x)", (2, 2): "(x',x')", (2, 1): "(x',x)"}
+        at = {(1, 2): "(x,x')", (1, 1): "(x,x)", (2, 2): "(x',x')", (2, 1): "(x',x)",
+              (1, 3): "(x,x̃)", (3, 3): "(x̃,x̃)"}
         return f"{'K' if self.kind == 'K' else 'Θ'}[{lines}]{at[(self.p, self.q)]}"
 
     def code_name(self) -> str:
@@ -49,12 +60,29 @@ class Quantity:
         return f"{self.kind}_{lines}"
 
 
+@dataclass(frozen=True)
+class Stencil:
+    """A value computed from a whole array: out = scale · Σ over the op's taps of source.
+
+    op: "input" (Σ_c x_p[i,c]·x_q[j,c] / C), "conv" (the same tap offset on both
+    sides: Neural Tangents' 𝒜), "pool" (every pair of taps of two windows),
+    "flatten" (mean of the diagonal), "global" (every pair of positions)."""
+
+    op: str
+    source: sympy.Symbol | None
+    window: Window | None
+    scale: sympy.Expr
+
+
 @dataclass
 class Assignment:
     symbol: sympy.Symbol
-    expr: sympy.Expr
+    expr: sympy.Expr  # for a stencil: a display form only
     quantity: Quantity
     line: str  # the program line whose rule produced it
+    stencil: Stencil | None = None
+    spatial: tuple[int, int] | None = None  # (rows, cols) positions; None for a scalar
+    diag: sympy.Expr | None = None  # self-covariance (x, x): its exact diagonal
 
 
 @dataclass
@@ -70,6 +98,11 @@ class Recursion:
     dot: sympy.Symbol  # x·x'
     sq: sympy.Symbol  # x·x
     sq2: sympy.Symbol  # x'·x'
+    twins3: dict[sympy.Symbol, sympy.Symbol] | None = None  # point symbol at x → its copy
+
+    @property
+    def spatial(self) -> bool:
+        return bool(self.program.input_shape.spatial)
 
     @property
     def param_symbols(self) -> list[sympy.Symbol]:
@@ -89,11 +122,15 @@ class Derivation:
         self.sq2 = sympy.Symbol("x'·x'", positive=True)
         self.code_names.update({self.dot: "dot", self.sq: "sq", self.sq2: "sq2"})
         self.twins[self.sq] = self.sq2
+        self.twins3: dict[sympy.Symbol, sympy.Symbol] = {}
+        self.stencils: dict[tuple, sympy.Symbol] = {}
 
     # -- the one entry point the rules use -------------------------------------------------
     def Q(self, kind: str, a: str, b: str, p: int, q: int) -> sympy.Expr:
         if p == q == 2:
             return self._twin(self.Q(kind, a, b, 1, 1))
+        if p == q == 3:
+            return self.Q(kind, a, b, 1, 1).xreplace(self.twins3)
         if p > q:  # E[a(x') b(x)] = E[b(x) a(x')]
             a, b, p, q = b, a, q, p
         if p == q and self._index(a) > self._index(b):
@@ -107,6 +144,34 @@ class Derivation:
         if p != q:
             return self.dot
         return self.sq if p == 1 else self.sq2
+
+    def stencil(self, op: str, line: str, source: sympy.Expr | None, p: int, q: int,
+                window: Window | None = None, scale: sympy.Expr = sympy.S.One,
+                kind: str = "K") -> sympy.Expr:
+        """The symbol of ``scale · op(source)`` at points (p, q), made once."""
+        if source is not None and source.is_Number:
+            if source == 0:
+                return sympy.Integer(0)
+            raise self.fail("a constant covariance under a spatial op is not supported", line)
+        key = (op, line, source, p, q, kind)
+        if key not in self.stencils:
+            quantity = Quantity(kind, line, line, p, q)
+            at = quantity.display().split("]", 1)[1]
+            what = {"input": f"{kind}[{line}]", "conv": f"𝒜_{line}", "pool": f"pool_{line}",
+                    "flatten": f"flatten_{line}", "global": f"gpool_{line}"}[op]
+            symbol = sympy.Symbol(what + (at if op == "input" else f"{at}[{source}]"),
+                                  real=True)
+            self.code_names[symbol] = f"S{p}{q}{kind}_{line}" + ("" if source is None else
+                                                                  f"_{len(self.stencils)}")
+            shape = self.program.nodes[line].shape.spatial
+            spatial = None if op in ("flatten", "global") else (
+                int(np_prod(shape)), int(np_prod(shape)))
+            display = sympy.Function(what)(source) if source is not None else symbol
+            target = self.point if {p, q} <= {1, 3} else self.pair
+            target.append(Assignment(symbol, display, quantity, line,
+                                     Stencil(op, source, window, scale), spatial))
+            self.stencils[key] = symbol
+        return self.stencils[key]
 
     def fail(self, message: str, line: str) -> DeriveError:
         return DeriveError(message, self.program.nodes[line].pos)
@@ -127,13 +192,21 @@ class Derivation:
         display = key.display()
         symbol = sympy.Symbol(display, real=True)
         self.code_names[symbol] = key.code_name()
-        target = self.point if key.on_point else self.pair
-        target.append(Assignment(symbol, expr, key, line))
+        nodes = self.program.nodes
+        pa, pb = (int(np_prod(nodes[n].shape.spatial)) for n in (key.a, key.b))
+        spatial = (pa, pb) if nodes[key.a].shape.spatial else None
+        diag = None
+        if (key.p, key.q) == (1, 3):
+            diag = self.Q(key.kind, key.a, key.b, 1, 1)
+            self.code_names[symbol] = f"W_{key.kind}_{key.a}__{key.b}"
+        target = self.point if {key.p, key.q} <= {1, 3} else self.pair
+        target.append(Assignment(symbol, expr, key, line, None, spatial, diag))
         if key.on_point:
-            twin_key = Quantity(key.kind, key.a, key.b, 2, 2)
-            twin = sympy.Symbol(twin_key.display(), real=True)
-            self.twins[symbol] = twin
-            self.code_names[twin] = twin_key.code_name()
+            for point, twins in ((2, self.twins), (3, self.twins3)):
+                twin_key = Quantity(key.kind, key.a, key.b, point, point)
+                twin = sympy.Symbol(twin_key.display(), real=True)
+                twins[symbol] = twin
+                self.code_names[twin] = twin_key.code_name()
         return symbol
 
     def _open(self, key: Quantity) -> tuple[sympy.Expr, str]:
@@ -175,4 +248,15 @@ def derive(program: Program) -> Recursion:
                # the Gram diagonal is taken from these (acos near 1 would amplify
                # rounding of the pair recursion to ~1e-8).
                "nngp_diag": d.Q("K", out, out, 1, 1), "ntk_diag": d.Q("T", out, out, 1, 1)}
-    return Recursion(program, d.point, d.pair, outputs, d.twins, d.code_names, d.dot, d.sq, d.sq2)
+    if program.input_shape.spatial and program.nodes[out].shape.spatial:
+        raise d.fail("the output of a convolutional network must be a vector: end it with "
+                     "flatten(...) or a global pool, then dense", out)
+    return Recursion(program, d.point, d.pair, outputs, d.twins, d.code_names, d.dot, d.sq,
+                     d.sq2, d.twins3)
+
+
+def np_prod(xs) -> int:
+    out = 1
+    for x in xs:
+        out *= x
+    return out

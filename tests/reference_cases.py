@@ -19,7 +19,7 @@ def case_names(prefix: str) -> list[str]:
 def _fmt(v) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_fmt(x) for x in v) + "]"
-    return repr(v)
+    return v if isinstance(v, str) else repr(v)
 
 
 class _Writer:

@@ -13,6 +13,7 @@ from ntkc.errors import SpecError
 from ntkc.frontend import program_from_text
 
 HEAD = "network t\ninput x : vector[3]\n"
+IMG = "network t\ninput x : image[4, 4, 3]\n"
 
 
 def error_of(text: str) -> str:
@@ -46,7 +47,22 @@ CASES = [
      "unknown function 'foo'", None),
     (HEAD + "nonlin f(z) = z + q\ng = dense(x)\nh = f(g)\noutput h\n", "3:19",
      "may not use 'q'", None),
-    ("network t\ninput x : image[4, 4, 3]\n", "2:11", "not supported by this version", None),
+    (IMG + "g = conv(x, filter=[5, 5], padding=valid)\noutput g\n", "3:5",
+     "a window of 5 does not fit a VALID input of size 4", None),
+    (IMG + "g = dense(x)\noutput g\n", "3:5", "apply flatten(...) or a global pool", None),
+    (HEAD + "p = avg_pool(x, window=[2])\noutput p\n", "3:5",
+     "avg_pool needs a sequence or image input, but 'x' is a vector", None),
+    (IMG + "g = conv(x, filter=[3, 3], padding=same)\nh = conv(x, filter=[3, 3])\n"
+     "r = g + h\noutput r\n", "5:1", "cannot add 'g' of shape [4, 4, ?] and 'h' of shape "
+     "[2, 2, ?]", None),
+    (IMG + "g = conv(x, filter=[3], padding=same)\noutput g\n", "3:5",
+     "a filter of 1 dim(s)", None),
+    (IMG + "g = conv(x, filter=[3, 3], padding=full)\noutput g\n", "3:36",
+     "conv's padding must be one of same, valid, circular", None),
+    (IMG + "g = conv(x, filter=[3, 0])\noutput g\n", "3:20",
+     "conv's filter must be a list of positive integers", None),
+    (IMG + "g = conv(x, filter=[3, 3])\nh = relu(g)\noutput h\n", "4:5",
+     "the output of a convolutional network must be a vector", None),
     ("network t\nparameterization wide\ninput x : vector[2]\n", "2:18",
      "unknown parameterization 'wide'", None),
     (("network t\nparameterization standard\ninput x : vector[2]\ng = dense(x, w_std=1)\n"

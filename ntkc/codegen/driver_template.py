@@ -1,11 +1,13 @@
 """The fixed part of every generated module: input checks, the GEMM, the
-point phase, the pair phase and the mirror, in both backends.
+point phase, the pair phase and the mirror, in both backends, and the dispatch
+to the cuda target (its host side is ntkc.codegen.cuda.CUDA_DRIVER).
 
 It is ntkc's own source text (formatted with identifiers and numbers only);
 the per-network code is printed from sympy trees by ntkc.codegen.emit.
 """
 
-DRIVER = '''
+# Shared by the dense (DRIVER) and convolutional (spatial_driver) modules.
+COMMON = '''
 def _check_inputs(name, x):
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
@@ -44,13 +46,21 @@ def _mirror(a):
                 for j in range(bj * 64, min(i, bj * 64 + 64)):
                     a[i, j] = a[j, i]
 
+'''
 
-def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba"):
+DRIVER = COMMON + '''
+
+
+def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", device=None,
+           device_tile=None):
     """NNGP and/or NTK Gram matrices of the network's output.
 
     x1: (n1, *INPUT_SHAPE); x2: (n2, *INPUT_SHAPE) or None for x1 against itself.
     get: "nngp", "ntk" or a tuple of them (then a namedtuple in that order).
-    params: overrides of PARAMS. backend: "numba" (fast) or "numpy" (reference).
+    params: overrides of PARAMS. backend: "numba" (fast) or "numpy" (the CPU reference).
+    device: "cpu" or "cuda" (numba.cuda, imported on first use); None: TARGETS[0].
+    device_tile: rows (or (rows, cols)) of the Gram tiles computed on the GPU at a time;
+    default: from the free device memory.
     float32 inputs give float32 Gram matrices; anything else float64.
     """
     names = (get,) if isinstance(get, str) else tuple(get)
@@ -58,6 +68,16 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba"):
         raise ValueError(f"get must be 'nngp', 'ntk' or a tuple of them, got {get!r}")
     if backend not in ("numba", "numpy"):
         raise ValueError(f"backend must be 'numba' or 'numpy', got {backend!r}")
+    if device is None:
+        device = "cpu" if backend == "numpy" else TARGETS[0]
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if backend == "numpy" and device != "cpu":
+        raise ValueError("backend='numpy' is the CPU reference: use device='cpu' with it")
+    if backend == "numba" and device not in TARGETS:
+        raise ValueError(
+            f"this module was compiled without the {device} target (TARGETS = {TARGETS}): "
+            f"recompile it with `ntkc compile --target all` (or --target {device})")
     x1 = _check_inputs("x1", x1)
     symmetric = x2 is None or x2 is x1
     x2 = x1 if symmetric else _check_inputs("x2", x2)
@@ -65,6 +85,11 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba"):
     dtype = np.float32 if both32 else np.float64
     a = x1.reshape(x1.shape[0], -1).astype(dtype, copy=False)
     b = a if symmetric else x2.reshape(x2.shape[0], -1).astype(dtype, copy=False)
+    want_ntk = "ntk" in names
+    if device == "cuda":
+        nngp, ntk = (_kernel_cuda(a, b, symmetric, want_ntk, param_vector(params), dtype,
+                                  device_tile) + [None])[:2]
+        return _result(get, names, nngp, ntk)
     p = param_vector(params)
     g = a @ b.T  # the one GEMM: every dot product the recursion needs
     if symmetric:
@@ -72,7 +97,6 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba"):
     else:
         sq1 = np.einsum("ij,ij->i", a, a, dtype=np.float64)
         sq2 = np.einsum("ij,ij->i", b, b, dtype=np.float64)
-    want_ntk = "ntk" in names
     if backend == "numpy":
         p1 = _point_numpy(sq1, p)
         p2 = p1 if symmetric else _point_numpy(sq2, p)
@@ -100,6 +124,10 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba"):
         np.fill_diagonal(nngp, p1[:, DIAG_NNGP])
         if want_ntk:
             np.fill_diagonal(ntk, p1[:, DIAG_NTK])
+    return _result(get, names, nngp, ntk)
+
+
+def _result(get, names, nngp, ntk):
     out = {"nngp": nngp, "ntk": ntk}
     if isinstance(get, str):
         return out[get]

@@ -55,7 +55,7 @@ def register(rule: Rule) -> Rule:
 
 def _load_all() -> None:
     # Importing the rule modules registers them.
-    from . import combine, dense, inputs, layer_norm, nonlin  # noqa: F401
+    from . import combine, conv, dense, inputs, layer_norm, nonlin, pool  # noqa: F401
 
 
 _load_all()

@@ -49,7 +49,8 @@ def shape_lincomb(node, in_shapes, program):
 
 
 def _fmt(s) -> str:
-    return str([*s.spatial, s.channels if s.channels is not None else "?"])
+    dims = [*map(str, s.spatial), "?" if s.channels is None else str(s.channels)]
+    return "[" + ", ".join(dims) + "]"
 
 
 def _partition(eng, node) -> list[tuple[Fraction, Fraction, str]]:

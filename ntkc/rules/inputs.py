@@ -1,6 +1,10 @@
 """input x : vector[d] — the recursion starts from the inputs' dot products.
 
     K[x](x,x') = x·x' / d          Θ[x](x,x') = 0
+
+input x : sequence[L, C] / image[H, W, C] — one covariance per pair of positions,
+a stencil over the raw data (ntkc.derive):
+    K[x](x,x')[i, j] = Σ_c x[i, c]·x'[j, c] / C
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from . import Rule, register
 def derive_input(eng, kind: str, node, p: int, q: int) -> sympy.Expr:
     if kind == "T":
         return sympy.Integer(0)
-    d = node.shape.channels
-    for size in node.shape.spatial:
-        d *= size
-    return eng.input_dot(p, q) / d
+    if node.shape.spatial:
+        return eng.stencil("input", node.name, None, p, q, None,
+                           sympy.Rational(1, node.shape.channels))
+    return eng.input_dot(p, q) / node.shape.channels
 
 
 def shape_input(node, in_shapes, program):

@@ -1,0 +1,337 @@
+"""Code generation for convolutional networks: a Recursion with stencils → a module.
+
+The recursion is a sequence of local assignments (one formula per array entry,
+printed by the sympy printers inside a loop over the entries its structure
+needs) and stencils (loops over taps, ntkc.codegen.spatial_stages). Consecutive
+local assignments of one shape and structure share one loop: the layer's
+pointwise rule, its affine scaling and any linear combination run fused, their
+common subexpressions eliminated (sympy.cse). Per input, the point phase
+computes the per-position variances (and the (x, x̃) arrays pools read) once;
+per pair, one numba function runs the whole depth in scratch arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from itertools import groupby
+
+import numpy as np
+import sympy
+
+from .. import __version__
+from ..derive import Recursion
+from ..quadrature import GaussExpectation
+from ..structure import DIAG, FULL, SCALAR, analyse
+from .printers import ArrayPrinter, NumbaPrinter
+from .spatial_driver import SPATIAL_DRIVER
+from .spatial_stages import NUMPY_STENCILS, layout, nb_elem, nb_stencil, np_stencil, np_value
+
+
+class SpatialWriter:
+    def __init__(self, rec: Recursion):
+        self.rec = rec
+        self.prog = rec.program
+        if any(e.atoms(GaussExpectation) for e in
+               [a.expr for a in rec.point + rec.pair if a.stencil is None]):
+            raise NotImplementedError(
+                "user nonlinearities without a closed form are not supported in "
+                "convolutional networks yet")
+        self.structure = analyse(rec)
+        self.params = {p.symbol: f"params[{i}]" for i, p in enumerate(self.prog.params.values())}
+        self.pslots, used = layout(rec.point, self.structure, "point")
+        self.n_point, self.n_w = used["pt"] + 2, max(used["w"], 1)
+        self.sslots, used = layout(rec.pair, self.structure, "pair")
+        self.n_s = max(used["s"], 1)
+        self.taps: dict[int, str] = {}
+        for a in rec.point + rec.pair:
+            w = a.stencil.window if a.stencil else None
+            if w is not None and id(w) not in self.taps:
+                self.taps[id(w)] = f"_TAPS{len(self.taps)}"
+        self.windows = {id(a.stencil.window): a.stencil.window
+                        for a in rec.point + rec.pair if a.stencil and a.stencil.window}
+        self.twin_of = {t: s for s, t in rec.twins.items()}
+        self.twin3_of = {t: s for s, t in (rec.twins3 or {}).items()}
+
+    # -- element references -----------------------------------------------------------------
+    def _ref_nb(self, sym, phase: str, loop: str) -> str:
+        j = "j" if loop == FULL else "i"
+        if sym in self.params:
+            return self.params[sym]
+        if phase == "pair" and sym in self.sslots:
+            slot = self.sslots[sym]
+            return self.rec.code_names[sym] if slot.storage == SCALAR else \
+                nb_elem(slot, "s", "i", j)
+        if sym in self.pslots:
+            slot = self.pslots[sym]
+            return nb_elem(slot, "pt1" if phase == "pair" else slot.array, "i", j)
+        if sym in self.twin_of:
+            return nb_elem(self.pslots[self.twin_of[sym]], "pt2", j, j)
+        if sym in self.twin3_of:
+            return nb_elem(self.pslots[self.twin3_of[sym]], "pt", j, j)
+        raise KeyError(sym)
+
+    def _ref_np(self, sym, phase: str, loop: str) -> str:
+        if sym in self.params:
+            return self.params[sym]
+        full = loop == FULL
+        if phase == "pair" and sym in self.sslots:
+            return np_value(self.sslots[sym], self.rec.code_names[sym], loop)
+        if sym in self.pslots:
+            slot = self.pslots[sym]
+            if phase == "point":
+                if slot.storage == FULL:
+                    return self.rec.code_names[sym]
+                v = _np_slice("pt", ":", slot)
+                return f"{v}[:, :, None]" if full else v
+            v = _np_slice("P1", "a", slot)
+            return f"{v}[:, None]" if full else v
+        twin = self.twin_of.get(sym) or self.twin3_of.get(sym)
+        slot = self.pslots[twin]
+        v = _np_slice("P2" if sym in self.twin_of else "pt", ":", slot)
+        return f"{v}[:, None, :]" if full else v
+
+    # -- phases -----------------------------------------------------------------------------
+    def _stages(self, assignments, phase: str):
+        """Runs of consecutive local assignments of one loop shape, and single stencils."""
+        def key(a):
+            if a.stencil is not None:
+                return ("stencil", id(a))
+            return ("local", self.structure[a.symbol], a.spatial)
+        for k, run in groupby(assignments, key):
+            yield k, list(run)
+
+    def _local_exprs(self, run):
+        inner: dict = {}
+        for a in run:
+            inner[a.symbol] = a.expr.xreplace(inner)
+        return [inner[a.symbol] for a in run]
+
+    def _nb_local(self, run, phase: str, indent: str) -> list[str]:
+        loop = self.structure[run[0].symbol]
+        slots = self.sslots if phase == "pair" else self.pslots
+        exprs = self._local_exprs(run)
+        ind = indent
+        src = []
+        if loop == FULL:
+            rows, cols = run[0].spatial
+            src += [f"{ind}for i in range({rows}):", f"{ind}    for j in range({cols}):"]
+            ind += "        "
+        elif loop == DIAG:
+            src += [f"{ind}for i in range({run[0].spatial[0]}):"]
+            ind += "    "
+        names = {s: self._ref_nb(s, phase, loop)
+                 for e in exprs for s in e.free_symbols}
+        printer = NumbaPrinter(names, {})
+        body, outs = _cse(exprs, printer, ind)
+        src += body
+        for a, o in zip(run, outs):
+            slot = slots[a.symbol]
+            if slot.storage == SCALAR and not slot.array:
+                src.append(f"{ind}{self.rec.code_names[a.symbol]} = {o}")
+            else:
+                arr = ("pt1" if slot.array == "pt" and phase == "pair" else slot.array)
+                src.append(f"{ind}{nb_elem(slot, arr, 'i', 'j' if loop == FULL else 'i')} = {o}")
+        if phase == "point":  # the (x, x̃) diagonal: exactly the per-input variance
+            for a in run:
+                if a.diag is not None and loop == FULL:
+                    d = self._ref_nb(a.diag, "point", DIAG) if a.diag.free_symbols else \
+                        repr(float(a.diag))
+                    src += [f"{indent}for i in range({a.spatial[0]}):",
+                            f"{indent}    {nb_elem(slots[a.symbol], 'w', 'i', 'i')} = {d}"]
+        return src
+
+    def _nb_stencil(self, a, phase: str, indent: str) -> list[str]:
+        slots = self.sslots if phase == "pair" else self.pslots
+        out_slot = slots[a.symbol]
+        st = a.stencil
+        if out_slot.storage == SCALAR:  # flatten / global pools: one number
+            out = nb_elem(out_slot, out_slot.array, "", "") or self.rec.code_names[a.symbol]
+        else:
+            out = out_slot.array
+        src_slot, src = None, None
+        if st.source is not None:
+            if phase == "pair" and st.source in self.sslots:
+                src_slot, src = self.sslots[st.source], "s"
+            else:
+                src_slot = self.pslots[st.source]
+                src = src_slot.array
+        x = ("x1", "x2") if phase == "pair" else ("x", "x")
+        taps = self.taps.get(id(st.window), "")
+        scale = repr(float(st.scale))
+        return nb_stencil(a, out, src, out_slot, src_slot, taps, x, scale, indent)
+
+    def numba_point(self) -> list[str]:
+        src = ["@numba.njit(cache=True)", "def _point_one(x, pt, params):",
+               f"    w = np.empty({self.n_w})"]
+        for (kind, *_), run in self._stages(self.rec.point, "point"):
+            if kind == "stencil":
+                src += self._nb_stencil(run[0], "point", "    ")
+            else:
+                src += self._nb_local(run, "point", "    ")
+        outs = [self.rec.outputs["nngp_diag"], self.rec.outputs["ntk_diag"]]
+        names = {s: self._ref_nb(s, "point", SCALAR) for e in outs for s in e.free_symbols}
+        pr = NumbaPrinter(names, {})
+        src += [f"    pt[{self.n_point - 2}] = {pr.doprint(outs[0])}",
+                f"    pt[{self.n_point - 1}] = {pr.doprint(outs[1])}", "",
+                "@numba.njit(parallel=True, cache=True)", "def _point_numba(X, params, out):",
+                "    for n in numba.prange(X.shape[0]):",
+                "        _point_one(X[n], out[n], params)", ""]
+        return src
+
+    def numba_pair(self) -> list[str]:
+        src = ["@numba.njit(cache=True)", "def _pair_one(x1, x2, pt1, pt2, params, s):"]
+        for (kind, *_), run in self._stages(self.rec.pair, "pair"):
+            if kind == "stencil":
+                src += self._nb_stencil(run[0], "pair", "    ")
+            else:
+                src += self._nb_local(run, "pair", "    ")
+        outs = [self.rec.outputs["nngp"], self.rec.outputs["ntk"]]
+        names = {s: self._ref_nb(s, "pair", SCALAR) for e in outs for s in e.free_symbols}
+        pr = NumbaPrinter(names, {})
+        src += [f"    return {pr.doprint(outs[0])}, {pr.doprint(outs[1])}", ""]
+        return src
+
+    def numpy_point(self) -> list[str]:
+        src = ["def _point_numpy(X, params):",
+               f"    pt = numpy.zeros((X.shape[0], {self.n_point}))", "    x = X"]
+        src += self._np_phase(self.rec.point, "point")
+        for k, key in ((2, "nngp_diag"), (1, "ntk_diag")):
+            e = self.rec.outputs[key]
+            names = {s: self._ref_np(s, "point", SCALAR) for s in e.free_symbols}
+            src.append(f"    pt[:, {self.n_point - k}] = {ArrayPrinter(names, {}).doprint(e)}")
+        return src + ["    return pt", ""]
+
+    def numpy_pair(self) -> list[str]:
+        src = ["def _pairs_numpy(X1, X2, P1, P2, params):",
+               "    nngp = numpy.empty((X1.shape[0], X2.shape[0]))",
+               "    ntk = numpy.empty_like(nngp)",
+               "    for a in range(X1.shape[0]):",
+               "        x1, x2 = numpy.broadcast_to(X1[a], X2.shape), X2"]
+        src += ["    " + ln for ln in self._np_phase(self.rec.pair, "pair")]
+        for key, target in (("nngp", "nngp"), ("ntk", "ntk")):
+            e = self.rec.outputs[key]
+            names = {s: self._ref_np(s, "pair", SCALAR) for s in e.free_symbols}
+            src.append(f"        {target}[a] = {ArrayPrinter(names, {}).doprint(e)}")
+        return src + ["    return nngp, ntk", ""]
+
+    def _np_phase(self, assignments, phase: str) -> list[str]:
+        src = []
+        slots = self.sslots if phase == "pair" else self.pslots
+        for (kind, *_), run in self._stages(assignments, phase):
+            if kind == "stencil":
+                a = run[0]
+                st = a.stencil
+                s = None
+                if st.source is not None:
+                    view = DIAG if st.op == "flatten" or (
+                        st.op == "conv" and slots[a.symbol].storage == DIAG) else FULL
+                    s = self._ref_np(st.source, phase, view) if not (
+                        phase == "point" and self.pslots[st.source].storage == FULL) else \
+                        self.rec.code_names[st.source]
+                    if phase == "point" and st.source in self.pslots and view == DIAG:
+                        s = _np_slice("pt", ":", self.pslots[st.source])
+                x = ("x1", "x2") if phase == "pair" else ("x", "x")
+                e = np_stencil(a, s, slots[a.symbol], self.taps.get(id(st.window), ""), x,
+                               repr(float(st.scale)))
+                src.append(f"    {self._np_target(a, phase)} = {e}")
+                continue
+            loop = self.structure[run[0].symbol]
+            exprs = self._local_exprs(run)
+            names = {s: self._ref_np(s, phase, loop) for e in exprs for s in e.free_symbols}
+            body, outs = _cse(exprs, ArrayPrinter(names, {}), "    ")
+            src += body
+            for a, o in zip(run, outs):
+                src.append(f"    {self._np_target(a, phase)} = {o}")
+                if phase == "point" and a.diag is not None and loop == FULL:
+                    name = self.rec.code_names[a.symbol]
+                    d = self._ref_np(a.diag, "point", DIAG)
+                    src.append(f"    {name} = {name} + numpy.zeros((x.shape[0], "
+                               f"{a.spatial[0]}, {a.spatial[1]}))")
+                    src.append(f"    {name}[:, numpy.arange({a.spatial[0]}), "
+                               f"numpy.arange({a.spatial[0]})] = {d}")
+        return src
+
+    def _np_target(self, a, phase: str) -> str:
+        slot = (self.sslots if phase == "pair" else self.pslots)[a.symbol]
+        if phase == "point" and slot.storage != FULL:
+            return _np_slice("pt", ":", slot)
+        return self.rec.code_names[a.symbol]
+
+    def pairs_driver(self) -> list[str]:
+        return [
+            "@numba.njit(parallel=True, cache=True)",
+            "def _pairs_numba(X1, X2, P1, P2, params, K, T, symmetric):",
+            "    n1, n2 = K.shape",
+            "    # rows t and n1-1-t go to the same task: balanced work on the triangle",
+            "    for task in numba.prange((n1 + 1) // 2):",
+            f"        s = np.empty({self.n_s})",
+            "        for half in range(2 if 2 * task + 1 < n1 else 1):",
+            "            a = task + half * (n1 - 1 - 2 * task)",
+            "            for b in range(a if symmetric else 0, n2):",
+            "                k, t = _pair_one(X1[a], X2[b], P1[a], P2[b], params, s)",
+            "                K[a, b] = k",
+            "                T[a, b] = t",
+            "",
+        ]
+
+    def module(self, spec_name: str, spec_text: str, options: dict) -> str:
+        prog = self.prog
+        sha = hashlib.sha256(spec_text.encode()).hexdigest()
+        shape = (*prog.input_shape.spatial, prog.input_shape.channels)
+        params = {k: p.default for k, p in prog.params.items()}
+        from ..structure import line_structure
+        head = [
+            f'"""NNGP and NTK kernels of network `{prog.network}`, compiled by ntkc.',
+            "",
+            f"Generated by ntkc {__version__} from {spec_name}; do not edit: regenerate with",
+            "`ntkc compile`. Imports only the standard library, numpy and numba.",
+            '"""',
+            "",
+            "import collections",
+            "import math",
+            "",
+            "import numba",
+            "import numpy",
+            "import numpy as np",
+            "",
+            f"SPEC_FILE = {spec_name!r}",
+            f"SPEC_SHA256 = {sha!r}",
+            f"NTKC_VERSION = {__version__!r}",
+            f"COMPILE_OPTIONS = {options!r}",
+            f"NETWORK = {prog.network!r}",
+            f"PARAMETERIZATION = {prog.parameterization!r}",
+            f"INPUT_SHAPE = {tuple(shape)!r}",
+            f"PARAMS = {params!r}",
+            f"N_POINT = {self.n_point}",
+            "DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)",
+            f"STRUCTURE = {line_structure(self.rec, self.structure)!r}",
+            "",
+            "# The recursion, one entry (i, j) of each array (K: NNGP kernel, Θ: NTK):",
+            *[f"#   {a.symbol} = {a.expr}" for a in self.rec.point + self.rec.pair],
+            "",
+            "# Tap tables of the windows: input position read by tap t of output o (-1: padding)",
+        ]
+        for wid, name in self.taps.items():
+            t = self.windows[wid].taps
+            head.append(f"{name} = np.array({t.ravel().tolist()!r}, dtype=np.int64)"
+                        f".reshape({t.shape[0]}, {t.shape[1]})")
+        parts = [head, [""], self.numba_point(), self.numba_pair(), self.pairs_driver(),
+                 NUMPY_STENCILS.splitlines(), self.numpy_point(), self.numpy_pair()]
+        return "\n".join("\n".join(p) for p in parts) + "\n" + SPATIAL_DRIVER
+
+
+def _np_slice(array: str, row: str, slot) -> str:
+    if slot.storage == SCALAR:
+        return f"{array}[{row}, {slot.offset}]"
+    return f"{array}[{row}, {slot.offset}:{slot.offset + slot.rows}]"
+
+
+def _cse(exprs, printer, indent: str) -> tuple[list[str], list[str]]:
+    reps, reduced = sympy.cse(exprs, symbols=sympy.numbered_symbols("t"), order="none")
+    for s, _ in reps:
+        printer.names[s] = str(s)
+    return ([f"{indent}{s} = {printer.doprint(e)}" for s, e in reps],
+            [printer.doprint(e) for e in reduced])
+
+
+__all__ = ["SpatialWriter", "np"]
