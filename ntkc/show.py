@@ -7,6 +7,7 @@ import re
 import sympy
 
 from .derive import Recursion
+from .structure import analyse, line_structure, pair_work
 
 EXPAND_LIMIT = 600  # operations; deeper nets print the recursion only
 
@@ -38,6 +39,8 @@ def _render_eq(lhs: sympy.Symbol, rhs: sympy.Expr, style: str) -> str:
 
 def expanded(rec: Recursion, which: str) -> sympy.Expr | None:
     """The output kernel as one formula in x·x', x·x, x'·x' (None when too deep)."""
+    if rec.spatial:
+        return None  # stencils sum over positions: no closed formula in dot products
     full: dict = {}
     for a in rec.point:
         full[a.symbol] = a.expr.xreplace(full)
@@ -50,7 +53,29 @@ def expanded(rec: Recursion, which: str) -> sympy.Expr | None:
     return expr
 
 
-def show(rec: Recursion, style: str = "text", expand: bool = False) -> str:
+def structure_report(rec: Recursion) -> list[str]:
+    """Per spatial line: which position pairs its per-pair covariances need."""
+    structure = analyse(rec)
+    lines = line_structure(rec, structure)
+    src = rec.program.source.splitlines()
+    out = [("covariance structure per pair of inputs (diag: same-position pairs, O(P); "
+            "full: all position pairs, O(P²)):")]
+    for node in rec.program.nodes.values():
+        if node.name not in lines or not node.shape.spatial:
+            continue
+        p = 1
+        for n in node.shape.spatial:
+            p *= n
+        entries = p if lines[node.name] == "diag" else p * p
+        out.append(f"    {node.name:<10} {lines[node.name]:<5} {list(node.shape.spatial)} "
+                   f"{entries:>8} entries   line {node.pos.line}: "
+                   f"{src[node.pos.line - 1].strip()}")
+    out.append(f"    array entries per pair, all lines: {pair_work(rec, structure)}")
+    return out
+
+
+def show(rec: Recursion, style: str = "text", expand: bool = False,
+         structure: bool = False) -> str:
     prog = rec.program
     src = prog.source.splitlines()
     shape = prog.input_shape
@@ -60,7 +85,12 @@ def show(rec: Recursion, style: str = "text", expand: bool = False) -> str:
     if prog.params:
         out.append("params: " + ", ".join(f"{p.name} = {p.default:g}"
                                           for p in prog.params.values()))
-    out.append(f"input: K[{prog.input}](x,x') = x·x'/{_dim(rec)},  Θ[{prog.input}] = 0")
+    if rec.spatial:
+        out.append(f"input: K[{prog.input}](x,x')[i,j] = Σ_c x[i,c]·x'[j,c]/{shape.channels} "
+                   f"for positions i, j,  Θ[{prog.input}] = 0;  each array below is one "
+                   "entry (i, j), 𝒜 the mean over a conv window")
+    else:
+        out.append(f"input: K[{prog.input}](x,x') = x·x'/{_dim(rec)},  Θ[{prog.input}] = 0")
     for node in prog.nodes.values():
         group = [a for a in rec.point + rec.pair if a.line == node.name]
         if not group:
@@ -72,6 +102,8 @@ def show(rec: Recursion, style: str = "text", expand: bool = False) -> str:
     out.append(f"output {prog.output}:")
     for which, label in (("nngp", "NNGP"), ("ntk", "NTK ")):
         out.append(f"    {label} = {_render(rec.outputs[which], style)}")
+    if structure and rec.spatial:
+        out += [""] + structure_report(rec)
     if expand:
         out.append("")
         for which, label in (("nngp", "NNGP"), ("ntk", "NTK")):

@@ -20,11 +20,20 @@ import sympy
 
 from .. import __version__
 from ..derive import Recursion
+from ..geometry import runs
 from ..quadrature import GaussExpectation
 from ..structure import DIAG, FULL, SCALAR, analyse
 from .printers import ArrayPrinter, NumbaPrinter
 from .spatial_driver import SPATIAL_DRIVER
-from .spatial_stages import NUMPY_STENCILS, layout, nb_elem, nb_stencil, np_stencil, np_value
+from .spatial_stages import (
+    NUMPY_STENCILS,
+    layout,
+    nb_conv,
+    nb_elem,
+    nb_stencil,
+    np_stencil,
+    np_value,
+)
 
 
 class SpatialWriter:
@@ -49,6 +58,9 @@ class SpatialWriter:
                 self.taps[id(w)] = f"_TAPS{len(self.taps)}"
         self.windows = {id(a.stencil.window): a.stencil.window
                         for a in rec.point + rec.pair if a.stencil and a.stencil.window}
+        self.runs = {wid: f"_RUNS{k}" for k, wid in enumerate(
+            {id(a.stencil.window) for a in rec.point + rec.pair
+             if a.stencil and a.stencil.op == "conv"})}
         self.twin_of = {t: s for s, t in rec.twins.items()}
         self.twin3_of = {t: s for s, t in (rec.twins3 or {}).items()}
 
@@ -92,12 +104,18 @@ class SpatialWriter:
 
     # -- phases -----------------------------------------------------------------------------
     def _stages(self, assignments, phase: str):
-        """Runs of consecutive local assignments of one loop shape, and single stencils."""
+        """Runs of consecutive local assignments of one loop shape, convs through one
+        window (K and Θ of a line), and single stencils."""
+        slots = self.sslots if phase == "pair" else self.pslots
+
         def key(a):
-            if a.stencil is not None:
+            st = a.stencil
+            if st is not None and st.op == "conv":
+                return ("conv", id(st.window), slots[a.symbol].storage)
+            if st is not None:
                 return ("stencil", id(a))
             return ("local", self.structure[a.symbol], a.spatial)
-        for k, run in groupby(assignments, key):
+        for k, run in groupby(schedule(assignments, self.prog), key):
             yield k, list(run)
 
     def _local_exprs(self, run):
@@ -134,38 +152,44 @@ class SpatialWriter:
         if phase == "point":  # the (x, x̃) diagonal: exactly the per-input variance
             for a in run:
                 if a.diag is not None and loop == FULL:
-                    d = self._ref_nb(a.diag, "point", DIAG) if a.diag.free_symbols else \
-                        repr(float(a.diag))
+                    d = NumbaPrinter({v: self._ref_nb(v, "point", DIAG)
+                                      for v in a.diag.free_symbols}, {}).doprint(a.diag)
                     src += [f"{indent}for i in range({a.spatial[0]}):",
                             f"{indent}    {nb_elem(slots[a.symbol], 'w', 'i', 'i')} = {d}"]
         return src
 
-    def _nb_stencil(self, a, phase: str, indent: str) -> list[str]:
+    def _nb_source(self, sym, phase: str):
+        if phase == "pair" and sym in self.sslots:
+            return "s", self.sslots[sym]
+        slot = self.pslots[sym]
+        return slot.array, slot
+
+    def _nb_stencil(self, run, phase: str, indent: str) -> list[str]:
         slots = self.sslots if phase == "pair" else self.pslots
+        st = run[0].stencil
+        if st.op == "conv":
+            pairs = [(slots[a.symbol].array, slots[a.symbol],
+                      *self._nb_source(a.stencil.source, phase)) for a in run]
+            return nb_conv(pairs, self.runs[id(st.window)], repr(float(st.scale)), indent)
+        (a,) = run
         out_slot = slots[a.symbol]
-        st = a.stencil
         if out_slot.storage == SCALAR:  # flatten / global pools: one number
             out = nb_elem(out_slot, out_slot.array, "", "") or self.rec.code_names[a.symbol]
         else:
             out = out_slot.array
-        src_slot, src = None, None
-        if st.source is not None:
-            if phase == "pair" and st.source in self.sslots:
-                src_slot, src = self.sslots[st.source], "s"
-            else:
-                src_slot = self.pslots[st.source]
-                src = src_slot.array
+        src, src_slot = (None, None) if st.source is None else \
+            self._nb_source(st.source, phase)
         x = ("x1", "x2") if phase == "pair" else ("x", "x")
         taps = self.taps.get(id(st.window), "")
-        scale = repr(float(st.scale))
-        return nb_stencil(a, out, src, out_slot, src_slot, taps, x, scale, indent)
+        return nb_stencil(a, out, src, out_slot, src_slot, taps, x, repr(float(st.scale)),
+                          indent)
 
     def numba_point(self) -> list[str]:
         src = ["@numba.njit(cache=True)", "def _point_one(x, pt, params):",
                f"    w = np.empty({self.n_w})"]
         for (kind, *_), run in self._stages(self.rec.point, "point"):
-            if kind == "stencil":
-                src += self._nb_stencil(run[0], "point", "    ")
+            if kind != "local":
+                src += self._nb_stencil(run, "point", "    ")
             else:
                 src += self._nb_local(run, "point", "    ")
         outs = [self.rec.outputs["nngp_diag"], self.rec.outputs["ntk_diag"]]
@@ -181,8 +205,8 @@ class SpatialWriter:
     def numba_pair(self) -> list[str]:
         src = ["@numba.njit(cache=True)", "def _pair_one(x1, x2, pt1, pt2, params, s):"]
         for (kind, *_), run in self._stages(self.rec.pair, "pair"):
-            if kind == "stencil":
-                src += self._nb_stencil(run[0], "pair", "    ")
+            if kind != "local":
+                src += self._nb_stencil(run, "pair", "    ")
             else:
                 src += self._nb_local(run, "pair", "    ")
         outs = [self.rec.outputs["nngp"], self.rec.outputs["ntk"]]
@@ -218,8 +242,10 @@ class SpatialWriter:
         src = []
         slots = self.sslots if phase == "pair" else self.pslots
         for (kind, *_), run in self._stages(assignments, phase):
-            if kind == "stencil":
-                a = run[0]
+            if kind == "local":
+                src += self._np_local(run, phase, slots)
+                continue
+            for a in run:
                 st = a.stencil
                 s = None
                 if st.source is not None:
@@ -234,21 +260,23 @@ class SpatialWriter:
                 e = np_stencil(a, s, slots[a.symbol], self.taps.get(id(st.window), ""), x,
                                repr(float(st.scale)))
                 src.append(f"    {self._np_target(a, phase)} = {e}")
-                continue
-            loop = self.structure[run[0].symbol]
-            exprs = self._local_exprs(run)
-            names = {s: self._ref_np(s, phase, loop) for e in exprs for s in e.free_symbols}
-            body, outs = _cse(exprs, ArrayPrinter(names, {}), "    ")
-            src += body
-            for a, o in zip(run, outs):
-                src.append(f"    {self._np_target(a, phase)} = {o}")
-                if phase == "point" and a.diag is not None and loop == FULL:
-                    name = self.rec.code_names[a.symbol]
-                    d = self._ref_np(a.diag, "point", DIAG)
-                    src.append(f"    {name} = {name} + numpy.zeros((x.shape[0], "
-                               f"{a.spatial[0]}, {a.spatial[1]}))")
-                    src.append(f"    {name}[:, numpy.arange({a.spatial[0]}), "
-                               f"numpy.arange({a.spatial[0]})] = {d}")
+        return src
+
+    def _np_local(self, run, phase: str, slots) -> list[str]:
+        loop = self.structure[run[0].symbol]
+        exprs = self._local_exprs(run)
+        names = {s: self._ref_np(s, phase, loop) for e in exprs for s in e.free_symbols}
+        src, outs = _cse(exprs, ArrayPrinter(names, {}), "    ")
+        for a, o in zip(run, outs):
+            src.append(f"    {self._np_target(a, phase)} = {o}")
+            if phase == "point" and a.diag is not None and loop == FULL:
+                name = self.rec.code_names[a.symbol]
+                d = ArrayPrinter({v: self._ref_np(v, "point", DIAG)
+                                  for v in a.diag.free_symbols}, {}).doprint(a.diag)
+                src.append(f"    {name} = {name} + numpy.zeros((x.shape[0], "
+                           f"{a.spatial[0]}, {a.spatial[1]}))")
+                src.append(f"    {name}[:, numpy.arange({a.spatial[0]}), "
+                           f"numpy.arange({a.spatial[0]})] = {d}")
         return src
 
     def _np_target(self, a, phase: str) -> str:
@@ -312,12 +340,37 @@ class SpatialWriter:
             "# Tap tables of the windows: input position read by tap t of output o (-1: padding)",
         ]
         for wid, name in self.taps.items():
-            t = self.windows[wid].taps
-            head.append(f"{name} = np.array({t.ravel().tolist()!r}, dtype=np.int64)"
-                        f".reshape({t.shape[0]}, {t.shape[1]})")
+            head.append(f"{name} = {_int_array(self.windows[wid].taps)}")
+        head.append("# The same windows as contiguous runs (o, i, length), by tap: _RUNSk_PTR")
+        for wid, name in sorted(self.runs.items(), key=lambda kv: kv[1]):
+            table, ptr = runs(self.windows[wid].taps)
+            head += [f"{name} = {_int_array(table)}", f"{name}_PTR = {_int_array(ptr)}"]
         parts = [head, [""], self.numba_point(), self.numba_pair(), self.pairs_driver(),
                  NUMPY_STENCILS.splitlines(), self.numpy_point(), self.numpy_pair()]
         return "\n".join("\n".join(p) for p in parts) + "\n" + SPATIAL_DRIVER
+
+
+def _int_array(a) -> str:
+    return f"np.array({a.ravel().tolist()!r}, dtype=np.int64).reshape({a.shape!r})"
+
+
+def schedule(assignments, program) -> list:
+    """The assignments reordered by layer, each layer's stencils before its local
+    formulas, so K and Θ of a line share one loop (and one arccos). Falls back to
+    the derivation order if that would break a dependency."""
+    order = {name: k for k, name in enumerate(program.nodes)}
+    rank: dict = {}
+    for a in assignments:
+        deps = {a.stencil.source} if a.stencil else a.expr.free_symbols
+        rank[a.symbol] = max([order[a.line]] + [rank[d] for d in deps if d in rank])
+    out = sorted(assignments, key=lambda a: (rank[a.symbol], a.stencil is None))
+    seen: set = set()
+    for a in out:
+        deps = {a.stencil.source} if a.stencil else a.expr.free_symbols
+        if any(d in rank and d not in seen for d in deps):
+            return list(assignments)
+        seen.add(a.symbol)
+    return out
 
 
 def _np_slice(array: str, row: str, slot) -> str:
