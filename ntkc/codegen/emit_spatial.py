@@ -23,10 +23,12 @@ from ..derive import Recursion
 from ..geometry import runs
 from ..quadrature import GaussExpectation
 from ..structure import DIAG, FULL, SCALAR, analyse
+from .hoist import hoist_roots
 from .printers import ArrayPrinter, NumbaPrinter
 from .spatial_driver import SPATIAL_DRIVER
 from .spatial_stages import (
     NUMPY_STENCILS,
+    Slot,
     layout,
     nb_conv,
     nb_elem,
@@ -48,6 +50,15 @@ class SpatialWriter:
         self.structure = analyse(rec)
         self.params = {p.symbol: f"params[{i}]" for i, p in enumerate(self.prog.params.values())}
         self.pslots, used = layout(rec.point, self.structure, "point")
+        twins = {2: dict(rec.twins), 3: dict(rec.twins3 or {})}
+        per_input = {a.symbol for a in rec.point if self.structure[a.symbol] != FULL}
+        self.exprs, self.roots = hoist_roots(
+            {a.symbol: a.expr for a in rec.point + rec.pair if a.stencil is None},
+            per_input, twins, rec.code_names)
+        for r in self.roots:  # the roots live in the point row after the quantities
+            base = self.pslots[r.base]
+            self.pslots[r.symbol] = Slot("pt", used["pt"], base.rows, base.cols, base.storage)
+            used["pt"] += self.pslots[r.symbol].size()
         self.n_point, self.n_w = used["pt"] + 2, max(used["w"], 1)
         self.sslots, used = layout(rec.pair, self.structure, "pair")
         self.n_s = max(used["s"], 1)
@@ -61,8 +72,8 @@ class SpatialWriter:
         self.runs = {wid: f"_RUNS{k}" for k, wid in enumerate(
             {id(a.stencil.window) for a in rec.point + rec.pair
              if a.stencil and a.stencil.op == "conv"})}
-        self.twin_of = {t: s for s, t in rec.twins.items()}
-        self.twin3_of = {t: s for s, t in (rec.twins3 or {}).items()}
+        self.twin_of = {t: s for s, t in twins[2].items()}
+        self.twin3_of = {t: s for s, t in twins[3].items()}
 
     # -- element references -----------------------------------------------------------------
     def _ref_nb(self, sym, phase: str, loop: str) -> str:
@@ -121,7 +132,7 @@ class SpatialWriter:
     def _local_exprs(self, run):
         inner: dict = {}
         for a in run:
-            inner[a.symbol] = a.expr.xreplace(inner)
+            inner[a.symbol] = self.exprs[a.symbol].xreplace(inner)
         return [inner[a.symbol] for a in run]
 
     def _nb_local(self, run, phase: str, indent: str) -> list[str]:
@@ -192,6 +203,11 @@ class SpatialWriter:
                 src += self._nb_stencil(run, "point", "    ")
             else:
                 src += self._nb_local(run, "point", "    ")
+            for r in self._roots_of(run):
+                b, o = self.pslots[r.base], self.pslots[r.symbol]
+                f = "math.sqrt" if r.exponent > 0 else "1.0 / math.sqrt"
+                src += [f"    for i in range({b.size()}):",
+                        f"        pt[{o.offset} + i] = {f}(pt[{b.offset} + i])"]
         outs = [self.rec.outputs["nngp_diag"], self.rec.outputs["ntk_diag"]]
         names = {s: self._ref_nb(s, "point", SCALAR) for e in outs for s in e.free_symbols}
         pr = NumbaPrinter(names, {})
@@ -201,6 +217,10 @@ class SpatialWriter:
                 "    for n in numba.prange(X.shape[0]):",
                 "        _point_one(X[n], out[n], params)", ""]
         return src
+
+    def _roots_of(self, run) -> list:
+        mine = {a.symbol for a in run}
+        return [r for r in self.roots if r.base in mine]
 
     def numba_pair(self) -> list[str]:
         src = ["@numba.njit(cache=True)", "def _pair_one(x1, x2, pt1, pt2, params, s):"]
@@ -244,6 +264,11 @@ class SpatialWriter:
         for (kind, *_), run in self._stages(assignments, phase):
             if kind == "local":
                 src += self._np_local(run, phase, slots)
+            for r in self._roots_of(run) if phase == "point" else []:
+                f = "numpy.sqrt" if r.exponent > 0 else "1.0 / numpy.sqrt"
+                src.append(f"    {_np_slice('pt', ':', self.pslots[r.symbol])} = "
+                           f"{f}({_np_slice('pt', ':', self.pslots[r.base])})")
+            if kind == "local":
                 continue
             for a in run:
                 st = a.stencil

@@ -1,0 +1,64 @@
+"""Lift per-input square roots out of the per-pair loops.
+
+Pointwise rules normalise by sqrt(K(x,x)·K(x',x')). Split as sqrt(K(x,x))·sqrt(K(x',x'))
+(variances are ≥ 0), each factor depends on one input and one position only, so it is
+computed once per input in the point phase and read by the pair loops: the inner loop
+loses a square root and a division per entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+
+@dataclass(frozen=True)
+class Root:
+    """symbol = base ** exponent (exponent ±1/2), a new per-input quantity."""
+
+    symbol: sympy.Symbol
+    base: sympy.Symbol
+    exponent: sympy.Rational
+
+
+def hoist_roots(exprs: dict, point_symbols: set, twins: dict[sympy.Symbol, sympy.Symbol],
+                code_names: dict) -> tuple[dict, list[Root]]:
+    """exprs {symbol: expr} rewritten with roots of point quantities replaced by new
+    point symbols; returns them and the new roots (of point-1 symbols; their twins
+    at the other points are registered in ``twins``: {point-1 symbol: {k: twin}})."""
+    back = {}  # twin symbol → (point-1 symbol, which twin map)
+    for k, mapping in twins.items():
+        for s1, t in mapping.items():
+            back[t] = (s1, k)
+    roots: dict[tuple, Root] = {}
+    new_twins: dict[sympy.Symbol, dict] = {}
+
+    def root_of(sym, exponent):
+        s1, k = back.get(sym, (sym, None))
+        key = (s1, exponent)
+        if key not in roots:
+            label = "√" if exponent > 0 else "1/√"
+            name = sympy.Symbol(f"{label}{s1.name}", positive=True)
+            code_names[name] = f"{'R' if exponent > 0 else 'Q'}{code_names[s1]}"
+            roots[key] = Root(name, s1, exponent)
+            for kk, mapping in twins.items():
+                if s1 in mapping:
+                    tw = sympy.Symbol(f"{label}{mapping[s1].name}", positive=True)
+                    code_names[tw] = f"{'R' if exponent > 0 else 'Q'}{code_names[mapping[s1]]}"
+                    new_twins.setdefault(kk, {})[name] = tw
+        r = roots[key].symbol
+        return r if k is None else new_twins[k][r]
+
+    known = set(point_symbols) | set(back)
+    out = {}
+    for target, e in exprs.items():
+        e = sympy.expand_power_base(e, force=True)
+        reps = {}
+        for p in e.atoms(sympy.Pow):
+            if p.base in known and p.exp in (sympy.S.Half, -sympy.S.Half):
+                reps[p] = root_of(p.base, p.exp)
+        out[target] = e.xreplace(reps)
+    for k, mapping in new_twins.items():
+        twins[k].update(mapping)
+    return out, list(roots.values())
