@@ -1,14 +1,20 @@
 """Benchmarks, each timed against something measured in the same run.
 
-    python -m ntkc.bench          (or: ntkc bench)
+    python -m ntkc.bench [--case fc|fc-gpu]          (or: ntkc bench ...)
 
 fc: 3 × (dense + relu) + dense, N = 4000, d = 256, float64, train-train NNGP + NTK.
 Reports the wall time of kernel(), the input GEMM alone, writing two N×N float64
 arrays, and the ratio kernel / (GEMM + writes).
+
+fc-gpu: the same network, N = 20000, d = 784, float32, train-train NNGP + NTK, on
+device="cuda" against the CPU kernel in the same run, with the time to copy two
+N×N float32 arrays from the device to the host (the floor of any GPU kernel that
+returns host arrays). Needs an NVIDIA GPU and numba-cuda (pip install 'ntkc[cuda]').
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +36,15 @@ output y
 """
 
 
+def _model(d: int):
+    from .runtime import load
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "bench_fc.ntk"
+        spec.write_text(FC_SPEC.format(d=d))
+        return load(spec)
+
+
 def _best(fn, repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -40,12 +55,7 @@ def _best(fn, repeat: int) -> float:
 
 
 def bench_fc(n: int = 4000, d: int = 256, repeat: int = 3) -> dict:
-    from .runtime import load
-
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = Path(tmp) / "bench_fc.ntk"
-        spec.write_text(FC_SPEC.format(d=d))
-        model = load(spec)
+    model = _model(d)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, d))
     model.kernel(x[:64])  # compile (or load from numba's cache) outside the timing
@@ -66,6 +76,51 @@ def bench_fc(n: int = 4000, d: int = 256, repeat: int = 3) -> dict:
     }
 
 
+def bench_fc_gpu(n: int = 20000, d: int = 784, repeat: int = 3) -> dict:
+    """device="cuda" against the CPU kernel, same inputs, same run (float32)."""
+    model = _model(d)
+    x = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+    # Fails here, before any large allocation, when there is no GPU (RuntimeError).
+    model.kernel(x[:64], device="cuda")  # compiles the cuda kernels outside the timing
+    model.kernel(x[:64], device="cpu")
+    from numba import cuda
+
+    def copy_two():
+        buf = cuda.device_array(n * n, np.float32)
+        for _ in range(2):
+            buf.copy_to_host()
+
+    t_copy = _best(copy_two, repeat)
+    # The module's kernel itself on both devices: one call each, no host tiles.
+    kernel = model.module.kernel
+    t_gpu = _best(lambda: kernel(x, device="cuda"), repeat)
+    t_cpu = _best(lambda: kernel(x, device="cpu"), max(1, repeat - 1))
+    gpu, cpu = kernel(x, device="cuda"), kernel(x, device="cpu")
+    rows = slice(None, None, max(1, n // 200))  # a sample of rows keeps the check light
+    diff = max(float(np.abs(g[rows] - c[rows]).max() / np.abs(c[rows]).max())
+               for g, c in zip(gpu, cpu))
+    return {
+        "case": f"fc-gpu 3x(dense+relu)+dense N={n} d={d} float32 nngp+ntk",
+        "device": getattr(cuda.current_context().device, "name", "?"),  # simulator: no name
+        "cuda_s": t_gpu, "cpu_s": t_cpu,
+        "copy_two_s": t_copy, "speedup": t_cpu / t_gpu, "max_rel_diff": diff,
+        "pairs_per_s": n * (n + 1) / 2 / t_gpu,
+    }
+
+
+def report_gpu(result: dict) -> str:
+    name = result["device"]
+    name = name.decode() if isinstance(name, bytes) else name
+    return (f"{result['case']} on {name}\n"
+            f"  kernel(device='cuda')       {result['cuda_s'] * 1e3:9.1f} ms\n"
+            f"  kernel(device='cpu')        {result['cpu_s'] * 1e3:9.1f} ms\n"
+            f"  copy 2 N×N device→host      {result['copy_two_s'] * 1e3:9.1f} ms\n"
+            f"  speedup cpu / cuda = {result['speedup']:.1f}, "
+            f"cuda / copies = {result['cuda_s'] / result['copy_two_s']:.2f}\n"
+            f"  max |cuda - cpu| / max |cpu| = {result['max_rel_diff']:.1e}\n"
+            f"  {result['pairs_per_s'] / 1e6:.1f} M pairs/s on the GPU (upper triangle)")
+
+
 def report(result: dict) -> str:
     return (f"{result['case']}\n"
             f"  kernel()            {result['kernel_s'] * 1e3:9.1f} ms\n"
@@ -79,11 +134,19 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="ntkc bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=4000)
-    ap.add_argument("--d", type=int, default=256)
+    ap.add_argument("--case", choices=["fc", "fc-gpu"], default="fc")
+    ap.add_argument("--n", type=int, help="points (default: 4000 for fc, 20000 for fc-gpu)")
+    ap.add_argument("--d", type=int, help="input dimension (default: 256 for fc, 784 for fc-gpu)")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)
-    print(report(bench_fc(args.n, args.d, args.repeat)))
+    if args.case == "fc":
+        print(report(bench_fc(args.n or 4000, args.d or 256, args.repeat)))
+        return 0
+    try:
+        print(report_gpu(bench_fc_gpu(args.n or 20000, args.d or 784, args.repeat)))
+    except RuntimeError as e:  # no GPU / no numba.cuda: the generated module says why
+        print(f"ntkc bench: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -35,7 +35,7 @@ def _show(args) -> int:
     compiled = compile_file(args.spec)
     _warn(compiled.program)
     style = "latex" if args.latex else "sympy" if args.sympy else "text"
-    print(show(compiled.recursion, style, expand=args.expand))
+    print(show(compiled.recursion, style, expand=args.expand, structure=args.structure))
     return 0
 
 
@@ -117,13 +117,17 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("specs", nargs="+")
     c.add_argument("-o", "--output", default="generated")
     c.add_argument("--quad-degree", type=int, default=32)
-    c.add_argument("--target", default="cpu", choices=["cpu"])
+    c.add_argument("--target", default="all", choices=["cpu", "cuda", "all"],
+                   help="cpu: numba prange kernels; cuda: numba.cuda kernels (imported only "
+                   "when kernel(device='cuda') runs); all: both (default)")
     c.set_defaults(func=_compile)
     s = sub.add_parser("show", help="print the derived formulas")
     s.add_argument("spec")
     s.add_argument("--latex", action="store_true")
     s.add_argument("--sympy", action="store_true")
     s.add_argument("--expand", action="store_true", help="the output kernel as one formula")
+    s.add_argument("--structure", action="store_true",
+                   help="which position pairs each spatial line needs (diag or full)")
     s.set_defaults(func=_show)
     k = sub.add_parser("check", help="check a spec and report errors")
     k.add_argument("spec")
@@ -152,6 +156,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # REMAINDER would reject options: bench parses its own
+        return _bench(argparse.Namespace(rest=argv[1:]))
     args = parser().parse_args(argv)
     try:
         return args.func(args)

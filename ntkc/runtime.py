@@ -1,5 +1,9 @@
 """Runtime: load a spec (compiled once per spec hash) or a generated module,
-and fill Gram matrices in tiles, with the memory checked before allocation."""
+and fill Gram matrices in tiles, with the memory checked before allocation.
+
+Two levels of tiles: host tiles here (out-of-core ``.npy`` maps, progress), and,
+for device="cuda", device tiles inside the generated module (sized from the free
+GPU memory and streamed back to host memory)."""
 
 from __future__ import annotations
 
@@ -95,13 +99,20 @@ class Model:
         progress: bool | None = None,
         out_dir: str | Path | None = None,
         memory_limit: int | None = None,
+        device: str | None = None,
+        device_tile: int | tuple[int, int] | None = None,
     ):
         """Gram matrices; large ones are filled tile by tile.
 
-        tile: rows/cols per tile (default: whole matrix when it fits in ~1 GiB of work
-        memory, else 4096). out_dir: write the results as .npy memory maps there
-        (out-of-core). memory_limit: bytes allowed in memory (default: MemAvailable).
+        tile: rows/cols per host tile (default: whole matrix when it fits in ~1 GiB of
+        work memory, else 4096; with device="cuda" the whole matrix unless out_dir is
+        given). out_dir: write the results as .npy memory maps there (out-of-core).
+        memory_limit: bytes allowed in memory (default: MemAvailable).
+        device: "cpu" or "cuda" (default: the module's first target, see
+        ``module.TARGETS``); device_tile: rows (or (rows, cols)) per GPU tile, default
+        from the free device memory.
         """
+        extra = self._device_options(device, device_tile)
         x1 = self.module._check_inputs("x1", x1)
         symmetric = x2 is None or x2 is x1
         x2c = x1 if symmetric else self.module._check_inputs("x2", x2)
@@ -118,22 +129,28 @@ class Model:
                 "use float32 inputs, ask for one of nngp/ntk, compute blocks with x2=, or "
                 "write to disk with out_dir=... (tiles are filled out-of-core)"
             )
+        on_gpu = backend == "numba" and (device or self.targets[0]) == "cuda"
         if tile is None:
-            tile = max(n1, n2) if n1 * n2 * 8 * 3 <= 2**30 else 4096
+            # The cuda path allocates only the outputs on the host (it tiles the device
+            # itself): one host tile unless the results go to disk.
+            small = n1 * n2 * 8 * 3 <= 2**30
+            tile = max(n1, n2) if small or (on_gpu and out_dir is None) else (
+                16384 if on_gpu else 4096)
         blocks = [(i, j) for i in range(0, n1, tile) for j in range(0, n2, tile)
                   if not symmetric or j >= i]
         if len(blocks) == 1:
-            return self.module.kernel(x1, None if symmetric else x2c, get, params, backend)
+            return self.module.kernel(x1, None if symmetric else x2c, get, params, backend,
+                                      **extra)
         outs = self._allocate(names, (n1, n2), dtype, out_dir)
         show = progress if progress is not None else sys.stderr.isatty()
         start = time.perf_counter()
         for k, (i, j) in enumerate(blocks):
             a = x1[i:i + tile]
             if symmetric and i == j:
-                res = self.module.kernel(a, None, names, params, backend)
+                res = self.module.kernel(a, None, names, params, backend, **extra)
             else:
                 b = (x1 if symmetric else x2c)[j:j + tile]
-                res = self.module.kernel(a, b, names, params, backend)
+                res = self.module.kernel(a, b, names, params, backend, **extra)
             for name, block in zip(names, res):
                 outs[name][i:i + len(block), j:j + block.shape[1]] = block
                 if symmetric and i != j:
@@ -150,6 +167,25 @@ class Model:
         import collections
 
         return collections.namedtuple("Kernels", names)(*(outs[n] for n in names))
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Devices this module has kernels for ("cpu", "cuda"); the first is the default."""
+        return tuple(getattr(self.module, "TARGETS", ("cpu",)))
+
+    def _device_options(self, device: str | None, device_tile) -> dict[str, Any]:
+        # Modules without TARGETS (cpu-only emitters) take no device arguments.
+        if device not in (None, "cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if not hasattr(self.module, "TARGETS"):
+            if device == "cuda":
+                raise ValueError(f"{self.network}: this network's module has no cuda kernels "
+                                 "(its emitter supports the cpu target only): use device='cpu'")
+            return {}
+        out: dict[str, Any] = {} if device is None else {"device": device}
+        if device_tile is not None:
+            out["device_tile"] = device_tile
+        return out
 
     def fit(self, x_train, y_train, **options):
         """Closed-form predictor of the infinitely wide network trained on (x, y):
@@ -171,8 +207,11 @@ class StaleModuleError(ValueError):
     pass
 
 
-def load(path: str | Path, quad_degree: int = DEFAULT_DEGREE) -> Model:
-    """Load a spec (.ntk: compiled once per content hash, cached) or a generated module."""
+def load(path: str | Path, quad_degree: int = DEFAULT_DEGREE, target: str = "all") -> Model:
+    """Load a spec (.ntk: compiled once per content hash, cached) or a generated module.
+
+    target (specs only): "all" (cpu and cuda kernels; numba.cuda is imported only when
+    kernel(device="cuda") runs), "cpu" or "cuda"."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
@@ -186,7 +225,7 @@ def load(path: str | Path, quad_degree: int = DEFAULT_DEGREE) -> Model:
                     f"{path} was compiled from an older {spec} (sha256 differs): "
                     f"regenerate it with `ntkc compile {spec}`")
         return Model(module)
-    compiled = compile_file(path, quad_degree=quad_degree)
+    compiled = compile_file(path, quad_degree=quad_degree, target=target)
     sha = hashlib.sha256(compiled.source.encode()).hexdigest()[:16]
     target = cache_dir() / f"{compiled.program.network}_{sha}.py"
     if not target.exists():

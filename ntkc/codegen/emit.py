@@ -2,9 +2,10 @@
 
 The point phase (per input) and the pair phase (per pair of inputs) are each
 one straight-line block: the recursion is substituted into the outputs and
-common subexpressions are eliminated (sympy.cse), then printed twice — as
-scalar code inside numba prange loops and as vectorised numpy code for the
-reference backend.
+common subexpressions are eliminated (sympy.cse), then printed as scalar code
+inside numba prange loops (target cpu), as vectorised numpy code for the
+reference backend (always), and as numba.cuda kernels (target cuda, see
+ntkc.codegen.cuda).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from ..derive import Recursion
 from ..quadrature import DEFAULT_DEGREE, GaussExpectation
 from .driver_template import DRIVER
 from .printers import ArrayPrinter, NumbaPrinter
+
+# What `--target` asks for → the device kernels the module gets. The point phase
+# (numba, CPU) and the numpy reference are in every module.
+TARGETS = {"cpu": ("cpu",), "cuda": ("cuda",), "all": ("cpu", "cuda")}
 
 
 def _substituted(assignments, extra: dict) -> dict[sympy.Symbol, sympy.Expr]:
@@ -41,11 +46,51 @@ def _floats(xs: np.ndarray) -> str:
     return "np.array([" + ", ".join(repr(float(v)) for v in xs) + "])"
 
 
+def quad_scalar(name: str, t: type, printer) -> list[str]:
+    """A scalar Gauss-Hermite helper (no decorator): the same text serves @numba.njit
+    and @cuda.jit(device=True), so the CPU and GPU kernels integrate identically."""
+    it = t.integrand
+    u, v = sympy.Symbol("u"), sympy.Symbol("v")
+    printer.names[u], printer.names[v] = "u", "v"
+    fu = printer.doprint(it.f.xreplace({it.z: u}))
+    if it.dims == 1:
+        return [
+            f"def {name}(k, params):",
+            "    s = math.sqrt(2.0 * max(k, 0.0))",
+            "    acc = 0.0",
+            "    for i in range(_GH_X.shape[0]):",
+            "        u = s * _GH_X[i]",
+            f"        acc += _GH_W[i] * ({fu})",
+            "    return acc / math.sqrt(math.pi)",
+        ]
+    gv = printer.doprint(it.g.xreplace({it.z: v}))
+    return [
+        f"def {name}(k11, k12, k22, params):",
+        "    # u = sqrt(2 k11) s, v = sqrt(2) k12/sqrt(k11) s + sqrt(2 (k22 - k12^2/k11)) t",
+        "    s = math.sqrt(2.0 * max(k11, 0.0))",
+        "    c = math.sqrt(2.0) * k12 / math.sqrt(k11) if k11 > 0 else 0.0",
+        "    r = math.sqrt(2.0 * max(k22 - (k12 * k12 / k11 if k11 > 0 else 0.0), 0.0))",
+        "    acc = 0.0",
+        "    for i in range(_GH_X.shape[0]):",
+        "        u = s * _GH_X[i]",
+        f"        fu = {fu}",
+        "        inner = 0.0",
+        "        for j in range(_GH_X.shape[0]):",
+        "            v = c * _GH_X[i] + r * _GH_X[j]",
+        f"            inner += _GH_W[j] * ({gv})",
+        "        acc += _GH_W[i] * fu * inner",
+        "    return acc / math.pi",
+    ]
+
+
 class ModuleWriter:
-    def __init__(self, rec: Recursion, quad_degree: int = DEFAULT_DEGREE):
+    def __init__(self, rec: Recursion, quad_degree: int = DEFAULT_DEGREE, target: str = "cpu"):
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
         self.rec = rec
         self.prog = rec.program
         self.quad_degree = quad_degree
+        self.targets = TARGETS[target]
         self.names = dict(rec.code_names)
         for i, p in enumerate(self.prog.params.values()):
             self.names[p.symbol] = f"params[{i}]"
@@ -88,47 +133,20 @@ class ModuleWriter:
             it = t.integrand
             u, v = sympy.Symbol("u"), sympy.Symbol("v")
             nb, npy = self._printers()
-            for pr in (nb, npy):
-                pr.names[u], pr.names[v] = "u", "v"
-            fu, fu_np = nb.doprint(it.f.xreplace({it.z: u})), npy.doprint(it.f.xreplace({it.z: u}))
-            src.append(f"# {t.__name__}: Gaussian expectation by quadrature")
+            npy.names[u], npy.names[v] = "u", "v"
+            fu_np = npy.doprint(it.f.xreplace({it.z: u}))
+            src += [f"# {t.__name__}: Gaussian expectation by quadrature",
+                    "@numba.njit(cache=True)", *quad_scalar(name, t, nb), ""]
             if it.dims == 1:
                 src += [
-                    "@numba.njit(cache=True)",
-                    f"def {name}(k, params):",
-                    "    s = math.sqrt(2.0 * max(k, 0.0))",
-                    "    acc = 0.0",
-                    "    for i in range(_GH_X.shape[0]):",
-                    "        u = s * _GH_X[i]",
-                    f"        acc += _GH_W[i] * ({fu})",
-                    "    return acc / math.sqrt(math.pi)",
-                    "",
                     f"def {name}_np(k, params):",
                     "    u = numpy.sqrt(2.0 * numpy.maximum(k, 0.0))[..., None] * _GH_X",
                     f"    return (({fu_np}) * (u * 0 + 1) * _GH_W).sum(-1) / math.sqrt(math.pi)",
                     "",
                 ]
                 continue
-            gv = nb.doprint(it.g.xreplace({it.z: v}))
             gv_np = npy.doprint(it.g.xreplace({it.z: v}))
             src += [
-                "@numba.njit(cache=True)",
-                f"def {name}(k11, k12, k22, params):",
-                "    # u = sqrt(2 k11) s, v = sqrt(2) k12/sqrt(k11) s + sqrt(2 (k22 - k12^2/k11)) t",
-                "    s = math.sqrt(2.0 * max(k11, 0.0))",
-                "    c = math.sqrt(2.0) * k12 / math.sqrt(k11) if k11 > 0 else 0.0",
-                "    r = math.sqrt(2.0 * max(k22 - (k12 * k12 / k11 if k11 > 0 else 0.0), 0.0))",
-                "    acc = 0.0",
-                "    for i in range(_GH_X.shape[0]):",
-                "        u = s * _GH_X[i]",
-                f"        fu = {fu}",
-                "        inner = 0.0",
-                "        for j in range(_GH_X.shape[0]):",
-                "            v = c * _GH_X[i] + r * _GH_X[j]",
-                f"            inner += _GH_W[j] * ({gv})",
-                "        acc += _GH_W[i] * fu * inner",
-                "    return acc / math.pi",
-                "",
                 f"def {name}_np(k11, k12, k22, params):",
                 "    k11, k12, k22 = numpy.broadcast_arrays(k11, k12, k22)",
                 "    s = numpy.sqrt(2.0 * numpy.maximum(k11, 0.0))[..., None, None]",
@@ -213,7 +231,9 @@ class ModuleWriter:
             f'"""NNGP and NTK kernels of network `{prog.network}`, compiled by ntkc.',
             "",
             f"Generated by ntkc {__version__} from {spec_name}; do not edit: regenerate with",
-            "`ntkc compile`. Imports only the standard library, numpy and numba.",
+            "`ntkc compile`. Imports only the standard library, numpy and numba"
+            + (" (numba.cuda on the\nfirst device=\"cuda\" call only)." if "cuda" in self.targets
+               else "."),
             '"""',
             "",
             "import collections",
@@ -231,6 +251,7 @@ class ModuleWriter:
             f"PARAMETERIZATION = {prog.parameterization!r}",
             f"INPUT_SHAPE = {tuple(shape)!r}",
             f"PARAMS = {params!r}",
+            f"TARGETS = {self.targets!r}  # devices with kernels here; the first is the default",
             f"N_POINT = {len(self.point_outputs)}",
             "DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)",
             "",
@@ -240,9 +261,14 @@ class ModuleWriter:
             "_np_erf = np.vectorize(math.erf, otypes=[np.float64])",
             "",
         ]
-        parts = [head, self.quadrature(), self.point_phase(), [""],
-                 self.pair_phase("_pairs_nngp", [self.nngp]), [""],
-                 self.pair_phase("_pairs_both", [self.nngp, self.ntk]), [""],
-                 self.pair_numpy()]
-        src = "\n".join("\n".join(p) for p in parts)
-        return src + "\n" + DRIVER
+        parts = [head, self.quadrature(), self.point_phase(), [""]]
+        if "cpu" in self.targets:
+            parts += [self.pair_phase("_pairs_nngp", [self.nngp]), [""],
+                      self.pair_phase("_pairs_both", [self.nngp, self.ntk]), [""]]
+        parts.append(self.pair_numpy())
+        src = "\n".join("\n".join(p) for p in parts) + "\n" + DRIVER
+        if "cuda" in self.targets:
+            from .cuda import CudaWriter  # the cuda emitter only when asked for
+
+            src += CudaWriter(self).source()
+        return src
