@@ -53,8 +53,8 @@ CASES = [
     (HEAD + "p = avg_pool(x, window=[2])\noutput p\n", "3:5",
      "avg_pool needs a sequence or image input, but 'x' is a vector", None),
     (IMG + "g = conv(x, filter=[3, 3], padding=same)\nh = conv(x, filter=[3, 3])\n"
-     "r = g + h\noutput r\n", "5:1", "cannot add 'g' of shape [4, 4, ?] and 'h' of shape "
-     "[2, 2, ?]", None),
+     "r = g + h\noutput r\n", "5:1",
+     "cannot add 'g' of shape [4, 4, ?] and 'h' of shape [2, 2, ?]", None),
     (IMG + "g = conv(x, filter=[3], padding=same)\noutput g\n", "3:5",
      "a filter of 1 dim(s)", None),
     (IMG + "g = conv(x, filter=[3, 3], padding=full)\noutput g\n", "3:36",

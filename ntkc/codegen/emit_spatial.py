@@ -69,9 +69,9 @@ class SpatialWriter:
                 self.taps[id(w)] = f"_TAPS{len(self.taps)}"
         self.windows = {id(a.stencil.window): a.stencil.window
                         for a in rec.point + rec.pair if a.stencil and a.stencil.window}
-        self.runs = {wid: f"_RUNS{k}" for k, wid in enumerate(
-            {id(a.stencil.window) for a in rec.point + rec.pair
-             if a.stencil and a.stencil.op == "conv"})}
+        convs = dict.fromkeys(id(a.stencil.window) for a in rec.point + rec.pair
+                              if a.stencil and a.stencil.op == "conv")  # first-use order
+        self.runs = {wid: f"_RUNS{k}" for k, wid in enumerate(convs)}
         self.twin_of = {t: s for s, t in twins[2].items()}
         self.twin3_of = {t: s for s, t in twins[3].items()}
 
@@ -126,19 +126,28 @@ class SpatialWriter:
             if st is not None:
                 return ("stencil", id(a))
             return ("local", self.structure[a.symbol], a.spatial)
-        for k, run in groupby(schedule(assignments, self.prog), key):
+        same_input = {**self.twin3_of, **{r.symbol: r.base for r in self.roots}}
+        for k, run in groupby(schedule(assignments, self.prog, same_input), key):
             yield k, list(run)
 
-    def _local_exprs(self, run):
+    def _local_exprs(self, run) -> tuple[list, list]:
+        """(targets, expressions) of a fused loop: the run's assignments, then the
+        per-input roots of any of them (computed in the same loop, entry by entry)."""
         inner: dict = {}
+        targets = []
         for a in run:
             inner[a.symbol] = self.exprs[a.symbol].xreplace(inner)
-        return [inner[a.symbol] for a in run]
+            targets.append(a.symbol)
+            for r in self.roots:
+                if r.base == a.symbol:
+                    inner[r.symbol] = inner[a.symbol] ** r.exponent
+                    targets.append(r.symbol)
+        return targets, [inner[t] for t in targets]
 
     def _nb_local(self, run, phase: str, indent: str) -> list[str]:
         loop = self.structure[run[0].symbol]
         slots = self.sslots if phase == "pair" else self.pslots
-        exprs = self._local_exprs(run)
+        targets, exprs = self._local_exprs(run)
         ind = indent
         src = []
         if loop == FULL:
@@ -153,10 +162,10 @@ class SpatialWriter:
         printer = NumbaPrinter(names, {})
         body, outs = _cse(exprs, printer, ind)
         src += body
-        for a, o in zip(run, outs):
-            slot = slots[a.symbol]
+        for t, o in zip(targets, outs):
+            slot = slots[t]
             if slot.storage == SCALAR and not slot.array:
-                src.append(f"{ind}{self.rec.code_names[a.symbol]} = {o}")
+                src.append(f"{ind}{self.rec.code_names[t]} = {o}")
             else:
                 arr = ("pt1" if slot.array == "pt" and phase == "pair" else slot.array)
                 src.append(f"{ind}{nb_elem(slot, arr, 'i', 'j' if loop == FULL else 'i')} = {o}")
@@ -197,17 +206,12 @@ class SpatialWriter:
 
     def numba_point(self) -> list[str]:
         src = ["@numba.njit(cache=True)", "def _point_one(x, pt, params):",
-               f"    w = np.empty({self.n_w})"]
+               f"    w = np.full({self.n_w}, np.nan)  # a read before a write shows as NaN"]
         for (kind, *_), run in self._stages(self.rec.point, "point"):
             if kind != "local":
                 src += self._nb_stencil(run, "point", "    ")
             else:
                 src += self._nb_local(run, "point", "    ")
-            for r in self._roots_of(run):
-                b, o = self.pslots[r.base], self.pslots[r.symbol]
-                f = "math.sqrt" if r.exponent > 0 else "1.0 / math.sqrt"
-                src += [f"    for i in range({b.size()}):",
-                        f"        pt[{o.offset} + i] = {f}(pt[{b.offset} + i])"]
         outs = [self.rec.outputs["nngp_diag"], self.rec.outputs["ntk_diag"]]
         names = {s: self._ref_nb(s, "point", SCALAR) for e in outs for s in e.free_symbols}
         pr = NumbaPrinter(names, {})
@@ -217,10 +221,6 @@ class SpatialWriter:
                 "    for n in numba.prange(X.shape[0]):",
                 "        _point_one(X[n], out[n], params)", ""]
         return src
-
-    def _roots_of(self, run) -> list:
-        mine = {a.symbol for a in run}
-        return [r for r in self.roots if r.base in mine]
 
     def numba_pair(self) -> list[str]:
         src = ["@numba.njit(cache=True)", "def _pair_one(x1, x2, pt1, pt2, params, s):"]
@@ -264,11 +264,6 @@ class SpatialWriter:
         for (kind, *_), run in self._stages(assignments, phase):
             if kind == "local":
                 src += self._np_local(run, phase, slots)
-            for r in self._roots_of(run) if phase == "point" else []:
-                f = "numpy.sqrt" if r.exponent > 0 else "1.0 / numpy.sqrt"
-                src.append(f"    {_np_slice('pt', ':', self.pslots[r.symbol])} = "
-                           f"{f}({_np_slice('pt', ':', self.pslots[r.base])})")
-            if kind == "local":
                 continue
             for a in run:
                 st = a.stencil
@@ -284,16 +279,17 @@ class SpatialWriter:
                 x = ("x1", "x2") if phase == "pair" else ("x", "x")
                 e = np_stencil(a, s, slots[a.symbol], self.taps.get(id(st.window), ""), x,
                                repr(float(st.scale)))
-                src.append(f"    {self._np_target(a, phase)} = {e}")
+                src.append(f"    {self._np_target(a.symbol, phase)} = {e}")
         return src
 
     def _np_local(self, run, phase: str, slots) -> list[str]:
         loop = self.structure[run[0].symbol]
-        exprs = self._local_exprs(run)
+        targets, exprs = self._local_exprs(run)
         names = {s: self._ref_np(s, phase, loop) for e in exprs for s in e.free_symbols}
         src, outs = _cse(exprs, ArrayPrinter(names, {}), "    ")
-        for a, o in zip(run, outs):
-            src.append(f"    {self._np_target(a, phase)} = {o}")
+        for t, o in zip(targets, outs):
+            src.append(f"    {self._np_target(t, phase)} = {o}")
+        for a in run:
             if phase == "point" and a.diag is not None and loop == FULL:
                 name = self.rec.code_names[a.symbol]
                 d = ArrayPrinter({v: self._ref_np(v, "point", DIAG)
@@ -304,11 +300,11 @@ class SpatialWriter:
                            f"numpy.arange({a.spatial[0]})] = {d}")
         return src
 
-    def _np_target(self, a, phase: str) -> str:
-        slot = (self.sslots if phase == "pair" else self.pslots)[a.symbol]
+    def _np_target(self, symbol, phase: str) -> str:
+        slot = (self.sslots if phase == "pair" else self.pslots)[symbol]
         if phase == "point" and slot.storage != FULL:
             return _np_slice("pt", ":", slot)
-        return self.rec.code_names[a.symbol]
+        return self.rec.code_names[symbol]
 
     def pairs_driver(self) -> list[str]:
         return [
@@ -317,7 +313,7 @@ class SpatialWriter:
             "    n1, n2 = K.shape",
             "    # rows t and n1-1-t go to the same task: balanced work on the triangle",
             "    for task in numba.prange((n1 + 1) // 2):",
-            f"        s = np.empty({self.n_s})",
+            f"        s = np.full({self.n_s}, np.nan)  # a read before a write shows as NaN",
             "        for half in range(2 if 2 * task + 1 < n1 else 1):",
             "            a = task + half * (n1 - 1 - 2 * task)",
             "            for b in range(a if symmetric else 0, n2):",
@@ -379,20 +375,31 @@ def _int_array(a) -> str:
     return f"np.array({a.ravel().tolist()!r}, dtype=np.int64).reshape({a.shape!r})"
 
 
-def schedule(assignments, program) -> list:
+def schedule(assignments, program, same_input: dict) -> list:
     """The assignments reordered by layer, each layer's stencils before its local
     formulas, so K and Θ of a line share one loop (and one arccos). Falls back to
-    the derivation order if that would break a dependency."""
+    the derivation order if that would break a dependency. same_input maps the
+    copies of per-input symbols (at x̃) to the symbols they copy."""
     order = {name: k for k, name in enumerate(program.nodes)}
+
+    def deps(a) -> set:
+        if a.stencil:
+            return {a.stencil.source}
+        found = a.expr.free_symbols | (a.diag.free_symbols if a.diag is not None else set())
+        out = set()
+        for d in found:
+            while d in same_input:
+                d = same_input[d]
+            out.add(d)
+        return out
+
     rank: dict = {}
     for a in assignments:
-        deps = {a.stencil.source} if a.stencil else a.expr.free_symbols
-        rank[a.symbol] = max([order[a.line]] + [rank[d] for d in deps if d in rank])
+        rank[a.symbol] = max([order[a.line]] + [rank[d] for d in deps(a) if d in rank])
     out = sorted(assignments, key=lambda a: (rank[a.symbol], a.stencil is None))
     seen: set = set()
     for a in out:
-        deps = {a.stencil.source} if a.stencil else a.expr.free_symbols
-        if any(d in rank and d not in seen for d in deps):
+        if any(d in rank and d not in seen for d in deps(a)):
             return list(assignments)
         seen.add(a.symbol)
     return out

@@ -55,7 +55,7 @@ def hoist_roots(exprs: dict, point_symbols: set, twins: dict[sympy.Symbol, sympy
     for target, e in exprs.items():
         e = sympy.expand_power_base(e, force=True)
         reps = {}
-        for p in e.atoms(sympy.Pow):
+        for p in sorted(e.atoms(sympy.Pow), key=sympy.default_sort_key):  # stable slots
             if p.base in known and p.exp in (sympy.S.Half, -sympy.S.Half):
                 reps[p] = root_of(p.base, p.exp)
         out[target] = e.xreplace(reps)
