@@ -19,7 +19,7 @@ NETWORK = 'digits_cnn_flatten'
 PARAMETERIZATION = 'ntk'
 INPUT_SHAPE = (8, 8, 1)
 PARAMS = {}
-N_POINT = 1477
+N_POINT = 1605
 DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)
 STRUCTURE = {'x': 'diag', 'g1': 'diag', 'h1': 'diag', 'g2': 'diag', 'h2': 'diag', 'g3': 'diag', 'h3': 'diag', 'f': 'scalar', 'y': 'scalar'}
 
@@ -69,94 +69,176 @@ STRUCTURE = {'x': 'diag', 'g1': 'diag', 'h1': 'diag', 'g2': 'diag', 'h2': 'diag'
 _TAPS0 = np.array([-1, -1, -1, -1, 0, 1, -1, 8, 9, -1, -1, -1, 0, 1, 2, 8, 9, 10, -1, -1, -1, 1, 2, 3, 9, 10, 11, -1, -1, -1, 2, 3, 4, 10, 11, 12, -1, -1, -1, 3, 4, 5, 11, 12, 13, -1, -1, -1, 4, 5, 6, 12, 13, 14, -1, -1, -1, 5, 6, 7, 13, 14, 15, -1, -1, -1, 6, 7, -1, 14, 15, -1, -1, 0, 1, -1, 8, 9, -1, 16, 17, 0, 1, 2, 8, 9, 10, 16, 17, 18, 1, 2, 3, 9, 10, 11, 17, 18, 19, 2, 3, 4, 10, 11, 12, 18, 19, 20, 3, 4, 5, 11, 12, 13, 19, 20, 21, 4, 5, 6, 12, 13, 14, 20, 21, 22, 5, 6, 7, 13, 14, 15, 21, 22, 23, 6, 7, -1, 14, 15, -1, 22, 23, -1, -1, 8, 9, -1, 16, 17, -1, 24, 25, 8, 9, 10, 16, 17, 18, 24, 25, 26, 9, 10, 11, 17, 18, 19, 25, 26, 27, 10, 11, 12, 18, 19, 20, 26, 27, 28, 11, 12, 13, 19, 20, 21, 27, 28, 29, 12, 13, 14, 20, 21, 22, 28, 29, 30, 13, 14, 15, 21, 22, 23, 29, 30, 31, 14, 15, -1, 22, 23, -1, 30, 31, -1, -1, 16, 17, -1, 24, 25, -1, 32, 33, 16, 17, 18, 24, 25, 26, 32, 33, 34, 17, 18, 19, 25, 26, 27, 33, 34, 35, 18, 19, 20, 26, 27, 28, 34, 35, 36, 19, 20, 21, 27, 28, 29, 35, 36, 37, 20, 21, 22, 28, 29, 30, 36, 37, 38, 21, 22, 23, 29, 30, 31, 37, 38, 39, 22, 23, -1, 30, 31, -1, 38, 39, -1, -1, 24, 25, -1, 32, 33, -1, 40, 41, 24, 25, 26, 32, 33, 34, 40, 41, 42, 25, 26, 27, 33, 34, 35, 41, 42, 43, 26, 27, 28, 34, 35, 36, 42, 43, 44, 27, 28, 29, 35, 36, 37, 43, 44, 45, 28, 29, 30, 36, 37, 38, 44, 45, 46, 29, 30, 31, 37, 38, 39, 45, 46, 47, 30, 31, -1, 38, 39, -1, 46, 47, -1, -1, 32, 33, -1, 40, 41, -1, 48, 49, 32, 33, 34, 40, 41, 42, 48, 49, 50, 33, 34, 35, 41, 42, 43, 49, 50, 51, 34, 35, 36, 42, 43, 44, 50, 51, 52, 35, 36, 37, 43, 44, 45, 51, 52, 53, 36, 37, 38, 44, 45, 46, 52, 53, 54, 37, 38, 39, 45, 46, 47, 53, 54, 55, 38, 39, -1, 46, 47, -1, 54, 55, -1, -1, 40, 41, -1, 48, 49, -1, 56, 57, 40, 41, 42, 48, 49, 50, 56, 57, 58, 41, 42, 43, 49, 50, 51, 57, 58, 59, 42, 43, 44, 50, 51, 52, 58, 59, 60, 43, 44, 45, 51, 52, 53, 59, 60, 61, 44, 45, 46, 52, 53, 54, 60, 61, 62, 45, 46, 47, 53, 54, 55, 61, 62, 63, 46, 47, -1, 54, 55, -1, 62, 63, -1, -1, 48, 49, -1, 56, 57, -1, -1, -1, 48, 49, 50, 56, 57, 58, -1, -1, -1, 49, 50, 51, 57, 58, 59, -1, -1, -1, 50, 51, 52, 58, 59, 60, -1, -1, -1, 51, 52, 53, 59, 60, 61, -1, -1, -1, 52, 53, 54, 60, 61, 62, -1, -1, -1, 53, 54, 55, 61, 62, 63, -1, -1, -1, 54, 55, -1, 62, 63, -1, -1, -1, -1], dtype=np.int64).reshape((64, 9))
 _TAPS1 = np.array([-1, -1, -1, -1, 0, 1, -1, 8, 9, -1, -1, -1, 0, 1, 2, 8, 9, 10, -1, -1, -1, 1, 2, 3, 9, 10, 11, -1, -1, -1, 2, 3, 4, 10, 11, 12, -1, -1, -1, 3, 4, 5, 11, 12, 13, -1, -1, -1, 4, 5, 6, 12, 13, 14, -1, -1, -1, 5, 6, 7, 13, 14, 15, -1, -1, -1, 6, 7, -1, 14, 15, -1, -1, 0, 1, -1, 8, 9, -1, 16, 17, 0, 1, 2, 8, 9, 10, 16, 17, 18, 1, 2, 3, 9, 10, 11, 17, 18, 19, 2, 3, 4, 10, 11, 12, 18, 19, 20, 3, 4, 5, 11, 12, 13, 19, 20, 21, 4, 5, 6, 12, 13, 14, 20, 21, 22, 5, 6, 7, 13, 14, 15, 21, 22, 23, 6, 7, -1, 14, 15, -1, 22, 23, -1, -1, 8, 9, -1, 16, 17, -1, 24, 25, 8, 9, 10, 16, 17, 18, 24, 25, 26, 9, 10, 11, 17, 18, 19, 25, 26, 27, 10, 11, 12, 18, 19, 20, 26, 27, 28, 11, 12, 13, 19, 20, 21, 27, 28, 29, 12, 13, 14, 20, 21, 22, 28, 29, 30, 13, 14, 15, 21, 22, 23, 29, 30, 31, 14, 15, -1, 22, 23, -1, 30, 31, -1, -1, 16, 17, -1, 24, 25, -1, 32, 33, 16, 17, 18, 24, 25, 26, 32, 33, 34, 17, 18, 19, 25, 26, 27, 33, 34, 35, 18, 19, 20, 26, 27, 28, 34, 35, 36, 19, 20, 21, 27, 28, 29, 35, 36, 37, 20, 21, 22, 28, 29, 30, 36, 37, 38, 21, 22, 23, 29, 30, 31, 37, 38, 39, 22, 23, -1, 30, 31, -1, 38, 39, -1, -1, 24, 25, -1, 32, 33, -1, 40, 41, 24, 25, 26, 32, 33, 34, 40, 41, 42, 25, 26, 27, 33, 34, 35, 41, 42, 43, 26, 27, 28, 34, 35, 36, 42, 43, 44, 27, 28, 29, 35, 36, 37, 43, 44, 45, 28, 29, 30, 36, 37, 38, 44, 45, 46, 29, 30, 31, 37, 38, 39, 45, 46, 47, 30, 31, -1, 38, 39, -1, 46, 47, -1, -1, 32, 33, -1, 40, 41, -1, 48, 49, 32, 33, 34, 40, 41, 42, 48, 49, 50, 33, 34, 35, 41, 42, 43, 49, 50, 51, 34, 35, 36, 42, 43, 44, 50, 51, 52, 35, 36, 37, 43, 44, 45, 51, 52, 53, 36, 37, 38, 44, 45, 46, 52, 53, 54, 37, 38, 39, 45, 46, 47, 53, 54, 55, 38, 39, -1, 46, 47, -1, 54, 55, -1, -1, 40, 41, -1, 48, 49, -1, 56, 57, 40, 41, 42, 48, 49, 50, 56, 57, 58, 41, 42, 43, 49, 50, 51, 57, 58, 59, 42, 43, 44, 50, 51, 52, 58, 59, 60, 43, 44, 45, 51, 52, 53, 59, 60, 61, 44, 45, 46, 52, 53, 54, 60, 61, 62, 45, 46, 47, 53, 54, 55, 61, 62, 63, 46, 47, -1, 54, 55, -1, 62, 63, -1, -1, 48, 49, -1, 56, 57, -1, -1, -1, 48, 49, 50, 56, 57, 58, -1, -1, -1, 49, 50, 51, 57, 58, 59, -1, -1, -1, 50, 51, 52, 58, 59, 60, -1, -1, -1, 51, 52, 53, 59, 60, 61, -1, -1, -1, 52, 53, 54, 60, 61, 62, -1, -1, -1, 53, 54, 55, 61, 62, 63, -1, -1, -1, 54, 55, -1, 62, 63, -1, -1, -1, -1], dtype=np.int64).reshape((64, 9))
 _TAPS2 = np.array([-1, -1, -1, -1, 0, 1, -1, 8, 9, -1, -1, -1, 0, 1, 2, 8, 9, 10, -1, -1, -1, 1, 2, 3, 9, 10, 11, -1, -1, -1, 2, 3, 4, 10, 11, 12, -1, -1, -1, 3, 4, 5, 11, 12, 13, -1, -1, -1, 4, 5, 6, 12, 13, 14, -1, -1, -1, 5, 6, 7, 13, 14, 15, -1, -1, -1, 6, 7, -1, 14, 15, -1, -1, 0, 1, -1, 8, 9, -1, 16, 17, 0, 1, 2, 8, 9, 10, 16, 17, 18, 1, 2, 3, 9, 10, 11, 17, 18, 19, 2, 3, 4, 10, 11, 12, 18, 19, 20, 3, 4, 5, 11, 12, 13, 19, 20, 21, 4, 5, 6, 12, 13, 14, 20, 21, 22, 5, 6, 7, 13, 14, 15, 21, 22, 23, 6, 7, -1, 14, 15, -1, 22, 23, -1, -1, 8, 9, -1, 16, 17, -1, 24, 25, 8, 9, 10, 16, 17, 18, 24, 25, 26, 9, 10, 11, 17, 18, 19, 25, 26, 27, 10, 11, 12, 18, 19, 20, 26, 27, 28, 11, 12, 13, 19, 20, 21, 27, 28, 29, 12, 13, 14, 20, 21, 22, 28, 29, 30, 13, 14, 15, 21, 22, 23, 29, 30, 31, 14, 15, -1, 22, 23, -1, 30, 31, -1, -1, 16, 17, -1, 24, 25, -1, 32, 33, 16, 17, 18, 24, 25, 26, 32, 33, 34, 17, 18, 19, 25, 26, 27, 33, 34, 35, 18, 19, 20, 26, 27, 28, 34, 35, 36, 19, 20, 21, 27, 28, 29, 35, 36, 37, 20, 21, 22, 28, 29, 30, 36, 37, 38, 21, 22, 23, 29, 30, 31, 37, 38, 39, 22, 23, -1, 30, 31, -1, 38, 39, -1, -1, 24, 25, -1, 32, 33, -1, 40, 41, 24, 25, 26, 32, 33, 34, 40, 41, 42, 25, 26, 27, 33, 34, 35, 41, 42, 43, 26, 27, 28, 34, 35, 36, 42, 43, 44, 27, 28, 29, 35, 36, 37, 43, 44, 45, 28, 29, 30, 36, 37, 38, 44, 45, 46, 29, 30, 31, 37, 38, 39, 45, 46, 47, 30, 31, -1, 38, 39, -1, 46, 47, -1, -1, 32, 33, -1, 40, 41, -1, 48, 49, 32, 33, 34, 40, 41, 42, 48, 49, 50, 33, 34, 35, 41, 42, 43, 49, 50, 51, 34, 35, 36, 42, 43, 44, 50, 51, 52, 35, 36, 37, 43, 44, 45, 51, 52, 53, 36, 37, 38, 44, 45, 46, 52, 53, 54, 37, 38, 39, 45, 46, 47, 53, 54, 55, 38, 39, -1, 46, 47, -1, 54, 55, -1, -1, 40, 41, -1, 48, 49, -1, 56, 57, 40, 41, 42, 48, 49, 50, 56, 57, 58, 41, 42, 43, 49, 50, 51, 57, 58, 59, 42, 43, 44, 50, 51, 52, 58, 59, 60, 43, 44, 45, 51, 52, 53, 59, 60, 61, 44, 45, 46, 52, 53, 54, 60, 61, 62, 45, 46, 47, 53, 54, 55, 61, 62, 63, 46, 47, -1, 54, 55, -1, 62, 63, -1, -1, 48, 49, -1, 56, 57, -1, -1, -1, 48, 49, 50, 56, 57, 58, -1, -1, -1, 49, 50, 51, 57, 58, 59, -1, -1, -1, 50, 51, 52, 58, 59, 60, -1, -1, -1, 51, 52, 53, 59, 60, 61, -1, -1, -1, 52, 53, 54, 60, 61, 62, -1, -1, -1, 53, 54, 55, 61, 62, 63, -1, -1, -1, 54, 55, -1, 62, 63, -1, -1, -1, -1], dtype=np.int64).reshape((64, 9))
-# The same windows as contiguous runs (o, i, length), by tap: _RUNSk_PTR
-_RUNS0 = np.array([9, 0, 7, 17, 8, 7, 25, 16, 7, 33, 24, 7, 41, 32, 7, 49, 40, 7, 57, 48, 7, 8, 0, 56, 8, 1, 7, 16, 9, 7, 24, 17, 7, 32, 25, 7, 40, 33, 7, 48, 41, 7, 56, 49, 7, 1, 0, 7, 9, 8, 7, 17, 16, 7, 25, 24, 7, 33, 32, 7, 41, 40, 7, 49, 48, 7, 57, 56, 7, 0, 0, 64, 0, 1, 7, 8, 9, 7, 16, 17, 7, 24, 25, 7, 32, 33, 7, 40, 41, 7, 48, 49, 7, 56, 57, 7, 1, 8, 7, 9, 16, 7, 17, 24, 7, 25, 32, 7, 33, 40, 7, 41, 48, 7, 49, 56, 7, 0, 8, 56, 0, 9, 7, 8, 17, 7, 16, 25, 7, 24, 33, 7, 32, 41, 7, 40, 49, 7, 48, 57, 7], dtype=np.int64).reshape((47, 3))
-_RUNS0_PTR = np.array([0, 7, 8, 15, 23, 24, 32, 39, 40, 47], dtype=np.int64).reshape((10,))
-_RUNS1 = np.array([9, 0, 7, 17, 8, 7, 25, 16, 7, 33, 24, 7, 41, 32, 7, 49, 40, 7, 57, 48, 7, 8, 0, 56, 8, 1, 7, 16, 9, 7, 24, 17, 7, 32, 25, 7, 40, 33, 7, 48, 41, 7, 56, 49, 7, 1, 0, 7, 9, 8, 7, 17, 16, 7, 25, 24, 7, 33, 32, 7, 41, 40, 7, 49, 48, 7, 57, 56, 7, 0, 0, 64, 0, 1, 7, 8, 9, 7, 16, 17, 7, 24, 25, 7, 32, 33, 7, 40, 41, 7, 48, 49, 7, 56, 57, 7, 1, 8, 7, 9, 16, 7, 17, 24, 7, 25, 32, 7, 33, 40, 7, 41, 48, 7, 49, 56, 7, 0, 8, 56, 0, 9, 7, 8, 17, 7, 16, 25, 7, 24, 33, 7, 32, 41, 7, 40, 49, 7, 48, 57, 7], dtype=np.int64).reshape((47, 3))
-_RUNS1_PTR = np.array([0, 7, 8, 15, 23, 24, 32, 39, 40, 47], dtype=np.int64).reshape((10,))
-_RUNS2 = np.array([9, 0, 7, 17, 8, 7, 25, 16, 7, 33, 24, 7, 41, 32, 7, 49, 40, 7, 57, 48, 7, 8, 0, 56, 8, 1, 7, 16, 9, 7, 24, 17, 7, 32, 25, 7, 40, 33, 7, 48, 41, 7, 56, 49, 7, 1, 0, 7, 9, 8, 7, 17, 16, 7, 25, 24, 7, 33, 32, 7, 41, 40, 7, 49, 48, 7, 57, 56, 7, 0, 0, 64, 0, 1, 7, 8, 9, 7, 16, 17, 7, 24, 25, 7, 32, 33, 7, 40, 41, 7, 48, 49, 7, 56, 57, 7, 1, 8, 7, 9, 16, 7, 17, 24, 7, 25, 32, 7, 33, 40, 7, 41, 48, 7, 49, 56, 7, 0, 8, 56, 0, 9, 7, 8, 17, 7, 16, 25, 7, 24, 33, 7, 32, 41, 7, 40, 49, 7, 48, 57, 7], dtype=np.int64).reshape((47, 3))
-_RUNS2_PTR = np.array([0, 7, 8, 15, 23, 24, 32, 39, 40, 47], dtype=np.int64).reshape((10,))
+# Index and mask arrays of the unrolled conv loops (ntkc.codegen.conv_loops)
+_C0_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C0_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C0_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C0_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C0_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C0_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C0_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C0_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C8_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C8_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C8_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C8_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C8_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C8_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C8_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C8_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C16_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C16_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C16_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C16_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C16_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C16_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C16_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C16_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C24_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C24_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C24_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C24_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C24_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C24_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C24_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C24_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C32_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C32_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C32_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C32_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C32_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C32_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C32_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C32_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C40_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C40_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C40_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C40_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C40_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C40_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C40_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C40_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
 
+
+@numba.njit(inline="always", error_model="numpy")
+def _acos(x):
+    # fdlibm's acos with selects instead of branches; x in [-1, 1] (clipped by the caller).
+    ax = abs(x)
+    big = ax > 0.5
+    zb = 0.5 - 0.5 * ax  # exact for ax in [0.5, 1]
+    z = zb if big else x * x
+    p = z * (1.66666666666666657415e-01 + z * (-3.25565818622400915405e-01 + z * (
+        2.01212532134862925881e-01 + z * (-4.00555345006794114027e-02 + z * (
+            7.91534994289814532176e-04 + z * 3.47933107596021167570e-05)))))
+    q = 1.0 + z * (-2.40339491173441421878e+00 + z * (2.02094576023350569471e+00 + z * (
+        -6.88283971605453293030e-01 + z * 7.70381505559019352791e-02)))
+    r = p / q
+    s = math.sqrt(zb if big else 0.0)
+    small = 1.57079632679489655800e+00 - (x - (6.12323399573676603587e-17 - x * r))
+    w = r * s
+    large = (3.14159265358979311600e+00 - 2.0 * (s + (w - 6.12323399573676603587e-17))
+             if x < 0.0 else 2.0 * (s + w))
+    return large if big else small
 @numba.njit(cache=True)
 def _point_one(x, pt, params):
-    w = np.full(1, np.nan)  # a read before a write shows as NaN
+    w = np.full(128, np.nan)  # a read before a write shows as NaN
     for i in range(64):
         acc = 0.0
         for c in range(x.shape[1]):
             acc += x[i, c] * x[i, c]
-        pt[0 + i] = acc * 1.0
+        pt[64 + i] = acc * 1.0
     for o in range(64):
-        pt[64 + o] = 0.0
-    for t in range(_RUNS0_PTR.shape[0] - 1):
-        for r1 in range(_RUNS0_PTR[t], _RUNS0_PTR[t + 1]):
-            o1s, i1s, n1 = _RUNS0[r1, 0], _RUNS0[r1, 1], _RUNS0[r1, 2]
-            for k in range(n1):
-                pt[64 + o1s + k] += pt[0 + i1s + k]
-    for o in range(64):
-        pt[64 + o] *= 0.1111111111111111
+        acc = (pt[55 + o] if _C0_M0[o] else 0.0)
+        acc += (pt[56 + o] if _C0_M1[o] else 0.0)
+        acc += (pt[57 + o] if _C0_M2[o] else 0.0)
+        acc += (pt[63 + o] if _C0_M3[o] else 0.0)
+        acc += pt[64 + o]
+        acc += (pt[65 + o] if _C0_M5[o] else 0.0)
+        acc += (pt[71 + o] if _C0_M6[o] else 0.0)
+        acc += (pt[72 + o] if _C0_M7[o] else 0.0)
+        acc += (pt[73 + o] if _C0_M8[o] else 0.0)
+        pt[128 + o] = acc * 0.1111111111111111
     for i in range(64):
-        t0 = (499849/250000)*pt[64 + i] + 1/400
+        t0 = (499849/250000)*pt[128 + i] + 1/400
         t1 = math.sqrt(t0)
-        pt[128 + i] = t0
-        pt[1091 + i] = 1/t1
-        pt[1155 + i] = t1
-        pt[192 + i] = (499849/500000)*pt[64 + i] + 1/800
-        pt[641 + i] = t0*(-1/2*math.acos(min(max(t0/abs(t0), -1.0), 1.0))/math.pi + 1/2)
+        pt[192 + i] = t0
+        pt[1155 + i] = 1/t1
+        pt[1219 + i] = t1
+        pt[256 + i] = (499849/500000)*pt[128 + i] + 1/800
+        pt[705 + i] = t0*(-1/2*_acos(min(max(t0/abs(t0), -1.0), 1.0))/math.pi + 1/2)
     for o in range(64):
-        pt[256 + o] = 0.0
-        pt[705 + o] = 0.0
-    for t in range(_RUNS1_PTR.shape[0] - 1):
-        for r1 in range(_RUNS1_PTR[t], _RUNS1_PTR[t + 1]):
-            o1s, i1s, n1 = _RUNS1[r1, 0], _RUNS1[r1, 1], _RUNS1[r1, 2]
-            for k in range(n1):
-                pt[256 + o1s + k] += pt[192 + i1s + k]
-                pt[705 + o1s + k] += pt[641 + i1s + k]
-    for o in range(64):
-        pt[256 + o] *= 0.1111111111111111
-        pt[705 + o] *= 0.1111111111111111
+        acc = (pt[247 + o] if _C8_M0[o] else 0.0)
+        acc += (pt[248 + o] if _C8_M1[o] else 0.0)
+        acc += (pt[249 + o] if _C8_M2[o] else 0.0)
+        acc += (pt[255 + o] if _C8_M3[o] else 0.0)
+        acc += pt[256 + o]
+        acc += (pt[257 + o] if _C8_M5[o] else 0.0)
+        acc += (pt[263 + o] if _C8_M6[o] else 0.0)
+        acc += (pt[264 + o] if _C8_M7[o] else 0.0)
+        acc += (pt[265 + o] if _C8_M8[o] else 0.0)
+        pt[320 + o] = acc * 0.1111111111111111
+        acc = (pt[696 + o] if _C8_M0[o] else 0.0)
+        acc += (pt[697 + o] if _C8_M1[o] else 0.0)
+        acc += (pt[698 + o] if _C8_M2[o] else 0.0)
+        acc += (pt[704 + o] if _C8_M3[o] else 0.0)
+        acc += pt[705 + o]
+        acc += (pt[706 + o] if _C8_M5[o] else 0.0)
+        acc += (pt[712 + o] if _C8_M6[o] else 0.0)
+        acc += (pt[713 + o] if _C8_M7[o] else 0.0)
+        acc += (pt[714 + o] if _C8_M8[o] else 0.0)
+        pt[769 + o] = acc * 0.1111111111111111
     for i in range(64):
-        t0 = (499849/250000)*pt[256 + i] + 1/400
+        t0 = (499849/250000)*pt[320 + i] + 1/400
         t1 = math.sqrt(t0)
-        t2 = t0 + (499849/250000)*pt[705 + i]
-        pt[320 + i] = t0
-        pt[1219 + i] = 1/t1
-        pt[1283 + i] = t1
-        pt[769 + i] = t2
-        pt[384 + i] = (499849/500000)*pt[256 + i] + 1/800
-        pt[833 + i] = t2*(-1/2*math.acos(min(max(t0/abs(t0), -1.0), 1.0))/math.pi + 1/2)
+        t2 = t0 + (499849/250000)*pt[769 + i]
+        pt[384 + i] = t0
+        pt[1283 + i] = 1/t1
+        pt[1347 + i] = t1
+        pt[833 + i] = t2
+        pt[448 + i] = (499849/500000)*pt[320 + i] + 1/800
+        pt[897 + i] = t2*(-1/2*_acos(min(max(t0/abs(t0), -1.0), 1.0))/math.pi + 1/2)
     for o in range(64):
-        pt[448 + o] = 0.0
-        pt[897 + o] = 0.0
-    for t in range(_RUNS2_PTR.shape[0] - 1):
-        for r1 in range(_RUNS2_PTR[t], _RUNS2_PTR[t + 1]):
-            o1s, i1s, n1 = _RUNS2[r1, 0], _RUNS2[r1, 1], _RUNS2[r1, 2]
-            for k in range(n1):
-                pt[448 + o1s + k] += pt[384 + i1s + k]
-                pt[897 + o1s + k] += pt[833 + i1s + k]
-    for o in range(64):
-        pt[448 + o] *= 0.1111111111111111
-        pt[897 + o] *= 0.1111111111111111
+        acc = (pt[439 + o] if _C16_M0[o] else 0.0)
+        acc += (pt[440 + o] if _C16_M1[o] else 0.0)
+        acc += (pt[441 + o] if _C16_M2[o] else 0.0)
+        acc += (pt[447 + o] if _C16_M3[o] else 0.0)
+        acc += pt[448 + o]
+        acc += (pt[449 + o] if _C16_M5[o] else 0.0)
+        acc += (pt[455 + o] if _C16_M6[o] else 0.0)
+        acc += (pt[456 + o] if _C16_M7[o] else 0.0)
+        acc += (pt[457 + o] if _C16_M8[o] else 0.0)
+        pt[512 + o] = acc * 0.1111111111111111
+        acc = (pt[888 + o] if _C16_M0[o] else 0.0)
+        acc += (pt[889 + o] if _C16_M1[o] else 0.0)
+        acc += (pt[890 + o] if _C16_M2[o] else 0.0)
+        acc += (pt[896 + o] if _C16_M3[o] else 0.0)
+        acc += pt[897 + o]
+        acc += (pt[898 + o] if _C16_M5[o] else 0.0)
+        acc += (pt[904 + o] if _C16_M6[o] else 0.0)
+        acc += (pt[905 + o] if _C16_M7[o] else 0.0)
+        acc += (pt[906 + o] if _C16_M8[o] else 0.0)
+        pt[961 + o] = acc * 0.1111111111111111
     for i in range(64):
-        t0 = (499849/250000)*pt[448 + i] + 1/400
+        t0 = (499849/250000)*pt[512 + i] + 1/400
         t1 = math.sqrt(t0)
-        t2 = t0 + (499849/250000)*pt[897 + i]
-        pt[512 + i] = t0
-        pt[1347 + i] = 1/t1
-        pt[1411 + i] = t1
-        pt[961 + i] = t2
-        pt[576 + i] = (499849/500000)*pt[448 + i] + 1/800
-        pt[1025 + i] = t2*(-1/2*math.acos(min(max(t0/abs(t0), -1.0), 1.0))/math.pi + 1/2)
+        t2 = t0 + (499849/250000)*pt[961 + i]
+        pt[576 + i] = t0
+        pt[1411 + i] = 1/t1
+        pt[1475 + i] = t1
+        pt[1025 + i] = t2
+        pt[640 + i] = (499849/500000)*pt[512 + i] + 1/800
+        pt[1089 + i] = t2*(-1/2*_acos(min(max(t0/abs(t0), -1.0), 1.0))/math.pi + 1/2)
     acc = 0.0
     for i in range(64):
-        acc += pt[576 + i]
-    pt[640] = acc * 0.015625
+        acc += pt[640 + i]
+    pt[704] = acc * 0.015625
     acc = 0.0
     for i in range(64):
-        acc += pt[1025 + i]
-    pt[1089] = acc * 0.015625
-    pt[1090] = pt[640] + pt[1089]
-    pt[1475] = pt[640]
-    pt[1476] = pt[1090]
+        acc += pt[1089 + i]
+    pt[1153] = acc * 0.015625
+    pt[1154] = pt[704] + pt[1153]
+    pt[1603] = pt[704]
+    pt[1604] = pt[1154]
 
 @numba.njit(parallel=True, cache=True)
 def _point_numba(X, params, out):
@@ -169,75 +251,95 @@ def _pair_one(x1, x2, pt1, pt2, params, s):
         acc = 0.0
         for c in range(x1.shape[1]):
             acc += x1[i, c] * x2[i, c]
-        s[0 + i] = acc * 1.0
+        s[64 + i] = acc * 1.0
     for o in range(64):
-        s[64 + o] = 0.0
-    for t in range(_RUNS0_PTR.shape[0] - 1):
-        for r1 in range(_RUNS0_PTR[t], _RUNS0_PTR[t + 1]):
-            o1s, i1s, n1 = _RUNS0[r1, 0], _RUNS0[r1, 1], _RUNS0[r1, 2]
-            for k in range(n1):
-                s[64 + o1s + k] += s[0 + i1s + k]
-    for o in range(64):
-        s[64 + o] *= 0.1111111111111111
+        acc = (s[55 + o] if _C24_M0[o] else 0.0)
+        acc += (s[56 + o] if _C24_M1[o] else 0.0)
+        acc += (s[57 + o] if _C24_M2[o] else 0.0)
+        acc += (s[63 + o] if _C24_M3[o] else 0.0)
+        acc += s[64 + o]
+        acc += (s[65 + o] if _C24_M5[o] else 0.0)
+        acc += (s[71 + o] if _C24_M6[o] else 0.0)
+        acc += (s[72 + o] if _C24_M7[o] else 0.0)
+        acc += (s[73 + o] if _C24_M8[o] else 0.0)
+        s[128 + o] = acc * 0.1111111111111111
     for i in range(64):
-        t0 = (499849/250000)*s[64 + i] + 1/400
-        t1 = min(max(pt2[1091 + i]*pt1[1091 + i]*t0, -1.0), 1.0)
+        t0 = (499849/250000)*s[128 + i] + 1/400
+        t1 = min(max(pt2[1155 + i]*pt1[1155 + i]*t0, -1.0), 1.0)
         t2 = (1/2)/math.pi
-        t3 = t0*(-t2*math.acos(t1) + 1/2)
-        s[128 + i] = t0
-        s[192 + i] = t2*pt2[1155 + i]*pt1[1155 + i]*math.sqrt(1 - t1**2) + t3
-        s[640 + i] = t3
+        t3 = t0*(-t2*_acos(t1) + 1/2)
+        s[192 + i] = t0
+        s[256 + i] = t2*pt2[1219 + i]*pt1[1219 + i]*math.sqrt(1 - t1**2) + t3
+        s[704 + i] = t3
     for o in range(64):
-        s[256 + o] = 0.0
-        s[704 + o] = 0.0
-    for t in range(_RUNS1_PTR.shape[0] - 1):
-        for r1 in range(_RUNS1_PTR[t], _RUNS1_PTR[t + 1]):
-            o1s, i1s, n1 = _RUNS1[r1, 0], _RUNS1[r1, 1], _RUNS1[r1, 2]
-            for k in range(n1):
-                s[256 + o1s + k] += s[192 + i1s + k]
-                s[704 + o1s + k] += s[640 + i1s + k]
-    for o in range(64):
-        s[256 + o] *= 0.1111111111111111
-        s[704 + o] *= 0.1111111111111111
+        acc = (s[247 + o] if _C32_M0[o] else 0.0)
+        acc += (s[248 + o] if _C32_M1[o] else 0.0)
+        acc += (s[249 + o] if _C32_M2[o] else 0.0)
+        acc += (s[255 + o] if _C32_M3[o] else 0.0)
+        acc += s[256 + o]
+        acc += (s[257 + o] if _C32_M5[o] else 0.0)
+        acc += (s[263 + o] if _C32_M6[o] else 0.0)
+        acc += (s[264 + o] if _C32_M7[o] else 0.0)
+        acc += (s[265 + o] if _C32_M8[o] else 0.0)
+        s[320 + o] = acc * 0.1111111111111111
+        acc = (s[695 + o] if _C32_M0[o] else 0.0)
+        acc += (s[696 + o] if _C32_M1[o] else 0.0)
+        acc += (s[697 + o] if _C32_M2[o] else 0.0)
+        acc += (s[703 + o] if _C32_M3[o] else 0.0)
+        acc += s[704 + o]
+        acc += (s[705 + o] if _C32_M5[o] else 0.0)
+        acc += (s[711 + o] if _C32_M6[o] else 0.0)
+        acc += (s[712 + o] if _C32_M7[o] else 0.0)
+        acc += (s[713 + o] if _C32_M8[o] else 0.0)
+        s[768 + o] = acc * 0.1111111111111111
     for i in range(64):
-        t0 = (499849/250000)*s[256 + i] + 1/400
-        t1 = t0 + (499849/250000)*s[704 + i]
-        t2 = min(max(pt2[1219 + i]*pt1[1219 + i]*t0, -1.0), 1.0)
+        t0 = (499849/250000)*s[320 + i] + 1/400
+        t1 = t0 + (499849/250000)*s[768 + i]
+        t2 = min(max(pt2[1283 + i]*pt1[1283 + i]*t0, -1.0), 1.0)
         t3 = (1/2)/math.pi
-        t4 = -t3*math.acos(t2) + 1/2
-        s[320 + i] = t0
-        s[768 + i] = t1
-        s[384 + i] = t0*t4 + t3*pt2[1283 + i]*pt1[1283 + i]*math.sqrt(1 - t2**2)
-        s[832 + i] = t1*t4
+        t4 = -t3*_acos(t2) + 1/2
+        s[384 + i] = t0
+        s[832 + i] = t1
+        s[448 + i] = t0*t4 + t3*pt2[1347 + i]*pt1[1347 + i]*math.sqrt(1 - t2**2)
+        s[896 + i] = t1*t4
     for o in range(64):
-        s[448 + o] = 0.0
-        s[896 + o] = 0.0
-    for t in range(_RUNS2_PTR.shape[0] - 1):
-        for r1 in range(_RUNS2_PTR[t], _RUNS2_PTR[t + 1]):
-            o1s, i1s, n1 = _RUNS2[r1, 0], _RUNS2[r1, 1], _RUNS2[r1, 2]
-            for k in range(n1):
-                s[448 + o1s + k] += s[384 + i1s + k]
-                s[896 + o1s + k] += s[832 + i1s + k]
-    for o in range(64):
-        s[448 + o] *= 0.1111111111111111
-        s[896 + o] *= 0.1111111111111111
+        acc = (s[439 + o] if _C40_M0[o] else 0.0)
+        acc += (s[440 + o] if _C40_M1[o] else 0.0)
+        acc += (s[441 + o] if _C40_M2[o] else 0.0)
+        acc += (s[447 + o] if _C40_M3[o] else 0.0)
+        acc += s[448 + o]
+        acc += (s[449 + o] if _C40_M5[o] else 0.0)
+        acc += (s[455 + o] if _C40_M6[o] else 0.0)
+        acc += (s[456 + o] if _C40_M7[o] else 0.0)
+        acc += (s[457 + o] if _C40_M8[o] else 0.0)
+        s[512 + o] = acc * 0.1111111111111111
+        acc = (s[887 + o] if _C40_M0[o] else 0.0)
+        acc += (s[888 + o] if _C40_M1[o] else 0.0)
+        acc += (s[889 + o] if _C40_M2[o] else 0.0)
+        acc += (s[895 + o] if _C40_M3[o] else 0.0)
+        acc += s[896 + o]
+        acc += (s[897 + o] if _C40_M5[o] else 0.0)
+        acc += (s[903 + o] if _C40_M6[o] else 0.0)
+        acc += (s[904 + o] if _C40_M7[o] else 0.0)
+        acc += (s[905 + o] if _C40_M8[o] else 0.0)
+        s[960 + o] = acc * 0.1111111111111111
     for i in range(64):
-        t0 = (499849/250000)*s[448 + i] + 1/400
-        t1 = t0 + (499849/250000)*s[896 + i]
-        t2 = min(max(pt2[1347 + i]*pt1[1347 + i]*t0, -1.0), 1.0)
+        t0 = (499849/250000)*s[512 + i] + 1/400
+        t1 = t0 + (499849/250000)*s[960 + i]
+        t2 = min(max(pt2[1411 + i]*pt1[1411 + i]*t0, -1.0), 1.0)
         t3 = (1/2)/math.pi
-        t4 = -t3*math.acos(t2) + 1/2
-        s[512 + i] = t0
-        s[960 + i] = t1
-        s[576 + i] = t0*t4 + t3*pt2[1411 + i]*pt1[1411 + i]*math.sqrt(1 - t2**2)
-        s[1024 + i] = t1*t4
+        t4 = -t3*_acos(t2) + 1/2
+        s[576 + i] = t0
+        s[1024 + i] = t1
+        s[640 + i] = t0*t4 + t3*pt2[1475 + i]*pt1[1475 + i]*math.sqrt(1 - t2**2)
+        s[1088 + i] = t1*t4
     acc = 0.0
     for i in range(64):
-        acc += s[576 + i]
+        acc += s[640 + i]
     S12K_f_8 = acc * 0.015625
     acc = 0.0
     for i in range(64):
-        acc += s[1024 + i]
+        acc += s[1088 + i]
     S12T_f_11 = acc * 0.015625
     T_y = S12K_f_8 + S12T_f_11
     return S12K_f_8, T_y
@@ -247,7 +349,7 @@ def _pairs_numba(X1, X2, P1, P2, params, K, T, symmetric):
     n1, n2 = K.shape
     # rows t and n1-1-t go to the same task: balanced work on the triangle
     for task in numba.prange((n1 + 1) // 2):
-        s = np.full(1088, np.nan)  # a read before a write shows as NaN
+        s = np.full(1216, np.nan)  # a read before a write shows as NaN
         for half in range(2 if 2 * task + 1 < n1 else 1):
             a = task + half * (n1 - 1 - 2 * task)
             for b in range(a if symmetric else 0, n2):
@@ -282,44 +384,44 @@ def _pool_np(src, taps, full):
                    for s in range(f) for t in range(f))
     return sum(p[:, taps[:, s], taps[:, t]] for s in range(f) for t in range(f))
 def _point_numpy(X, params):
-    pt = numpy.zeros((X.shape[0], 1477))
+    pt = numpy.zeros((X.shape[0], 1605))
     x = X
-    pt[:, 0:64] = numpy.einsum('nic,nic->ni', x, x) * 1.0
-    pt[:, 64:128] = _conv_np(pt[:, 0:64], _TAPS0, False) * 0.1111111111111111
-    t0 = (499849/250000)*pt[:, 64:128] + 1/400
+    pt[:, 64:128] = numpy.einsum('nic,nic->ni', x, x) * 1.0
+    pt[:, 128:192] = _conv_np(pt[:, 64:128], _TAPS0, False) * 0.1111111111111111
+    t0 = (499849/250000)*pt[:, 128:192] + 1/400
     t1 = numpy.sqrt(t0)
-    pt[:, 128:192] = t0
-    pt[:, 1091:1155] = t1**(-1.0)
-    pt[:, 1155:1219] = t1
-    pt[:, 192:256] = (499849/500000)*pt[:, 64:128] + 1/800
-    pt[:, 641:705] = t0*(-1/2*numpy.arccos(numpy.clip(t0/abs(t0), -1.0, 1.0))/numpy.pi + 1/2)
-    pt[:, 256:320] = _conv_np(pt[:, 192:256], _TAPS1, False) * 0.1111111111111111
-    pt[:, 705:769] = _conv_np(pt[:, 641:705], _TAPS1, False) * 0.1111111111111111
-    t0 = (499849/250000)*pt[:, 256:320] + 1/400
+    pt[:, 192:256] = t0
+    pt[:, 1155:1219] = t1**(-1.0)
+    pt[:, 1219:1283] = t1
+    pt[:, 256:320] = (499849/500000)*pt[:, 128:192] + 1/800
+    pt[:, 705:769] = t0*(-1/2*numpy.arccos(numpy.clip(t0/abs(t0), -1.0, 1.0))/numpy.pi + 1/2)
+    pt[:, 320:384] = _conv_np(pt[:, 256:320], _TAPS1, False) * 0.1111111111111111
+    pt[:, 769:833] = _conv_np(pt[:, 705:769], _TAPS1, False) * 0.1111111111111111
+    t0 = (499849/250000)*pt[:, 320:384] + 1/400
     t1 = numpy.sqrt(t0)
-    t2 = t0 + (499849/250000)*pt[:, 705:769]
-    pt[:, 320:384] = t0
-    pt[:, 1219:1283] = t1**(-1.0)
-    pt[:, 1283:1347] = t1
-    pt[:, 769:833] = t2
-    pt[:, 384:448] = (499849/500000)*pt[:, 256:320] + 1/800
-    pt[:, 833:897] = t2*(-1/2*numpy.arccos(numpy.clip(t0/abs(t0), -1.0, 1.0))/numpy.pi + 1/2)
-    pt[:, 448:512] = _conv_np(pt[:, 384:448], _TAPS2, False) * 0.1111111111111111
-    pt[:, 897:961] = _conv_np(pt[:, 833:897], _TAPS2, False) * 0.1111111111111111
-    t0 = (499849/250000)*pt[:, 448:512] + 1/400
+    t2 = t0 + (499849/250000)*pt[:, 769:833]
+    pt[:, 384:448] = t0
+    pt[:, 1283:1347] = t1**(-1.0)
+    pt[:, 1347:1411] = t1
+    pt[:, 833:897] = t2
+    pt[:, 448:512] = (499849/500000)*pt[:, 320:384] + 1/800
+    pt[:, 897:961] = t2*(-1/2*numpy.arccos(numpy.clip(t0/abs(t0), -1.0, 1.0))/numpy.pi + 1/2)
+    pt[:, 512:576] = _conv_np(pt[:, 448:512], _TAPS2, False) * 0.1111111111111111
+    pt[:, 961:1025] = _conv_np(pt[:, 897:961], _TAPS2, False) * 0.1111111111111111
+    t0 = (499849/250000)*pt[:, 512:576] + 1/400
     t1 = numpy.sqrt(t0)
-    t2 = t0 + (499849/250000)*pt[:, 897:961]
-    pt[:, 512:576] = t0
-    pt[:, 1347:1411] = t1**(-1.0)
-    pt[:, 1411:1475] = t1
-    pt[:, 961:1025] = t2
-    pt[:, 576:640] = (499849/500000)*pt[:, 448:512] + 1/800
-    pt[:, 1025:1089] = t2*(-1/2*numpy.arccos(numpy.clip(t0/abs(t0), -1.0, 1.0))/numpy.pi + 1/2)
-    pt[:, 640] = pt[:, 576:640].sum(-1) * 0.015625
-    pt[:, 1089] = pt[:, 1025:1089].sum(-1) * 0.015625
-    pt[:, 1090] = pt[:, 640] + pt[:, 1089]
-    pt[:, 1475] = pt[:, 640]
-    pt[:, 1476] = pt[:, 1090]
+    t2 = t0 + (499849/250000)*pt[:, 961:1025]
+    pt[:, 576:640] = t0
+    pt[:, 1411:1475] = t1**(-1.0)
+    pt[:, 1475:1539] = t1
+    pt[:, 1025:1089] = t2
+    pt[:, 640:704] = (499849/500000)*pt[:, 512:576] + 1/800
+    pt[:, 1089:1153] = t2*(-1/2*numpy.arccos(numpy.clip(t0/abs(t0), -1.0, 1.0))/numpy.pi + 1/2)
+    pt[:, 704] = pt[:, 640:704].sum(-1) * 0.015625
+    pt[:, 1153] = pt[:, 1089:1153].sum(-1) * 0.015625
+    pt[:, 1154] = pt[:, 704] + pt[:, 1153]
+    pt[:, 1603] = pt[:, 704]
+    pt[:, 1604] = pt[:, 1154]
     return pt
 
 def _pairs_numpy(X1, X2, P1, P2, params):
@@ -330,33 +432,33 @@ def _pairs_numpy(X1, X2, P1, P2, params):
         S12K_x = numpy.einsum('nic,nic->ni', x1, x2) * 1.0
         S12K_g1_5 = _conv_np(S12K_x, _TAPS0, False) * 0.1111111111111111
         t0 = (499849/250000)*S12K_g1_5 + 1/400
-        t1 = numpy.clip(P2[:, 1091:1155]*P1[a, 1091:1155]*t0, -1.0, 1.0)
+        t1 = numpy.clip(P2[:, 1155:1219]*P1[a, 1155:1219]*t0, -1.0, 1.0)
         t2 = (1/2)/numpy.pi
         t3 = t0*(-t2*numpy.arccos(t1) + 1/2)
         K_g1 = t0
-        K_h1 = t2*P2[:, 1155:1219]*P1[a, 1155:1219]*numpy.sqrt(1 - t1**2) + t3
+        K_h1 = t2*P2[:, 1219:1283]*P1[a, 1219:1283]*numpy.sqrt(1 - t1**2) + t3
         T_h1 = t3
         S12K_g2_6 = _conv_np(K_h1, _TAPS1, False) * 0.1111111111111111
         S12T_g2_9 = _conv_np(T_h1, _TAPS1, False) * 0.1111111111111111
         t0 = (499849/250000)*S12K_g2_6 + 1/400
         t1 = t0 + (499849/250000)*S12T_g2_9
-        t2 = numpy.clip(P2[:, 1219:1283]*P1[a, 1219:1283]*t0, -1.0, 1.0)
+        t2 = numpy.clip(P2[:, 1283:1347]*P1[a, 1283:1347]*t0, -1.0, 1.0)
         t3 = (1/2)/numpy.pi
         t4 = -t3*numpy.arccos(t2) + 1/2
         K_g2 = t0
         T_g2 = t1
-        K_h2 = t0*t4 + t3*P2[:, 1283:1347]*P1[a, 1283:1347]*numpy.sqrt(1 - t2**2)
+        K_h2 = t0*t4 + t3*P2[:, 1347:1411]*P1[a, 1347:1411]*numpy.sqrt(1 - t2**2)
         T_h2 = t1*t4
         S12K_g3_7 = _conv_np(K_h2, _TAPS2, False) * 0.1111111111111111
         S12T_g3_10 = _conv_np(T_h2, _TAPS2, False) * 0.1111111111111111
         t0 = (499849/250000)*S12K_g3_7 + 1/400
         t1 = t0 + (499849/250000)*S12T_g3_10
-        t2 = numpy.clip(P2[:, 1347:1411]*P1[a, 1347:1411]*t0, -1.0, 1.0)
+        t2 = numpy.clip(P2[:, 1411:1475]*P1[a, 1411:1475]*t0, -1.0, 1.0)
         t3 = (1/2)/numpy.pi
         t4 = -t3*numpy.arccos(t2) + 1/2
         K_g3 = t0
         T_g3 = t1
-        K_h3 = t0*t4 + t3*P2[:, 1411:1475]*P1[a, 1411:1475]*numpy.sqrt(1 - t2**2)
+        K_h3 = t0*t4 + t3*P2[:, 1475:1539]*P1[a, 1475:1539]*numpy.sqrt(1 - t2**2)
         T_h3 = t1*t4
         S12K_f_8 = K_h3.sum(-1) * 0.015625
         S12T_f_11 = T_h3.sum(-1) * 0.015625

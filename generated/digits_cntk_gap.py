@@ -19,7 +19,7 @@ NETWORK = 'digits_cntk_gap'
 PARAMETERIZATION = 'ntk'
 INPUT_SHAPE = (8, 8, 1)
 PARAMS = {}
-N_POINT = 1477
+N_POINT = 1605
 DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)
 STRUCTURE = {'x': 'full', 'g1': 'full', 'h1': 'full', 'g2': 'full', 'h2': 'full', 'g3': 'full', 'h3': 'full', 'p': 'scalar', 'y': 'scalar'}
 
@@ -86,226 +86,978 @@ STRUCTURE = {'x': 'full', 'g1': 'full', 'h1': 'full', 'g2': 'full', 'h2': 'full'
 _TAPS0 = np.array([-1, -1, -1, -1, 0, 1, -1, 8, 9, -1, -1, -1, 0, 1, 2, 8, 9, 10, -1, -1, -1, 1, 2, 3, 9, 10, 11, -1, -1, -1, 2, 3, 4, 10, 11, 12, -1, -1, -1, 3, 4, 5, 11, 12, 13, -1, -1, -1, 4, 5, 6, 12, 13, 14, -1, -1, -1, 5, 6, 7, 13, 14, 15, -1, -1, -1, 6, 7, -1, 14, 15, -1, -1, 0, 1, -1, 8, 9, -1, 16, 17, 0, 1, 2, 8, 9, 10, 16, 17, 18, 1, 2, 3, 9, 10, 11, 17, 18, 19, 2, 3, 4, 10, 11, 12, 18, 19, 20, 3, 4, 5, 11, 12, 13, 19, 20, 21, 4, 5, 6, 12, 13, 14, 20, 21, 22, 5, 6, 7, 13, 14, 15, 21, 22, 23, 6, 7, -1, 14, 15, -1, 22, 23, -1, -1, 8, 9, -1, 16, 17, -1, 24, 25, 8, 9, 10, 16, 17, 18, 24, 25, 26, 9, 10, 11, 17, 18, 19, 25, 26, 27, 10, 11, 12, 18, 19, 20, 26, 27, 28, 11, 12, 13, 19, 20, 21, 27, 28, 29, 12, 13, 14, 20, 21, 22, 28, 29, 30, 13, 14, 15, 21, 22, 23, 29, 30, 31, 14, 15, -1, 22, 23, -1, 30, 31, -1, -1, 16, 17, -1, 24, 25, -1, 32, 33, 16, 17, 18, 24, 25, 26, 32, 33, 34, 17, 18, 19, 25, 26, 27, 33, 34, 35, 18, 19, 20, 26, 27, 28, 34, 35, 36, 19, 20, 21, 27, 28, 29, 35, 36, 37, 20, 21, 22, 28, 29, 30, 36, 37, 38, 21, 22, 23, 29, 30, 31, 37, 38, 39, 22, 23, -1, 30, 31, -1, 38, 39, -1, -1, 24, 25, -1, 32, 33, -1, 40, 41, 24, 25, 26, 32, 33, 34, 40, 41, 42, 25, 26, 27, 33, 34, 35, 41, 42, 43, 26, 27, 28, 34, 35, 36, 42, 43, 44, 27, 28, 29, 35, 36, 37, 43, 44, 45, 28, 29, 30, 36, 37, 38, 44, 45, 46, 29, 30, 31, 37, 38, 39, 45, 46, 47, 30, 31, -1, 38, 39, -1, 46, 47, -1, -1, 32, 33, -1, 40, 41, -1, 48, 49, 32, 33, 34, 40, 41, 42, 48, 49, 50, 33, 34, 35, 41, 42, 43, 49, 50, 51, 34, 35, 36, 42, 43, 44, 50, 51, 52, 35, 36, 37, 43, 44, 45, 51, 52, 53, 36, 37, 38, 44, 45, 46, 52, 53, 54, 37, 38, 39, 45, 46, 47, 53, 54, 55, 38, 39, -1, 46, 47, -1, 54, 55, -1, -1, 40, 41, -1, 48, 49, -1, 56, 57, 40, 41, 42, 48, 49, 50, 56, 57, 58, 41, 42, 43, 49, 50, 51, 57, 58, 59, 42, 43, 44, 50, 51, 52, 58, 59, 60, 43, 44, 45, 51, 52, 53, 59, 60, 61, 44, 45, 46, 52, 53, 54, 60, 61, 62, 45, 46, 47, 53, 54, 55, 61, 62, 63, 46, 47, -1, 54, 55, -1, 62, 63, -1, -1, 48, 49, -1, 56, 57, -1, -1, -1, 48, 49, 50, 56, 57, 58, -1, -1, -1, 49, 50, 51, 57, 58, 59, -1, -1, -1, 50, 51, 52, 58, 59, 60, -1, -1, -1, 51, 52, 53, 59, 60, 61, -1, -1, -1, 52, 53, 54, 60, 61, 62, -1, -1, -1, 53, 54, 55, 61, 62, 63, -1, -1, -1, 54, 55, -1, 62, 63, -1, -1, -1, -1], dtype=np.int64).reshape((64, 9))
 _TAPS1 = np.array([-1, -1, -1, -1, 0, 1, -1, 8, 9, -1, -1, -1, 0, 1, 2, 8, 9, 10, -1, -1, -1, 1, 2, 3, 9, 10, 11, -1, -1, -1, 2, 3, 4, 10, 11, 12, -1, -1, -1, 3, 4, 5, 11, 12, 13, -1, -1, -1, 4, 5, 6, 12, 13, 14, -1, -1, -1, 5, 6, 7, 13, 14, 15, -1, -1, -1, 6, 7, -1, 14, 15, -1, -1, 0, 1, -1, 8, 9, -1, 16, 17, 0, 1, 2, 8, 9, 10, 16, 17, 18, 1, 2, 3, 9, 10, 11, 17, 18, 19, 2, 3, 4, 10, 11, 12, 18, 19, 20, 3, 4, 5, 11, 12, 13, 19, 20, 21, 4, 5, 6, 12, 13, 14, 20, 21, 22, 5, 6, 7, 13, 14, 15, 21, 22, 23, 6, 7, -1, 14, 15, -1, 22, 23, -1, -1, 8, 9, -1, 16, 17, -1, 24, 25, 8, 9, 10, 16, 17, 18, 24, 25, 26, 9, 10, 11, 17, 18, 19, 25, 26, 27, 10, 11, 12, 18, 19, 20, 26, 27, 28, 11, 12, 13, 19, 20, 21, 27, 28, 29, 12, 13, 14, 20, 21, 22, 28, 29, 30, 13, 14, 15, 21, 22, 23, 29, 30, 31, 14, 15, -1, 22, 23, -1, 30, 31, -1, -1, 16, 17, -1, 24, 25, -1, 32, 33, 16, 17, 18, 24, 25, 26, 32, 33, 34, 17, 18, 19, 25, 26, 27, 33, 34, 35, 18, 19, 20, 26, 27, 28, 34, 35, 36, 19, 20, 21, 27, 28, 29, 35, 36, 37, 20, 21, 22, 28, 29, 30, 36, 37, 38, 21, 22, 23, 29, 30, 31, 37, 38, 39, 22, 23, -1, 30, 31, -1, 38, 39, -1, -1, 24, 25, -1, 32, 33, -1, 40, 41, 24, 25, 26, 32, 33, 34, 40, 41, 42, 25, 26, 27, 33, 34, 35, 41, 42, 43, 26, 27, 28, 34, 35, 36, 42, 43, 44, 27, 28, 29, 35, 36, 37, 43, 44, 45, 28, 29, 30, 36, 37, 38, 44, 45, 46, 29, 30, 31, 37, 38, 39, 45, 46, 47, 30, 31, -1, 38, 39, -1, 46, 47, -1, -1, 32, 33, -1, 40, 41, -1, 48, 49, 32, 33, 34, 40, 41, 42, 48, 49, 50, 33, 34, 35, 41, 42, 43, 49, 50, 51, 34, 35, 36, 42, 43, 44, 50, 51, 52, 35, 36, 37, 43, 44, 45, 51, 52, 53, 36, 37, 38, 44, 45, 46, 52, 53, 54, 37, 38, 39, 45, 46, 47, 53, 54, 55, 38, 39, -1, 46, 47, -1, 54, 55, -1, -1, 40, 41, -1, 48, 49, -1, 56, 57, 40, 41, 42, 48, 49, 50, 56, 57, 58, 41, 42, 43, 49, 50, 51, 57, 58, 59, 42, 43, 44, 50, 51, 52, 58, 59, 60, 43, 44, 45, 51, 52, 53, 59, 60, 61, 44, 45, 46, 52, 53, 54, 60, 61, 62, 45, 46, 47, 53, 54, 55, 61, 62, 63, 46, 47, -1, 54, 55, -1, 62, 63, -1, -1, 48, 49, -1, 56, 57, -1, -1, -1, 48, 49, 50, 56, 57, 58, -1, -1, -1, 49, 50, 51, 57, 58, 59, -1, -1, -1, 50, 51, 52, 58, 59, 60, -1, -1, -1, 51, 52, 53, 59, 60, 61, -1, -1, -1, 52, 53, 54, 60, 61, 62, -1, -1, -1, 53, 54, 55, 61, 62, 63, -1, -1, -1, 54, 55, -1, 62, 63, -1, -1, -1, -1], dtype=np.int64).reshape((64, 9))
 _TAPS2 = np.array([-1, -1, -1, -1, 0, 1, -1, 8, 9, -1, -1, -1, 0, 1, 2, 8, 9, 10, -1, -1, -1, 1, 2, 3, 9, 10, 11, -1, -1, -1, 2, 3, 4, 10, 11, 12, -1, -1, -1, 3, 4, 5, 11, 12, 13, -1, -1, -1, 4, 5, 6, 12, 13, 14, -1, -1, -1, 5, 6, 7, 13, 14, 15, -1, -1, -1, 6, 7, -1, 14, 15, -1, -1, 0, 1, -1, 8, 9, -1, 16, 17, 0, 1, 2, 8, 9, 10, 16, 17, 18, 1, 2, 3, 9, 10, 11, 17, 18, 19, 2, 3, 4, 10, 11, 12, 18, 19, 20, 3, 4, 5, 11, 12, 13, 19, 20, 21, 4, 5, 6, 12, 13, 14, 20, 21, 22, 5, 6, 7, 13, 14, 15, 21, 22, 23, 6, 7, -1, 14, 15, -1, 22, 23, -1, -1, 8, 9, -1, 16, 17, -1, 24, 25, 8, 9, 10, 16, 17, 18, 24, 25, 26, 9, 10, 11, 17, 18, 19, 25, 26, 27, 10, 11, 12, 18, 19, 20, 26, 27, 28, 11, 12, 13, 19, 20, 21, 27, 28, 29, 12, 13, 14, 20, 21, 22, 28, 29, 30, 13, 14, 15, 21, 22, 23, 29, 30, 31, 14, 15, -1, 22, 23, -1, 30, 31, -1, -1, 16, 17, -1, 24, 25, -1, 32, 33, 16, 17, 18, 24, 25, 26, 32, 33, 34, 17, 18, 19, 25, 26, 27, 33, 34, 35, 18, 19, 20, 26, 27, 28, 34, 35, 36, 19, 20, 21, 27, 28, 29, 35, 36, 37, 20, 21, 22, 28, 29, 30, 36, 37, 38, 21, 22, 23, 29, 30, 31, 37, 38, 39, 22, 23, -1, 30, 31, -1, 38, 39, -1, -1, 24, 25, -1, 32, 33, -1, 40, 41, 24, 25, 26, 32, 33, 34, 40, 41, 42, 25, 26, 27, 33, 34, 35, 41, 42, 43, 26, 27, 28, 34, 35, 36, 42, 43, 44, 27, 28, 29, 35, 36, 37, 43, 44, 45, 28, 29, 30, 36, 37, 38, 44, 45, 46, 29, 30, 31, 37, 38, 39, 45, 46, 47, 30, 31, -1, 38, 39, -1, 46, 47, -1, -1, 32, 33, -1, 40, 41, -1, 48, 49, 32, 33, 34, 40, 41, 42, 48, 49, 50, 33, 34, 35, 41, 42, 43, 49, 50, 51, 34, 35, 36, 42, 43, 44, 50, 51, 52, 35, 36, 37, 43, 44, 45, 51, 52, 53, 36, 37, 38, 44, 45, 46, 52, 53, 54, 37, 38, 39, 45, 46, 47, 53, 54, 55, 38, 39, -1, 46, 47, -1, 54, 55, -1, -1, 40, 41, -1, 48, 49, -1, 56, 57, 40, 41, 42, 48, 49, 50, 56, 57, 58, 41, 42, 43, 49, 50, 51, 57, 58, 59, 42, 43, 44, 50, 51, 52, 58, 59, 60, 43, 44, 45, 51, 52, 53, 59, 60, 61, 44, 45, 46, 52, 53, 54, 60, 61, 62, 45, 46, 47, 53, 54, 55, 61, 62, 63, 46, 47, -1, 54, 55, -1, 62, 63, -1, -1, 48, 49, -1, 56, 57, -1, -1, -1, 48, 49, 50, 56, 57, 58, -1, -1, -1, 49, 50, 51, 57, 58, 59, -1, -1, -1, 50, 51, 52, 58, 59, 60, -1, -1, -1, 51, 52, 53, 59, 60, 61, -1, -1, -1, 52, 53, 54, 60, 61, 62, -1, -1, -1, 53, 54, 55, 61, 62, 63, -1, -1, -1, 54, 55, -1, 62, 63, -1, -1, -1, -1], dtype=np.int64).reshape((64, 9))
-# The same windows as contiguous runs (o, i, length), by tap: _RUNSk_PTR
-_RUNS0 = np.array([9, 0, 7, 17, 8, 7, 25, 16, 7, 33, 24, 7, 41, 32, 7, 49, 40, 7, 57, 48, 7, 8, 0, 56, 8, 1, 7, 16, 9, 7, 24, 17, 7, 32, 25, 7, 40, 33, 7, 48, 41, 7, 56, 49, 7, 1, 0, 7, 9, 8, 7, 17, 16, 7, 25, 24, 7, 33, 32, 7, 41, 40, 7, 49, 48, 7, 57, 56, 7, 0, 0, 64, 0, 1, 7, 8, 9, 7, 16, 17, 7, 24, 25, 7, 32, 33, 7, 40, 41, 7, 48, 49, 7, 56, 57, 7, 1, 8, 7, 9, 16, 7, 17, 24, 7, 25, 32, 7, 33, 40, 7, 41, 48, 7, 49, 56, 7, 0, 8, 56, 0, 9, 7, 8, 17, 7, 16, 25, 7, 24, 33, 7, 32, 41, 7, 40, 49, 7, 48, 57, 7], dtype=np.int64).reshape((47, 3))
-_RUNS0_PTR = np.array([0, 7, 8, 15, 23, 24, 32, 39, 40, 47], dtype=np.int64).reshape((10,))
-_RUNS1 = np.array([9, 0, 7, 17, 8, 7, 25, 16, 7, 33, 24, 7, 41, 32, 7, 49, 40, 7, 57, 48, 7, 8, 0, 56, 8, 1, 7, 16, 9, 7, 24, 17, 7, 32, 25, 7, 40, 33, 7, 48, 41, 7, 56, 49, 7, 1, 0, 7, 9, 8, 7, 17, 16, 7, 25, 24, 7, 33, 32, 7, 41, 40, 7, 49, 48, 7, 57, 56, 7, 0, 0, 64, 0, 1, 7, 8, 9, 7, 16, 17, 7, 24, 25, 7, 32, 33, 7, 40, 41, 7, 48, 49, 7, 56, 57, 7, 1, 8, 7, 9, 16, 7, 17, 24, 7, 25, 32, 7, 33, 40, 7, 41, 48, 7, 49, 56, 7, 0, 8, 56, 0, 9, 7, 8, 17, 7, 16, 25, 7, 24, 33, 7, 32, 41, 7, 40, 49, 7, 48, 57, 7], dtype=np.int64).reshape((47, 3))
-_RUNS1_PTR = np.array([0, 7, 8, 15, 23, 24, 32, 39, 40, 47], dtype=np.int64).reshape((10,))
-_RUNS2 = np.array([9, 0, 7, 17, 8, 7, 25, 16, 7, 33, 24, 7, 41, 32, 7, 49, 40, 7, 57, 48, 7, 8, 0, 56, 8, 1, 7, 16, 9, 7, 24, 17, 7, 32, 25, 7, 40, 33, 7, 48, 41, 7, 56, 49, 7, 1, 0, 7, 9, 8, 7, 17, 16, 7, 25, 24, 7, 33, 32, 7, 41, 40, 7, 49, 48, 7, 57, 56, 7, 0, 0, 64, 0, 1, 7, 8, 9, 7, 16, 17, 7, 24, 25, 7, 32, 33, 7, 40, 41, 7, 48, 49, 7, 56, 57, 7, 1, 8, 7, 9, 16, 7, 17, 24, 7, 25, 32, 7, 33, 40, 7, 41, 48, 7, 49, 56, 7, 0, 8, 56, 0, 9, 7, 8, 17, 7, 16, 25, 7, 24, 33, 7, 32, 41, 7, 40, 49, 7, 48, 57, 7], dtype=np.int64).reshape((47, 3))
-_RUNS2_PTR = np.array([0, 7, 8, 15, 23, 24, 32, 39, 40, 47], dtype=np.int64).reshape((10,))
+# Index and mask arrays of the unrolled conv loops (ntkc.codegen.conv_loops)
+_C0_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C0_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C0_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C0_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C0_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C0_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C0_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C0_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C8_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C8_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C8_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C8_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C8_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C8_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C8_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C8_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C16_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C16_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C16_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C16_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C16_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C16_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C16_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C16_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C24_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C24_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C24_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C24_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C24_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C24_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C24_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C24_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C32_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C32_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C32_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C32_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C32_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C32_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C32_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C32_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C40_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C40_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C40_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C40_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C40_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C40_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C40_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C40_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C48_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C48_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C48_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C48_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C48_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C48_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C48_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C48_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C56_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C56_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C56_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C56_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C56_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C56_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C56_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C56_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C64_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C64_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C64_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C64_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C64_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C64_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C64_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C64_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C72_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C72_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C72_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C72_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C72_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C72_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C72_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C72_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C80_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C80_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C80_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C80_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
+_C80_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
+_C80_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C80_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+_C80_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
 
+
+@numba.njit(inline="always", error_model="numpy")
+def _acos(x):
+    # fdlibm's acos with selects instead of branches; x in [-1, 1] (clipped by the caller).
+    ax = abs(x)
+    big = ax > 0.5
+    zb = 0.5 - 0.5 * ax  # exact for ax in [0.5, 1]
+    z = zb if big else x * x
+    p = z * (1.66666666666666657415e-01 + z * (-3.25565818622400915405e-01 + z * (
+        2.01212532134862925881e-01 + z * (-4.00555345006794114027e-02 + z * (
+            7.91534994289814532176e-04 + z * 3.47933107596021167570e-05)))))
+    q = 1.0 + z * (-2.40339491173441421878e+00 + z * (2.02094576023350569471e+00 + z * (
+        -6.88283971605453293030e-01 + z * 7.70381505559019352791e-02)))
+    r = p / q
+    s = math.sqrt(zb if big else 0.0)
+    small = 1.57079632679489655800e+00 - (x - (6.12323399573676603587e-17 - x * r))
+    w = r * s
+    large = (3.14159265358979311600e+00 - 2.0 * (s + (w - 6.12323399573676603587e-17))
+             if x < 0.0 else 2.0 * (s + w))
+    return large if big else small
 @numba.njit(cache=True)
 def _point_one(x, pt, params):
-    w = np.full(69632, np.nan)  # a read before a write shows as NaN
+    w = np.full(69760, np.nan)  # a read before a write shows as NaN
     for i in range(64):
         acc = 0.0
         for c in range(x.shape[1]):
             acc += x[i, c] * x[i, c]
-        pt[0 + i] = acc * 1.0
+        pt[64 + i] = acc * 1.0
     for i in range(64):
         for j in range(64):
             acc = 0.0
             for c in range(x.shape[1]):
                 acc += x[i, c] * x[j, c]
-            w[0 + i * 64 + j] = acc * 1.0
+            w[64 + i * 64 + j] = acc * 1.0
     for o in range(64):
-        pt[64 + o] = 0.0
-    for t in range(_RUNS0_PTR.shape[0] - 1):
-        for r1 in range(_RUNS0_PTR[t], _RUNS0_PTR[t + 1]):
-            o1s, i1s, n1 = _RUNS0[r1, 0], _RUNS0[r1, 1], _RUNS0[r1, 2]
-            for k in range(n1):
-                pt[64 + o1s + k] += pt[0 + i1s + k]
-    for o in range(64):
-        pt[64 + o] *= 0.1111111111111111
-    for o in range(4096):
-        w[4096 + o] = 0.0
-    for t in range(_RUNS0_PTR.shape[0] - 1):
-        for r1 in range(_RUNS0_PTR[t], _RUNS0_PTR[t + 1]):
-            o1s, i1s, n1 = _RUNS0[r1, 0], _RUNS0[r1, 1], _RUNS0[r1, 2]
-            for k1 in range(n1):
-                ro = (o1s + k1) * 64
-                ri = (i1s + k1) * 64
-                for r2 in range(_RUNS0_PTR[t], _RUNS0_PTR[t + 1]):
-                    o2s, i2s, n2 = _RUNS0[r2, 0], _RUNS0[r2, 1], _RUNS0[r2, 2]
-                    for k in range(n2):
-                        w[4096 + ro + o2s + k] += w[0 + ri + i2s + k]
-    for o in range(4096):
-        w[4096 + o] *= 0.1111111111111111
+        acc = (pt[55 + o] if _C0_M0[o] else 0.0)
+        acc += (pt[56 + o] if _C0_M1[o] else 0.0)
+        acc += (pt[57 + o] if _C0_M2[o] else 0.0)
+        acc += (pt[63 + o] if _C0_M3[o] else 0.0)
+        acc += pt[64 + o]
+        acc += (pt[65 + o] if _C0_M5[o] else 0.0)
+        acc += (pt[71 + o] if _C0_M6[o] else 0.0)
+        acc += (pt[72 + o] if _C0_M7[o] else 0.0)
+        acc += (pt[73 + o] if _C0_M8[o] else 0.0)
+        pt[128 + o] = acc * 0.1111111111111111
+    for y1 in range(0, 1):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(64 + (o1 + 1) * 64 + 1, 0)
+            b0_7 = max(64 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(64 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C8_M5[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C8_M7[o2] else 0.0)
+                acc += (w[b0_8 + o2] if _C8_M8[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+    for y1 in range(0, 1):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_3 = max(64 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(64 + (o1 + 1) * 64 + 1, 0)
+            b0_6 = max(64 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(64 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(64 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (w[b0_3 + o2] if _C8_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C8_M5[o2] else 0.0)
+                acc += (w[b0_6 + o2] if _C8_M6[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C8_M7[o2] else 0.0)
+                acc += (w[b0_8 + o2] if _C8_M8[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+    for y1 in range(0, 1):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_3 = max(64 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            b0_6 = max(64 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(64 + (o1 + 8) * 64 + 8, 0)
+            for o2 in range(64):
+                acc = (w[b0_3 + o2] if _C8_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_6 + o2] if _C8_M6[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C8_M7[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_1 = max(64 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(64 + (o1 + -7) * 64 + -7, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(64 + (o1 + 1) * 64 + 1, 0)
+            b0_7 = max(64 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(64 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (w[b0_1 + o2] if _C8_M1[o2] else 0.0)
+                acc += (w[b0_2 + o2] if _C8_M2[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C8_M5[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C8_M7[o2] else 0.0)
+                acc += (w[b0_8 + o2] if _C8_M8[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_0 = max(64 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(64 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(64 + (o1 + -7) * 64 + -7, 0)
+            b0_3 = max(64 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(64 + (o1 + 1) * 64 + 1, 0)
+            b0_6 = max(64 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(64 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(64 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (w[b0_0 + o2] if _C8_M0[o2] else 0.0)
+                acc += (w[b0_1 + o2] if _C8_M1[o2] else 0.0)
+                acc += (w[b0_2 + o2] if _C8_M2[o2] else 0.0)
+                acc += (w[b0_3 + o2] if _C8_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C8_M5[o2] else 0.0)
+                acc += (w[b0_6 + o2] if _C8_M6[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C8_M7[o2] else 0.0)
+                acc += (w[b0_8 + o2] if _C8_M8[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_0 = max(64 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(64 + (o1 + -8) * 64 + -8, 0)
+            b0_3 = max(64 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            b0_6 = max(64 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(64 + (o1 + 8) * 64 + 8, 0)
+            for o2 in range(64):
+                acc = (w[b0_0 + o2] if _C8_M0[o2] else 0.0)
+                acc += (w[b0_1 + o2] if _C8_M1[o2] else 0.0)
+                acc += (w[b0_3 + o2] if _C8_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_6 + o2] if _C8_M6[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C8_M7[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_1 = max(64 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(64 + (o1 + -7) * 64 + -7, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(64 + (o1 + 1) * 64 + 1, 0)
+            for o2 in range(64):
+                acc = (w[b0_1 + o2] if _C8_M1[o2] else 0.0)
+                acc += (w[b0_2 + o2] if _C8_M2[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C8_M5[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_0 = max(64 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(64 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(64 + (o1 + -7) * 64 + -7, 0)
+            b0_3 = max(64 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(64 + (o1 + 1) * 64 + 1, 0)
+            for o2 in range(64):
+                acc = (w[b0_0 + o2] if _C8_M0[o2] else 0.0)
+                acc += (w[b0_1 + o2] if _C8_M1[o2] else 0.0)
+                acc += (w[b0_2 + o2] if _C8_M2[o2] else 0.0)
+                acc += (w[b0_3 + o2] if _C8_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C8_M5[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_0 = max(64 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(64 + (o1 + -8) * 64 + -8, 0)
+            b0_3 = max(64 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            for o2 in range(64):
+                acc = (w[b0_0 + o2] if _C8_M0[o2] else 0.0)
+                acc += (w[b0_1 + o2] if _C8_M1[o2] else 0.0)
+                acc += (w[b0_3 + o2] if _C8_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                w[d0 + o2] = acc * 0.1111111111111111
     for i in range(64):
-        t0 = math.sqrt(pt[64 + i])
-        pt[128 + i] = (499849/250000)*pt[64 + i]
-        pt[1091 + i] = (500/707)/t0
-        pt[1155 + i] = (707/500)*t0
+        t0 = math.sqrt(pt[128 + i])
+        pt[192 + i] = (499849/250000)*pt[128 + i]
+        pt[1155 + i] = (500/707)/t0
+        pt[1219 + i] = (707/500)*t0
     for i in range(64):
         for j in range(64):
-            w[8192 + i * 64 + j] = (499849/250000)*w[4096 + i * 64 + j]
+            w[8256 + i * 64 + j] = (499849/250000)*w[4160 + i * 64 + j]
     for i in range(64):
-        w[8192 + i * 64 + i] = pt[128 + i]
+        w[8256 + i * 64 + i] = pt[192 + i]
     for i in range(64):
-        pt[192 + i] = (1/2)*pt[128 + i]
+        pt[256 + i] = (1/2)*pt[192 + i]
     for i in range(64):
         for j in range(64):
-            t0 = min(max(pt[1091 + i]*pt[1091 + j]*w[8192 + i * 64 + j], -1.0), 1.0)
+            t0 = min(max(pt[1155 + i]*pt[1155 + j]*w[8256 + i * 64 + j], -1.0), 1.0)
             t1 = (1/2)/math.pi
-            w[12288 + i * 64 + j] = w[8192 + i * 64 + j]*(-t1*math.acos(t0) + 1/2) + t1*pt[1155 + i]*pt[1155 + j]*math.sqrt(1 - t0**2)
+            w[12352 + i * 64 + j] = w[8256 + i * 64 + j]*(-t1*_acos(t0) + 1/2) + t1*pt[1219 + i]*pt[1219 + j]*math.sqrt(1 - t0**2)
     for i in range(64):
-        w[12288 + i * 64 + i] = pt[192 + i]
+        w[12352 + i * 64 + i] = pt[256 + i]
     for i in range(64):
-        pt[641 + i] = pt[128 + i]*(-1/2*math.acos(min(max(pt[128 + i]/abs(pt[128 + i]), -1.0), 1.0))/math.pi + 1/2)
-    for i in range(64):
-        for j in range(64):
-            w[40960 + i * 64 + j] = w[8192 + i * 64 + j]*(-1/2*math.acos(min(max(pt[1091 + i]*pt[1091 + j]*w[8192 + i * 64 + j], -1.0), 1.0))/math.pi + 1/2)
-    for i in range(64):
-        w[40960 + i * 64 + i] = pt[641 + i]
-    for o in range(64):
-        pt[256 + o] = 0.0
-    for t in range(_RUNS1_PTR.shape[0] - 1):
-        for r1 in range(_RUNS1_PTR[t], _RUNS1_PTR[t + 1]):
-            o1s, i1s, n1 = _RUNS1[r1, 0], _RUNS1[r1, 1], _RUNS1[r1, 2]
-            for k in range(n1):
-                pt[256 + o1s + k] += pt[192 + i1s + k]
-    for o in range(64):
-        pt[256 + o] *= 0.1111111111111111
-    for o in range(4096):
-        w[16384 + o] = 0.0
-        w[45056 + o] = 0.0
-    for t in range(_RUNS1_PTR.shape[0] - 1):
-        for r1 in range(_RUNS1_PTR[t], _RUNS1_PTR[t + 1]):
-            o1s, i1s, n1 = _RUNS1[r1, 0], _RUNS1[r1, 1], _RUNS1[r1, 2]
-            for k1 in range(n1):
-                ro = (o1s + k1) * 64
-                ri = (i1s + k1) * 64
-                for r2 in range(_RUNS1_PTR[t], _RUNS1_PTR[t + 1]):
-                    o2s, i2s, n2 = _RUNS1[r2, 0], _RUNS1[r2, 1], _RUNS1[r2, 2]
-                    for k in range(n2):
-                        w[16384 + ro + o2s + k] += w[12288 + ri + i2s + k]
-                        w[45056 + ro + o2s + k] += w[40960 + ri + i2s + k]
-    for o in range(4096):
-        w[16384 + o] *= 0.1111111111111111
-        w[45056 + o] *= 0.1111111111111111
-    for o in range(64):
-        pt[705 + o] = 0.0
-    for t in range(_RUNS1_PTR.shape[0] - 1):
-        for r1 in range(_RUNS1_PTR[t], _RUNS1_PTR[t + 1]):
-            o1s, i1s, n1 = _RUNS1[r1, 0], _RUNS1[r1, 1], _RUNS1[r1, 2]
-            for k in range(n1):
-                pt[705 + o1s + k] += pt[641 + i1s + k]
-    for o in range(64):
-        pt[705 + o] *= 0.1111111111111111
-    for i in range(64):
-        t0 = math.sqrt(pt[256 + i])
-        pt[320 + i] = (499849/250000)*pt[256 + i]
-        pt[1219 + i] = (500/707)/t0
-        pt[1283 + i] = (707/500)*t0
+        pt[705 + i] = pt[192 + i]*(-1/2*_acos(min(max(pt[192 + i]/abs(pt[192 + i]), -1.0), 1.0))/math.pi + 1/2)
     for i in range(64):
         for j in range(64):
-            w[20480 + i * 64 + j] = (499849/250000)*w[16384 + i * 64 + j]
+            w[41024 + i * 64 + j] = w[8256 + i * 64 + j]*(-1/2*_acos(min(max(pt[1155 + i]*pt[1155 + j]*w[8256 + i * 64 + j], -1.0), 1.0))/math.pi + 1/2)
     for i in range(64):
-        w[20480 + i * 64 + i] = pt[320 + i]
+        w[41024 + i * 64 + i] = pt[705 + i]
+    for o in range(64):
+        acc = (pt[247 + o] if _C16_M0[o] else 0.0)
+        acc += (pt[248 + o] if _C16_M1[o] else 0.0)
+        acc += (pt[249 + o] if _C16_M2[o] else 0.0)
+        acc += (pt[255 + o] if _C16_M3[o] else 0.0)
+        acc += pt[256 + o]
+        acc += (pt[257 + o] if _C16_M5[o] else 0.0)
+        acc += (pt[263 + o] if _C16_M6[o] else 0.0)
+        acc += (pt[264 + o] if _C16_M7[o] else 0.0)
+        acc += (pt[265 + o] if _C16_M8[o] else 0.0)
+        pt[320 + o] = acc * 0.1111111111111111
+    for y1 in range(0, 1):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(12352 + (o1 + 1) * 64 + 1, 0)
+            b0_7 = max(12352 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(12352 + (o1 + 9) * 64 + 9, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(41024 + (o1 + 1) * 64 + 1, 0)
+            b1_7 = max(41024 + (o1 + 8) * 64 + 8, 0)
+            b1_8 = max(41024 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C24_M5[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C24_M7[o2] else 0.0)
+                acc += (w[b0_8 + o2] if _C24_M8[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = w[b1_4 + o2]
+                acc += (w[b1_5 + o2] if _C24_M5[o2] else 0.0)
+                acc += (w[b1_7 + o2] if _C24_M7[o2] else 0.0)
+                acc += (w[b1_8 + o2] if _C24_M8[o2] else 0.0)
+                w[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(0, 1):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_3 = max(12352 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(12352 + (o1 + 1) * 64 + 1, 0)
+            b0_6 = max(12352 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(12352 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(12352 + (o1 + 9) * 64 + 9, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_3 = max(41024 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(41024 + (o1 + 1) * 64 + 1, 0)
+            b1_6 = max(41024 + (o1 + 7) * 64 + 7, 0)
+            b1_7 = max(41024 + (o1 + 8) * 64 + 8, 0)
+            b1_8 = max(41024 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (w[b0_3 + o2] if _C24_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C24_M5[o2] else 0.0)
+                acc += (w[b0_6 + o2] if _C24_M6[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C24_M7[o2] else 0.0)
+                acc += (w[b0_8 + o2] if _C24_M8[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = (w[b1_3 + o2] if _C24_M3[o2] else 0.0)
+                acc += w[b1_4 + o2]
+                acc += (w[b1_5 + o2] if _C24_M5[o2] else 0.0)
+                acc += (w[b1_6 + o2] if _C24_M6[o2] else 0.0)
+                acc += (w[b1_7 + o2] if _C24_M7[o2] else 0.0)
+                acc += (w[b1_8 + o2] if _C24_M8[o2] else 0.0)
+                w[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(0, 1):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_3 = max(12352 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            b0_6 = max(12352 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(12352 + (o1 + 8) * 64 + 8, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_3 = max(41024 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            b1_6 = max(41024 + (o1 + 7) * 64 + 7, 0)
+            b1_7 = max(41024 + (o1 + 8) * 64 + 8, 0)
+            for o2 in range(64):
+                acc = (w[b0_3 + o2] if _C24_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_6 + o2] if _C24_M6[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C24_M7[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = (w[b1_3 + o2] if _C24_M3[o2] else 0.0)
+                acc += w[b1_4 + o2]
+                acc += (w[b1_6 + o2] if _C24_M6[o2] else 0.0)
+                acc += (w[b1_7 + o2] if _C24_M7[o2] else 0.0)
+                w[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_1 = max(12352 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(12352 + (o1 + -7) * 64 + -7, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(12352 + (o1 + 1) * 64 + 1, 0)
+            b0_7 = max(12352 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(12352 + (o1 + 9) * 64 + 9, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_1 = max(41024 + (o1 + -8) * 64 + -8, 0)
+            b1_2 = max(41024 + (o1 + -7) * 64 + -7, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(41024 + (o1 + 1) * 64 + 1, 0)
+            b1_7 = max(41024 + (o1 + 8) * 64 + 8, 0)
+            b1_8 = max(41024 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (w[b0_1 + o2] if _C24_M1[o2] else 0.0)
+                acc += (w[b0_2 + o2] if _C24_M2[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C24_M5[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C24_M7[o2] else 0.0)
+                acc += (w[b0_8 + o2] if _C24_M8[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = (w[b1_1 + o2] if _C24_M1[o2] else 0.0)
+                acc += (w[b1_2 + o2] if _C24_M2[o2] else 0.0)
+                acc += w[b1_4 + o2]
+                acc += (w[b1_5 + o2] if _C24_M5[o2] else 0.0)
+                acc += (w[b1_7 + o2] if _C24_M7[o2] else 0.0)
+                acc += (w[b1_8 + o2] if _C24_M8[o2] else 0.0)
+                w[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_0 = max(12352 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(12352 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(12352 + (o1 + -7) * 64 + -7, 0)
+            b0_3 = max(12352 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(12352 + (o1 + 1) * 64 + 1, 0)
+            b0_6 = max(12352 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(12352 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(12352 + (o1 + 9) * 64 + 9, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_0 = max(41024 + (o1 + -9) * 64 + -9, 0)
+            b1_1 = max(41024 + (o1 + -8) * 64 + -8, 0)
+            b1_2 = max(41024 + (o1 + -7) * 64 + -7, 0)
+            b1_3 = max(41024 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(41024 + (o1 + 1) * 64 + 1, 0)
+            b1_6 = max(41024 + (o1 + 7) * 64 + 7, 0)
+            b1_7 = max(41024 + (o1 + 8) * 64 + 8, 0)
+            b1_8 = max(41024 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (w[b0_0 + o2] if _C24_M0[o2] else 0.0)
+                acc += (w[b0_1 + o2] if _C24_M1[o2] else 0.0)
+                acc += (w[b0_2 + o2] if _C24_M2[o2] else 0.0)
+                acc += (w[b0_3 + o2] if _C24_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C24_M5[o2] else 0.0)
+                acc += (w[b0_6 + o2] if _C24_M6[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C24_M7[o2] else 0.0)
+                acc += (w[b0_8 + o2] if _C24_M8[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = (w[b1_0 + o2] if _C24_M0[o2] else 0.0)
+                acc += (w[b1_1 + o2] if _C24_M1[o2] else 0.0)
+                acc += (w[b1_2 + o2] if _C24_M2[o2] else 0.0)
+                acc += (w[b1_3 + o2] if _C24_M3[o2] else 0.0)
+                acc += w[b1_4 + o2]
+                acc += (w[b1_5 + o2] if _C24_M5[o2] else 0.0)
+                acc += (w[b1_6 + o2] if _C24_M6[o2] else 0.0)
+                acc += (w[b1_7 + o2] if _C24_M7[o2] else 0.0)
+                acc += (w[b1_8 + o2] if _C24_M8[o2] else 0.0)
+                w[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_0 = max(12352 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(12352 + (o1 + -8) * 64 + -8, 0)
+            b0_3 = max(12352 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            b0_6 = max(12352 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(12352 + (o1 + 8) * 64 + 8, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_0 = max(41024 + (o1 + -9) * 64 + -9, 0)
+            b1_1 = max(41024 + (o1 + -8) * 64 + -8, 0)
+            b1_3 = max(41024 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            b1_6 = max(41024 + (o1 + 7) * 64 + 7, 0)
+            b1_7 = max(41024 + (o1 + 8) * 64 + 8, 0)
+            for o2 in range(64):
+                acc = (w[b0_0 + o2] if _C24_M0[o2] else 0.0)
+                acc += (w[b0_1 + o2] if _C24_M1[o2] else 0.0)
+                acc += (w[b0_3 + o2] if _C24_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_6 + o2] if _C24_M6[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C24_M7[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = (w[b1_0 + o2] if _C24_M0[o2] else 0.0)
+                acc += (w[b1_1 + o2] if _C24_M1[o2] else 0.0)
+                acc += (w[b1_3 + o2] if _C24_M3[o2] else 0.0)
+                acc += w[b1_4 + o2]
+                acc += (w[b1_6 + o2] if _C24_M6[o2] else 0.0)
+                acc += (w[b1_7 + o2] if _C24_M7[o2] else 0.0)
+                w[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_1 = max(12352 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(12352 + (o1 + -7) * 64 + -7, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(12352 + (o1 + 1) * 64 + 1, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_1 = max(41024 + (o1 + -8) * 64 + -8, 0)
+            b1_2 = max(41024 + (o1 + -7) * 64 + -7, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(41024 + (o1 + 1) * 64 + 1, 0)
+            for o2 in range(64):
+                acc = (w[b0_1 + o2] if _C24_M1[o2] else 0.0)
+                acc += (w[b0_2 + o2] if _C24_M2[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C24_M5[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = (w[b1_1 + o2] if _C24_M1[o2] else 0.0)
+                acc += (w[b1_2 + o2] if _C24_M2[o2] else 0.0)
+                acc += w[b1_4 + o2]
+                acc += (w[b1_5 + o2] if _C24_M5[o2] else 0.0)
+                w[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_0 = max(12352 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(12352 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(12352 + (o1 + -7) * 64 + -7, 0)
+            b0_3 = max(12352 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(12352 + (o1 + 1) * 64 + 1, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_0 = max(41024 + (o1 + -9) * 64 + -9, 0)
+            b1_1 = max(41024 + (o1 + -8) * 64 + -8, 0)
+            b1_2 = max(41024 + (o1 + -7) * 64 + -7, 0)
+            b1_3 = max(41024 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(41024 + (o1 + 1) * 64 + 1, 0)
+            for o2 in range(64):
+                acc = (w[b0_0 + o2] if _C24_M0[o2] else 0.0)
+                acc += (w[b0_1 + o2] if _C24_M1[o2] else 0.0)
+                acc += (w[b0_2 + o2] if _C24_M2[o2] else 0.0)
+                acc += (w[b0_3 + o2] if _C24_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C24_M5[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = (w[b1_0 + o2] if _C24_M0[o2] else 0.0)
+                acc += (w[b1_1 + o2] if _C24_M1[o2] else 0.0)
+                acc += (w[b1_2 + o2] if _C24_M2[o2] else 0.0)
+                acc += (w[b1_3 + o2] if _C24_M3[o2] else 0.0)
+                acc += w[b1_4 + o2]
+                acc += (w[b1_5 + o2] if _C24_M5[o2] else 0.0)
+                w[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_0 = max(12352 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(12352 + (o1 + -8) * 64 + -8, 0)
+            b0_3 = max(12352 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_0 = max(41024 + (o1 + -9) * 64 + -9, 0)
+            b1_1 = max(41024 + (o1 + -8) * 64 + -8, 0)
+            b1_3 = max(41024 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            for o2 in range(64):
+                acc = (w[b0_0 + o2] if _C24_M0[o2] else 0.0)
+                acc += (w[b0_1 + o2] if _C24_M1[o2] else 0.0)
+                acc += (w[b0_3 + o2] if _C24_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = (w[b1_0 + o2] if _C24_M0[o2] else 0.0)
+                acc += (w[b1_1 + o2] if _C24_M1[o2] else 0.0)
+                acc += (w[b1_3 + o2] if _C24_M3[o2] else 0.0)
+                acc += w[b1_4 + o2]
+                w[d1 + o2] = acc * 0.1111111111111111
+    for o in range(64):
+        acc = (pt[696 + o] if _C32_M0[o] else 0.0)
+        acc += (pt[697 + o] if _C32_M1[o] else 0.0)
+        acc += (pt[698 + o] if _C32_M2[o] else 0.0)
+        acc += (pt[704 + o] if _C32_M3[o] else 0.0)
+        acc += pt[705 + o]
+        acc += (pt[706 + o] if _C32_M5[o] else 0.0)
+        acc += (pt[712 + o] if _C32_M6[o] else 0.0)
+        acc += (pt[713 + o] if _C32_M7[o] else 0.0)
+        acc += (pt[714 + o] if _C32_M8[o] else 0.0)
+        pt[769 + o] = acc * 0.1111111111111111
     for i in range(64):
-        pt[769 + i] = pt[320 + i] + (499849/250000)*pt[705 + i]
+        t0 = math.sqrt(pt[320 + i])
+        pt[384 + i] = (499849/250000)*pt[320 + i]
+        pt[1283 + i] = (500/707)/t0
+        pt[1347 + i] = (707/500)*t0
     for i in range(64):
         for j in range(64):
-            w[49152 + i * 64 + j] = w[20480 + i * 64 + j] + (499849/250000)*w[45056 + i * 64 + j]
+            w[20544 + i * 64 + j] = (499849/250000)*w[16448 + i * 64 + j]
     for i in range(64):
-        w[49152 + i * 64 + i] = pt[769 + i]
+        w[20544 + i * 64 + i] = pt[384 + i]
     for i in range(64):
-        pt[384 + i] = (1/2)*pt[320 + i]
+        pt[833 + i] = pt[384 + i] + (499849/250000)*pt[769 + i]
     for i in range(64):
         for j in range(64):
-            t0 = min(max(pt[1219 + i]*pt[1219 + j]*w[20480 + i * 64 + j], -1.0), 1.0)
+            w[49216 + i * 64 + j] = w[20544 + i * 64 + j] + (499849/250000)*w[45120 + i * 64 + j]
+    for i in range(64):
+        w[49216 + i * 64 + i] = pt[833 + i]
+    for i in range(64):
+        pt[448 + i] = (1/2)*pt[384 + i]
+    for i in range(64):
+        for j in range(64):
+            t0 = min(max(pt[1283 + i]*pt[1283 + j]*w[20544 + i * 64 + j], -1.0), 1.0)
             t1 = (1/2)/math.pi
-            w[24576 + i * 64 + j] = w[20480 + i * 64 + j]*(-t1*math.acos(t0) + 1/2) + t1*pt[1283 + i]*pt[1283 + j]*math.sqrt(1 - t0**2)
+            w[24640 + i * 64 + j] = w[20544 + i * 64 + j]*(-t1*_acos(t0) + 1/2) + t1*pt[1347 + i]*pt[1347 + j]*math.sqrt(1 - t0**2)
     for i in range(64):
-        w[24576 + i * 64 + i] = pt[384 + i]
+        w[24640 + i * 64 + i] = pt[448 + i]
     for i in range(64):
-        pt[833 + i] = pt[769 + i]*(-1/2*math.acos(min(max(pt[320 + i]/abs(pt[320 + i]), -1.0), 1.0))/math.pi + 1/2)
-    for i in range(64):
-        for j in range(64):
-            w[53248 + i * 64 + j] = w[49152 + i * 64 + j]*(-1/2*math.acos(min(max(pt[1219 + i]*pt[1219 + j]*w[20480 + i * 64 + j], -1.0), 1.0))/math.pi + 1/2)
-    for i in range(64):
-        w[53248 + i * 64 + i] = pt[833 + i]
-    for o in range(64):
-        pt[448 + o] = 0.0
-    for t in range(_RUNS2_PTR.shape[0] - 1):
-        for r1 in range(_RUNS2_PTR[t], _RUNS2_PTR[t + 1]):
-            o1s, i1s, n1 = _RUNS2[r1, 0], _RUNS2[r1, 1], _RUNS2[r1, 2]
-            for k in range(n1):
-                pt[448 + o1s + k] += pt[384 + i1s + k]
-    for o in range(64):
-        pt[448 + o] *= 0.1111111111111111
-    for o in range(4096):
-        w[28672 + o] = 0.0
-        w[57344 + o] = 0.0
-    for t in range(_RUNS2_PTR.shape[0] - 1):
-        for r1 in range(_RUNS2_PTR[t], _RUNS2_PTR[t + 1]):
-            o1s, i1s, n1 = _RUNS2[r1, 0], _RUNS2[r1, 1], _RUNS2[r1, 2]
-            for k1 in range(n1):
-                ro = (o1s + k1) * 64
-                ri = (i1s + k1) * 64
-                for r2 in range(_RUNS2_PTR[t], _RUNS2_PTR[t + 1]):
-                    o2s, i2s, n2 = _RUNS2[r2, 0], _RUNS2[r2, 1], _RUNS2[r2, 2]
-                    for k in range(n2):
-                        w[28672 + ro + o2s + k] += w[24576 + ri + i2s + k]
-                        w[57344 + ro + o2s + k] += w[53248 + ri + i2s + k]
-    for o in range(4096):
-        w[28672 + o] *= 0.1111111111111111
-        w[57344 + o] *= 0.1111111111111111
-    for o in range(64):
-        pt[897 + o] = 0.0
-    for t in range(_RUNS2_PTR.shape[0] - 1):
-        for r1 in range(_RUNS2_PTR[t], _RUNS2_PTR[t + 1]):
-            o1s, i1s, n1 = _RUNS2[r1, 0], _RUNS2[r1, 1], _RUNS2[r1, 2]
-            for k in range(n1):
-                pt[897 + o1s + k] += pt[833 + i1s + k]
-    for o in range(64):
-        pt[897 + o] *= 0.1111111111111111
-    for i in range(64):
-        t0 = math.sqrt(pt[448 + i])
-        pt[512 + i] = (499849/250000)*pt[448 + i]
-        pt[1347 + i] = (500/707)/t0
-        pt[1411 + i] = (707/500)*t0
+        pt[897 + i] = pt[833 + i]*(-1/2*_acos(min(max(pt[384 + i]/abs(pt[384 + i]), -1.0), 1.0))/math.pi + 1/2)
     for i in range(64):
         for j in range(64):
-            w[32768 + i * 64 + j] = (499849/250000)*w[28672 + i * 64 + j]
+            w[53312 + i * 64 + j] = w[49216 + i * 64 + j]*(-1/2*_acos(min(max(pt[1283 + i]*pt[1283 + j]*w[20544 + i * 64 + j], -1.0), 1.0))/math.pi + 1/2)
     for i in range(64):
-        w[32768 + i * 64 + i] = pt[512 + i]
+        w[53312 + i * 64 + i] = pt[897 + i]
+    for o in range(64):
+        acc = (pt[439 + o] if _C40_M0[o] else 0.0)
+        acc += (pt[440 + o] if _C40_M1[o] else 0.0)
+        acc += (pt[441 + o] if _C40_M2[o] else 0.0)
+        acc += (pt[447 + o] if _C40_M3[o] else 0.0)
+        acc += pt[448 + o]
+        acc += (pt[449 + o] if _C40_M5[o] else 0.0)
+        acc += (pt[455 + o] if _C40_M6[o] else 0.0)
+        acc += (pt[456 + o] if _C40_M7[o] else 0.0)
+        acc += (pt[457 + o] if _C40_M8[o] else 0.0)
+        pt[512 + o] = acc * 0.1111111111111111
+    for y1 in range(0, 1):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(24640 + (o1 + 1) * 64 + 1, 0)
+            b0_7 = max(24640 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(24640 + (o1 + 9) * 64 + 9, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(53312 + (o1 + 1) * 64 + 1, 0)
+            b1_7 = max(53312 + (o1 + 8) * 64 + 8, 0)
+            b1_8 = max(53312 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C48_M5[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C48_M7[o2] else 0.0)
+                acc += (w[b0_8 + o2] if _C48_M8[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = w[b1_4 + o2]
+                acc += (w[b1_5 + o2] if _C48_M5[o2] else 0.0)
+                acc += (w[b1_7 + o2] if _C48_M7[o2] else 0.0)
+                acc += (w[b1_8 + o2] if _C48_M8[o2] else 0.0)
+                w[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(0, 1):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_3 = max(24640 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(24640 + (o1 + 1) * 64 + 1, 0)
+            b0_6 = max(24640 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(24640 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(24640 + (o1 + 9) * 64 + 9, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_3 = max(53312 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(53312 + (o1 + 1) * 64 + 1, 0)
+            b1_6 = max(53312 + (o1 + 7) * 64 + 7, 0)
+            b1_7 = max(53312 + (o1 + 8) * 64 + 8, 0)
+            b1_8 = max(53312 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (w[b0_3 + o2] if _C48_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C48_M5[o2] else 0.0)
+                acc += (w[b0_6 + o2] if _C48_M6[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C48_M7[o2] else 0.0)
+                acc += (w[b0_8 + o2] if _C48_M8[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = (w[b1_3 + o2] if _C48_M3[o2] else 0.0)
+                acc += w[b1_4 + o2]
+                acc += (w[b1_5 + o2] if _C48_M5[o2] else 0.0)
+                acc += (w[b1_6 + o2] if _C48_M6[o2] else 0.0)
+                acc += (w[b1_7 + o2] if _C48_M7[o2] else 0.0)
+                acc += (w[b1_8 + o2] if _C48_M8[o2] else 0.0)
+                w[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(0, 1):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_3 = max(24640 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            b0_6 = max(24640 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(24640 + (o1 + 8) * 64 + 8, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_3 = max(53312 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            b1_6 = max(53312 + (o1 + 7) * 64 + 7, 0)
+            b1_7 = max(53312 + (o1 + 8) * 64 + 8, 0)
+            for o2 in range(64):
+                acc = (w[b0_3 + o2] if _C48_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_6 + o2] if _C48_M6[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C48_M7[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = (w[b1_3 + o2] if _C48_M3[o2] else 0.0)
+                acc += w[b1_4 + o2]
+                acc += (w[b1_6 + o2] if _C48_M6[o2] else 0.0)
+                acc += (w[b1_7 + o2] if _C48_M7[o2] else 0.0)
+                w[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_1 = max(24640 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(24640 + (o1 + -7) * 64 + -7, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(24640 + (o1 + 1) * 64 + 1, 0)
+            b0_7 = max(24640 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(24640 + (o1 + 9) * 64 + 9, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_1 = max(53312 + (o1 + -8) * 64 + -8, 0)
+            b1_2 = max(53312 + (o1 + -7) * 64 + -7, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(53312 + (o1 + 1) * 64 + 1, 0)
+            b1_7 = max(53312 + (o1 + 8) * 64 + 8, 0)
+            b1_8 = max(53312 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (w[b0_1 + o2] if _C48_M1[o2] else 0.0)
+                acc += (w[b0_2 + o2] if _C48_M2[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C48_M5[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C48_M7[o2] else 0.0)
+                acc += (w[b0_8 + o2] if _C48_M8[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = (w[b1_1 + o2] if _C48_M1[o2] else 0.0)
+                acc += (w[b1_2 + o2] if _C48_M2[o2] else 0.0)
+                acc += w[b1_4 + o2]
+                acc += (w[b1_5 + o2] if _C48_M5[o2] else 0.0)
+                acc += (w[b1_7 + o2] if _C48_M7[o2] else 0.0)
+                acc += (w[b1_8 + o2] if _C48_M8[o2] else 0.0)
+                w[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_0 = max(24640 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(24640 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(24640 + (o1 + -7) * 64 + -7, 0)
+            b0_3 = max(24640 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(24640 + (o1 + 1) * 64 + 1, 0)
+            b0_6 = max(24640 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(24640 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(24640 + (o1 + 9) * 64 + 9, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_0 = max(53312 + (o1 + -9) * 64 + -9, 0)
+            b1_1 = max(53312 + (o1 + -8) * 64 + -8, 0)
+            b1_2 = max(53312 + (o1 + -7) * 64 + -7, 0)
+            b1_3 = max(53312 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(53312 + (o1 + 1) * 64 + 1, 0)
+            b1_6 = max(53312 + (o1 + 7) * 64 + 7, 0)
+            b1_7 = max(53312 + (o1 + 8) * 64 + 8, 0)
+            b1_8 = max(53312 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (w[b0_0 + o2] if _C48_M0[o2] else 0.0)
+                acc += (w[b0_1 + o2] if _C48_M1[o2] else 0.0)
+                acc += (w[b0_2 + o2] if _C48_M2[o2] else 0.0)
+                acc += (w[b0_3 + o2] if _C48_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C48_M5[o2] else 0.0)
+                acc += (w[b0_6 + o2] if _C48_M6[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C48_M7[o2] else 0.0)
+                acc += (w[b0_8 + o2] if _C48_M8[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = (w[b1_0 + o2] if _C48_M0[o2] else 0.0)
+                acc += (w[b1_1 + o2] if _C48_M1[o2] else 0.0)
+                acc += (w[b1_2 + o2] if _C48_M2[o2] else 0.0)
+                acc += (w[b1_3 + o2] if _C48_M3[o2] else 0.0)
+                acc += w[b1_4 + o2]
+                acc += (w[b1_5 + o2] if _C48_M5[o2] else 0.0)
+                acc += (w[b1_6 + o2] if _C48_M6[o2] else 0.0)
+                acc += (w[b1_7 + o2] if _C48_M7[o2] else 0.0)
+                acc += (w[b1_8 + o2] if _C48_M8[o2] else 0.0)
+                w[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_0 = max(24640 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(24640 + (o1 + -8) * 64 + -8, 0)
+            b0_3 = max(24640 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            b0_6 = max(24640 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(24640 + (o1 + 8) * 64 + 8, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_0 = max(53312 + (o1 + -9) * 64 + -9, 0)
+            b1_1 = max(53312 + (o1 + -8) * 64 + -8, 0)
+            b1_3 = max(53312 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            b1_6 = max(53312 + (o1 + 7) * 64 + 7, 0)
+            b1_7 = max(53312 + (o1 + 8) * 64 + 8, 0)
+            for o2 in range(64):
+                acc = (w[b0_0 + o2] if _C48_M0[o2] else 0.0)
+                acc += (w[b0_1 + o2] if _C48_M1[o2] else 0.0)
+                acc += (w[b0_3 + o2] if _C48_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_6 + o2] if _C48_M6[o2] else 0.0)
+                acc += (w[b0_7 + o2] if _C48_M7[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = (w[b1_0 + o2] if _C48_M0[o2] else 0.0)
+                acc += (w[b1_1 + o2] if _C48_M1[o2] else 0.0)
+                acc += (w[b1_3 + o2] if _C48_M3[o2] else 0.0)
+                acc += w[b1_4 + o2]
+                acc += (w[b1_6 + o2] if _C48_M6[o2] else 0.0)
+                acc += (w[b1_7 + o2] if _C48_M7[o2] else 0.0)
+                w[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_1 = max(24640 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(24640 + (o1 + -7) * 64 + -7, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(24640 + (o1 + 1) * 64 + 1, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_1 = max(53312 + (o1 + -8) * 64 + -8, 0)
+            b1_2 = max(53312 + (o1 + -7) * 64 + -7, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(53312 + (o1 + 1) * 64 + 1, 0)
+            for o2 in range(64):
+                acc = (w[b0_1 + o2] if _C48_M1[o2] else 0.0)
+                acc += (w[b0_2 + o2] if _C48_M2[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C48_M5[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = (w[b1_1 + o2] if _C48_M1[o2] else 0.0)
+                acc += (w[b1_2 + o2] if _C48_M2[o2] else 0.0)
+                acc += w[b1_4 + o2]
+                acc += (w[b1_5 + o2] if _C48_M5[o2] else 0.0)
+                w[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_0 = max(24640 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(24640 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(24640 + (o1 + -7) * 64 + -7, 0)
+            b0_3 = max(24640 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(24640 + (o1 + 1) * 64 + 1, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_0 = max(53312 + (o1 + -9) * 64 + -9, 0)
+            b1_1 = max(53312 + (o1 + -8) * 64 + -8, 0)
+            b1_2 = max(53312 + (o1 + -7) * 64 + -7, 0)
+            b1_3 = max(53312 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(53312 + (o1 + 1) * 64 + 1, 0)
+            for o2 in range(64):
+                acc = (w[b0_0 + o2] if _C48_M0[o2] else 0.0)
+                acc += (w[b0_1 + o2] if _C48_M1[o2] else 0.0)
+                acc += (w[b0_2 + o2] if _C48_M2[o2] else 0.0)
+                acc += (w[b0_3 + o2] if _C48_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                acc += (w[b0_5 + o2] if _C48_M5[o2] else 0.0)
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = (w[b1_0 + o2] if _C48_M0[o2] else 0.0)
+                acc += (w[b1_1 + o2] if _C48_M1[o2] else 0.0)
+                acc += (w[b1_2 + o2] if _C48_M2[o2] else 0.0)
+                acc += (w[b1_3 + o2] if _C48_M3[o2] else 0.0)
+                acc += w[b1_4 + o2]
+                acc += (w[b1_5 + o2] if _C48_M5[o2] else 0.0)
+                w[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_0 = max(24640 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(24640 + (o1 + -8) * 64 + -8, 0)
+            b0_3 = max(24640 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_0 = max(53312 + (o1 + -9) * 64 + -9, 0)
+            b1_1 = max(53312 + (o1 + -8) * 64 + -8, 0)
+            b1_3 = max(53312 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            for o2 in range(64):
+                acc = (w[b0_0 + o2] if _C48_M0[o2] else 0.0)
+                acc += (w[b0_1 + o2] if _C48_M1[o2] else 0.0)
+                acc += (w[b0_3 + o2] if _C48_M3[o2] else 0.0)
+                acc += w[b0_4 + o2]
+                w[d0 + o2] = acc * 0.1111111111111111
+                acc = (w[b1_0 + o2] if _C48_M0[o2] else 0.0)
+                acc += (w[b1_1 + o2] if _C48_M1[o2] else 0.0)
+                acc += (w[b1_3 + o2] if _C48_M3[o2] else 0.0)
+                acc += w[b1_4 + o2]
+                w[d1 + o2] = acc * 0.1111111111111111
+    for o in range(64):
+        acc = (pt[888 + o] if _C56_M0[o] else 0.0)
+        acc += (pt[889 + o] if _C56_M1[o] else 0.0)
+        acc += (pt[890 + o] if _C56_M2[o] else 0.0)
+        acc += (pt[896 + o] if _C56_M3[o] else 0.0)
+        acc += pt[897 + o]
+        acc += (pt[898 + o] if _C56_M5[o] else 0.0)
+        acc += (pt[904 + o] if _C56_M6[o] else 0.0)
+        acc += (pt[905 + o] if _C56_M7[o] else 0.0)
+        acc += (pt[906 + o] if _C56_M8[o] else 0.0)
+        pt[961 + o] = acc * 0.1111111111111111
     for i in range(64):
-        pt[961 + i] = pt[512 + i] + (499849/250000)*pt[897 + i]
+        t0 = math.sqrt(pt[512 + i])
+        pt[576 + i] = (499849/250000)*pt[512 + i]
+        pt[1411 + i] = (500/707)/t0
+        pt[1475 + i] = (707/500)*t0
     for i in range(64):
         for j in range(64):
-            w[61440 + i * 64 + j] = w[32768 + i * 64 + j] + (499849/250000)*w[57344 + i * 64 + j]
+            w[32832 + i * 64 + j] = (499849/250000)*w[28736 + i * 64 + j]
     for i in range(64):
-        w[61440 + i * 64 + i] = pt[961 + i]
+        w[32832 + i * 64 + i] = pt[576 + i]
     for i in range(64):
-        pt[576 + i] = (1/2)*pt[512 + i]
+        pt[1025 + i] = pt[576 + i] + (499849/250000)*pt[961 + i]
     for i in range(64):
         for j in range(64):
-            t0 = min(max(pt[1347 + i]*pt[1347 + j]*w[32768 + i * 64 + j], -1.0), 1.0)
+            w[61504 + i * 64 + j] = w[32832 + i * 64 + j] + (499849/250000)*w[57408 + i * 64 + j]
+    for i in range(64):
+        w[61504 + i * 64 + i] = pt[1025 + i]
+    for i in range(64):
+        pt[640 + i] = (1/2)*pt[576 + i]
+    for i in range(64):
+        for j in range(64):
+            t0 = min(max(pt[1411 + i]*pt[1411 + j]*w[32832 + i * 64 + j], -1.0), 1.0)
             t1 = (1/2)/math.pi
-            w[36864 + i * 64 + j] = w[32768 + i * 64 + j]*(-t1*math.acos(t0) + 1/2) + t1*pt[1411 + i]*pt[1411 + j]*math.sqrt(1 - t0**2)
+            w[36928 + i * 64 + j] = w[32832 + i * 64 + j]*(-t1*_acos(t0) + 1/2) + t1*pt[1475 + i]*pt[1475 + j]*math.sqrt(1 - t0**2)
     for i in range(64):
-        w[36864 + i * 64 + i] = pt[576 + i]
+        w[36928 + i * 64 + i] = pt[640 + i]
     for i in range(64):
-        pt[1025 + i] = pt[961 + i]*(-1/2*math.acos(min(max(pt[512 + i]/abs(pt[512 + i]), -1.0), 1.0))/math.pi + 1/2)
+        pt[1089 + i] = pt[1025 + i]*(-1/2*_acos(min(max(pt[576 + i]/abs(pt[576 + i]), -1.0), 1.0))/math.pi + 1/2)
     for i in range(64):
         for j in range(64):
-            w[65536 + i * 64 + j] = w[61440 + i * 64 + j]*(-1/2*math.acos(min(max(pt[1347 + i]*pt[1347 + j]*w[32768 + i * 64 + j], -1.0), 1.0))/math.pi + 1/2)
+            w[65600 + i * 64 + j] = w[61504 + i * 64 + j]*(-1/2*_acos(min(max(pt[1411 + i]*pt[1411 + j]*w[32832 + i * 64 + j], -1.0), 1.0))/math.pi + 1/2)
     for i in range(64):
-        w[65536 + i * 64 + i] = pt[1025 + i]
+        w[65600 + i * 64 + i] = pt[1089 + i]
     acc = 0.0
     for i in range(64):
         for j in range(64):
-            acc += w[36864 + i * 64 + j]
-    pt[640] = acc * 0.000244140625
+            acc += w[36928 + i * 64 + j]
+    pt[704] = acc * 0.000244140625
     acc = 0.0
     for i in range(64):
         for j in range(64):
-            acc += w[65536 + i * 64 + j]
-    pt[1089] = acc * 0.000244140625
-    pt[1090] = pt[640] + pt[1089]
-    pt[1475] = pt[640]
-    pt[1476] = pt[1090]
+            acc += w[65600 + i * 64 + j]
+    pt[1153] = acc * 0.000244140625
+    pt[1154] = pt[704] + pt[1153]
+    pt[1603] = pt[704]
+    pt[1604] = pt[1154]
 
 @numba.njit(parallel=True, cache=True)
 def _point_numba(X, params, out):
@@ -319,95 +1071,735 @@ def _pair_one(x1, x2, pt1, pt2, params, s):
             acc = 0.0
             for c in range(x1.shape[1]):
                 acc += x1[i, c] * x2[j, c]
-            s[0 + i * 64 + j] = acc * 1.0
-    for o in range(4096):
-        s[4096 + o] = 0.0
-    for t in range(_RUNS0_PTR.shape[0] - 1):
-        for r1 in range(_RUNS0_PTR[t], _RUNS0_PTR[t + 1]):
-            o1s, i1s, n1 = _RUNS0[r1, 0], _RUNS0[r1, 1], _RUNS0[r1, 2]
-            for k1 in range(n1):
-                ro = (o1s + k1) * 64
-                ri = (i1s + k1) * 64
-                for r2 in range(_RUNS0_PTR[t], _RUNS0_PTR[t + 1]):
-                    o2s, i2s, n2 = _RUNS0[r2, 0], _RUNS0[r2, 1], _RUNS0[r2, 2]
-                    for k in range(n2):
-                        s[4096 + ro + o2s + k] += s[0 + ri + i2s + k]
-    for o in range(4096):
-        s[4096 + o] *= 0.1111111111111111
+            s[64 + i * 64 + j] = acc * 1.0
+    for y1 in range(0, 1):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(64 + (o1 + 1) * 64 + 1, 0)
+            b0_7 = max(64 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(64 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C64_M5[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C64_M7[o2] else 0.0)
+                acc += (s[b0_8 + o2] if _C64_M8[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+    for y1 in range(0, 1):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_3 = max(64 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(64 + (o1 + 1) * 64 + 1, 0)
+            b0_6 = max(64 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(64 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(64 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (s[b0_3 + o2] if _C64_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C64_M5[o2] else 0.0)
+                acc += (s[b0_6 + o2] if _C64_M6[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C64_M7[o2] else 0.0)
+                acc += (s[b0_8 + o2] if _C64_M8[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+    for y1 in range(0, 1):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_3 = max(64 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            b0_6 = max(64 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(64 + (o1 + 8) * 64 + 8, 0)
+            for o2 in range(64):
+                acc = (s[b0_3 + o2] if _C64_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_6 + o2] if _C64_M6[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C64_M7[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_1 = max(64 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(64 + (o1 + -7) * 64 + -7, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(64 + (o1 + 1) * 64 + 1, 0)
+            b0_7 = max(64 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(64 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (s[b0_1 + o2] if _C64_M1[o2] else 0.0)
+                acc += (s[b0_2 + o2] if _C64_M2[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C64_M5[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C64_M7[o2] else 0.0)
+                acc += (s[b0_8 + o2] if _C64_M8[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_0 = max(64 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(64 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(64 + (o1 + -7) * 64 + -7, 0)
+            b0_3 = max(64 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(64 + (o1 + 1) * 64 + 1, 0)
+            b0_6 = max(64 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(64 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(64 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (s[b0_0 + o2] if _C64_M0[o2] else 0.0)
+                acc += (s[b0_1 + o2] if _C64_M1[o2] else 0.0)
+                acc += (s[b0_2 + o2] if _C64_M2[o2] else 0.0)
+                acc += (s[b0_3 + o2] if _C64_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C64_M5[o2] else 0.0)
+                acc += (s[b0_6 + o2] if _C64_M6[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C64_M7[o2] else 0.0)
+                acc += (s[b0_8 + o2] if _C64_M8[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_0 = max(64 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(64 + (o1 + -8) * 64 + -8, 0)
+            b0_3 = max(64 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            b0_6 = max(64 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(64 + (o1 + 8) * 64 + 8, 0)
+            for o2 in range(64):
+                acc = (s[b0_0 + o2] if _C64_M0[o2] else 0.0)
+                acc += (s[b0_1 + o2] if _C64_M1[o2] else 0.0)
+                acc += (s[b0_3 + o2] if _C64_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_6 + o2] if _C64_M6[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C64_M7[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_1 = max(64 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(64 + (o1 + -7) * 64 + -7, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(64 + (o1 + 1) * 64 + 1, 0)
+            for o2 in range(64):
+                acc = (s[b0_1 + o2] if _C64_M1[o2] else 0.0)
+                acc += (s[b0_2 + o2] if _C64_M2[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C64_M5[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_0 = max(64 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(64 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(64 + (o1 + -7) * 64 + -7, 0)
+            b0_3 = max(64 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(64 + (o1 + 1) * 64 + 1, 0)
+            for o2 in range(64):
+                acc = (s[b0_0 + o2] if _C64_M0[o2] else 0.0)
+                acc += (s[b0_1 + o2] if _C64_M1[o2] else 0.0)
+                acc += (s[b0_2 + o2] if _C64_M2[o2] else 0.0)
+                acc += (s[b0_3 + o2] if _C64_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C64_M5[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(4160 + o1 * 64, 0)
+            b0_0 = max(64 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(64 + (o1 + -8) * 64 + -8, 0)
+            b0_3 = max(64 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(64 + (o1 + 0) * 64 + 0, 0)
+            for o2 in range(64):
+                acc = (s[b0_0 + o2] if _C64_M0[o2] else 0.0)
+                acc += (s[b0_1 + o2] if _C64_M1[o2] else 0.0)
+                acc += (s[b0_3 + o2] if _C64_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                s[d0 + o2] = acc * 0.1111111111111111
     for i in range(64):
         for j in range(64):
-            t0 = (499849/250000)*s[4096 + i * 64 + j]
-            t1 = min(max(pt2[1091 + j]*pt1[1091 + i]*t0, -1.0), 1.0)
+            t0 = (499849/250000)*s[4160 + i * 64 + j]
+            t1 = min(max(pt2[1155 + j]*pt1[1155 + i]*t0, -1.0), 1.0)
             t2 = (1/2)/math.pi
-            t3 = t0*(-t2*math.acos(t1) + 1/2)
-            s[8192 + i * 64 + j] = t0
-            s[12288 + i * 64 + j] = t2*pt2[1155 + j]*pt1[1155 + i]*math.sqrt(1 - t1**2) + t3
-            s[40960 + i * 64 + j] = t3
-    for o in range(4096):
-        s[16384 + o] = 0.0
-        s[45056 + o] = 0.0
-    for t in range(_RUNS1_PTR.shape[0] - 1):
-        for r1 in range(_RUNS1_PTR[t], _RUNS1_PTR[t + 1]):
-            o1s, i1s, n1 = _RUNS1[r1, 0], _RUNS1[r1, 1], _RUNS1[r1, 2]
-            for k1 in range(n1):
-                ro = (o1s + k1) * 64
-                ri = (i1s + k1) * 64
-                for r2 in range(_RUNS1_PTR[t], _RUNS1_PTR[t + 1]):
-                    o2s, i2s, n2 = _RUNS1[r2, 0], _RUNS1[r2, 1], _RUNS1[r2, 2]
-                    for k in range(n2):
-                        s[16384 + ro + o2s + k] += s[12288 + ri + i2s + k]
-                        s[45056 + ro + o2s + k] += s[40960 + ri + i2s + k]
-    for o in range(4096):
-        s[16384 + o] *= 0.1111111111111111
-        s[45056 + o] *= 0.1111111111111111
+            t3 = t0*(-t2*_acos(t1) + 1/2)
+            s[8256 + i * 64 + j] = t0
+            s[12352 + i * 64 + j] = t2*pt2[1219 + j]*pt1[1219 + i]*math.sqrt(1 - t1**2) + t3
+            s[41024 + i * 64 + j] = t3
+    for y1 in range(0, 1):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(12352 + (o1 + 1) * 64 + 1, 0)
+            b0_7 = max(12352 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(12352 + (o1 + 9) * 64 + 9, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(41024 + (o1 + 1) * 64 + 1, 0)
+            b1_7 = max(41024 + (o1 + 8) * 64 + 8, 0)
+            b1_8 = max(41024 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C72_M5[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C72_M7[o2] else 0.0)
+                acc += (s[b0_8 + o2] if _C72_M8[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = s[b1_4 + o2]
+                acc += (s[b1_5 + o2] if _C72_M5[o2] else 0.0)
+                acc += (s[b1_7 + o2] if _C72_M7[o2] else 0.0)
+                acc += (s[b1_8 + o2] if _C72_M8[o2] else 0.0)
+                s[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(0, 1):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_3 = max(12352 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(12352 + (o1 + 1) * 64 + 1, 0)
+            b0_6 = max(12352 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(12352 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(12352 + (o1 + 9) * 64 + 9, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_3 = max(41024 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(41024 + (o1 + 1) * 64 + 1, 0)
+            b1_6 = max(41024 + (o1 + 7) * 64 + 7, 0)
+            b1_7 = max(41024 + (o1 + 8) * 64 + 8, 0)
+            b1_8 = max(41024 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (s[b0_3 + o2] if _C72_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C72_M5[o2] else 0.0)
+                acc += (s[b0_6 + o2] if _C72_M6[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C72_M7[o2] else 0.0)
+                acc += (s[b0_8 + o2] if _C72_M8[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = (s[b1_3 + o2] if _C72_M3[o2] else 0.0)
+                acc += s[b1_4 + o2]
+                acc += (s[b1_5 + o2] if _C72_M5[o2] else 0.0)
+                acc += (s[b1_6 + o2] if _C72_M6[o2] else 0.0)
+                acc += (s[b1_7 + o2] if _C72_M7[o2] else 0.0)
+                acc += (s[b1_8 + o2] if _C72_M8[o2] else 0.0)
+                s[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(0, 1):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_3 = max(12352 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            b0_6 = max(12352 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(12352 + (o1 + 8) * 64 + 8, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_3 = max(41024 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            b1_6 = max(41024 + (o1 + 7) * 64 + 7, 0)
+            b1_7 = max(41024 + (o1 + 8) * 64 + 8, 0)
+            for o2 in range(64):
+                acc = (s[b0_3 + o2] if _C72_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_6 + o2] if _C72_M6[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C72_M7[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = (s[b1_3 + o2] if _C72_M3[o2] else 0.0)
+                acc += s[b1_4 + o2]
+                acc += (s[b1_6 + o2] if _C72_M6[o2] else 0.0)
+                acc += (s[b1_7 + o2] if _C72_M7[o2] else 0.0)
+                s[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_1 = max(12352 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(12352 + (o1 + -7) * 64 + -7, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(12352 + (o1 + 1) * 64 + 1, 0)
+            b0_7 = max(12352 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(12352 + (o1 + 9) * 64 + 9, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_1 = max(41024 + (o1 + -8) * 64 + -8, 0)
+            b1_2 = max(41024 + (o1 + -7) * 64 + -7, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(41024 + (o1 + 1) * 64 + 1, 0)
+            b1_7 = max(41024 + (o1 + 8) * 64 + 8, 0)
+            b1_8 = max(41024 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (s[b0_1 + o2] if _C72_M1[o2] else 0.0)
+                acc += (s[b0_2 + o2] if _C72_M2[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C72_M5[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C72_M7[o2] else 0.0)
+                acc += (s[b0_8 + o2] if _C72_M8[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = (s[b1_1 + o2] if _C72_M1[o2] else 0.0)
+                acc += (s[b1_2 + o2] if _C72_M2[o2] else 0.0)
+                acc += s[b1_4 + o2]
+                acc += (s[b1_5 + o2] if _C72_M5[o2] else 0.0)
+                acc += (s[b1_7 + o2] if _C72_M7[o2] else 0.0)
+                acc += (s[b1_8 + o2] if _C72_M8[o2] else 0.0)
+                s[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_0 = max(12352 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(12352 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(12352 + (o1 + -7) * 64 + -7, 0)
+            b0_3 = max(12352 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(12352 + (o1 + 1) * 64 + 1, 0)
+            b0_6 = max(12352 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(12352 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(12352 + (o1 + 9) * 64 + 9, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_0 = max(41024 + (o1 + -9) * 64 + -9, 0)
+            b1_1 = max(41024 + (o1 + -8) * 64 + -8, 0)
+            b1_2 = max(41024 + (o1 + -7) * 64 + -7, 0)
+            b1_3 = max(41024 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(41024 + (o1 + 1) * 64 + 1, 0)
+            b1_6 = max(41024 + (o1 + 7) * 64 + 7, 0)
+            b1_7 = max(41024 + (o1 + 8) * 64 + 8, 0)
+            b1_8 = max(41024 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (s[b0_0 + o2] if _C72_M0[o2] else 0.0)
+                acc += (s[b0_1 + o2] if _C72_M1[o2] else 0.0)
+                acc += (s[b0_2 + o2] if _C72_M2[o2] else 0.0)
+                acc += (s[b0_3 + o2] if _C72_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C72_M5[o2] else 0.0)
+                acc += (s[b0_6 + o2] if _C72_M6[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C72_M7[o2] else 0.0)
+                acc += (s[b0_8 + o2] if _C72_M8[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = (s[b1_0 + o2] if _C72_M0[o2] else 0.0)
+                acc += (s[b1_1 + o2] if _C72_M1[o2] else 0.0)
+                acc += (s[b1_2 + o2] if _C72_M2[o2] else 0.0)
+                acc += (s[b1_3 + o2] if _C72_M3[o2] else 0.0)
+                acc += s[b1_4 + o2]
+                acc += (s[b1_5 + o2] if _C72_M5[o2] else 0.0)
+                acc += (s[b1_6 + o2] if _C72_M6[o2] else 0.0)
+                acc += (s[b1_7 + o2] if _C72_M7[o2] else 0.0)
+                acc += (s[b1_8 + o2] if _C72_M8[o2] else 0.0)
+                s[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_0 = max(12352 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(12352 + (o1 + -8) * 64 + -8, 0)
+            b0_3 = max(12352 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            b0_6 = max(12352 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(12352 + (o1 + 8) * 64 + 8, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_0 = max(41024 + (o1 + -9) * 64 + -9, 0)
+            b1_1 = max(41024 + (o1 + -8) * 64 + -8, 0)
+            b1_3 = max(41024 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            b1_6 = max(41024 + (o1 + 7) * 64 + 7, 0)
+            b1_7 = max(41024 + (o1 + 8) * 64 + 8, 0)
+            for o2 in range(64):
+                acc = (s[b0_0 + o2] if _C72_M0[o2] else 0.0)
+                acc += (s[b0_1 + o2] if _C72_M1[o2] else 0.0)
+                acc += (s[b0_3 + o2] if _C72_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_6 + o2] if _C72_M6[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C72_M7[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = (s[b1_0 + o2] if _C72_M0[o2] else 0.0)
+                acc += (s[b1_1 + o2] if _C72_M1[o2] else 0.0)
+                acc += (s[b1_3 + o2] if _C72_M3[o2] else 0.0)
+                acc += s[b1_4 + o2]
+                acc += (s[b1_6 + o2] if _C72_M6[o2] else 0.0)
+                acc += (s[b1_7 + o2] if _C72_M7[o2] else 0.0)
+                s[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_1 = max(12352 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(12352 + (o1 + -7) * 64 + -7, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(12352 + (o1 + 1) * 64 + 1, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_1 = max(41024 + (o1 + -8) * 64 + -8, 0)
+            b1_2 = max(41024 + (o1 + -7) * 64 + -7, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(41024 + (o1 + 1) * 64 + 1, 0)
+            for o2 in range(64):
+                acc = (s[b0_1 + o2] if _C72_M1[o2] else 0.0)
+                acc += (s[b0_2 + o2] if _C72_M2[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C72_M5[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = (s[b1_1 + o2] if _C72_M1[o2] else 0.0)
+                acc += (s[b1_2 + o2] if _C72_M2[o2] else 0.0)
+                acc += s[b1_4 + o2]
+                acc += (s[b1_5 + o2] if _C72_M5[o2] else 0.0)
+                s[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_0 = max(12352 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(12352 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(12352 + (o1 + -7) * 64 + -7, 0)
+            b0_3 = max(12352 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(12352 + (o1 + 1) * 64 + 1, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_0 = max(41024 + (o1 + -9) * 64 + -9, 0)
+            b1_1 = max(41024 + (o1 + -8) * 64 + -8, 0)
+            b1_2 = max(41024 + (o1 + -7) * 64 + -7, 0)
+            b1_3 = max(41024 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(41024 + (o1 + 1) * 64 + 1, 0)
+            for o2 in range(64):
+                acc = (s[b0_0 + o2] if _C72_M0[o2] else 0.0)
+                acc += (s[b0_1 + o2] if _C72_M1[o2] else 0.0)
+                acc += (s[b0_2 + o2] if _C72_M2[o2] else 0.0)
+                acc += (s[b0_3 + o2] if _C72_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C72_M5[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = (s[b1_0 + o2] if _C72_M0[o2] else 0.0)
+                acc += (s[b1_1 + o2] if _C72_M1[o2] else 0.0)
+                acc += (s[b1_2 + o2] if _C72_M2[o2] else 0.0)
+                acc += (s[b1_3 + o2] if _C72_M3[o2] else 0.0)
+                acc += s[b1_4 + o2]
+                acc += (s[b1_5 + o2] if _C72_M5[o2] else 0.0)
+                s[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(16448 + o1 * 64, 0)
+            b0_0 = max(12352 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(12352 + (o1 + -8) * 64 + -8, 0)
+            b0_3 = max(12352 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(12352 + (o1 + 0) * 64 + 0, 0)
+            d1 = max(45120 + o1 * 64, 0)
+            b1_0 = max(41024 + (o1 + -9) * 64 + -9, 0)
+            b1_1 = max(41024 + (o1 + -8) * 64 + -8, 0)
+            b1_3 = max(41024 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(41024 + (o1 + 0) * 64 + 0, 0)
+            for o2 in range(64):
+                acc = (s[b0_0 + o2] if _C72_M0[o2] else 0.0)
+                acc += (s[b0_1 + o2] if _C72_M1[o2] else 0.0)
+                acc += (s[b0_3 + o2] if _C72_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = (s[b1_0 + o2] if _C72_M0[o2] else 0.0)
+                acc += (s[b1_1 + o2] if _C72_M1[o2] else 0.0)
+                acc += (s[b1_3 + o2] if _C72_M3[o2] else 0.0)
+                acc += s[b1_4 + o2]
+                s[d1 + o2] = acc * 0.1111111111111111
     for i in range(64):
         for j in range(64):
-            t0 = (499849/250000)*s[16384 + i * 64 + j]
-            t1 = t0 + (499849/250000)*s[45056 + i * 64 + j]
-            t2 = min(max(pt2[1219 + j]*pt1[1219 + i]*t0, -1.0), 1.0)
+            t0 = (499849/250000)*s[16448 + i * 64 + j]
+            t1 = t0 + (499849/250000)*s[45120 + i * 64 + j]
+            t2 = min(max(pt2[1283 + j]*pt1[1283 + i]*t0, -1.0), 1.0)
             t3 = (1/2)/math.pi
-            t4 = -t3*math.acos(t2) + 1/2
-            s[20480 + i * 64 + j] = t0
-            s[49152 + i * 64 + j] = t1
-            s[24576 + i * 64 + j] = t0*t4 + t3*pt2[1283 + j]*pt1[1283 + i]*math.sqrt(1 - t2**2)
-            s[53248 + i * 64 + j] = t1*t4
-    for o in range(4096):
-        s[28672 + o] = 0.0
-        s[57344 + o] = 0.0
-    for t in range(_RUNS2_PTR.shape[0] - 1):
-        for r1 in range(_RUNS2_PTR[t], _RUNS2_PTR[t + 1]):
-            o1s, i1s, n1 = _RUNS2[r1, 0], _RUNS2[r1, 1], _RUNS2[r1, 2]
-            for k1 in range(n1):
-                ro = (o1s + k1) * 64
-                ri = (i1s + k1) * 64
-                for r2 in range(_RUNS2_PTR[t], _RUNS2_PTR[t + 1]):
-                    o2s, i2s, n2 = _RUNS2[r2, 0], _RUNS2[r2, 1], _RUNS2[r2, 2]
-                    for k in range(n2):
-                        s[28672 + ro + o2s + k] += s[24576 + ri + i2s + k]
-                        s[57344 + ro + o2s + k] += s[53248 + ri + i2s + k]
-    for o in range(4096):
-        s[28672 + o] *= 0.1111111111111111
-        s[57344 + o] *= 0.1111111111111111
+            t4 = -t3*_acos(t2) + 1/2
+            s[20544 + i * 64 + j] = t0
+            s[49216 + i * 64 + j] = t1
+            s[24640 + i * 64 + j] = t0*t4 + t3*pt2[1347 + j]*pt1[1347 + i]*math.sqrt(1 - t2**2)
+            s[53312 + i * 64 + j] = t1*t4
+    for y1 in range(0, 1):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(24640 + (o1 + 1) * 64 + 1, 0)
+            b0_7 = max(24640 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(24640 + (o1 + 9) * 64 + 9, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(53312 + (o1 + 1) * 64 + 1, 0)
+            b1_7 = max(53312 + (o1 + 8) * 64 + 8, 0)
+            b1_8 = max(53312 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C80_M5[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C80_M7[o2] else 0.0)
+                acc += (s[b0_8 + o2] if _C80_M8[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = s[b1_4 + o2]
+                acc += (s[b1_5 + o2] if _C80_M5[o2] else 0.0)
+                acc += (s[b1_7 + o2] if _C80_M7[o2] else 0.0)
+                acc += (s[b1_8 + o2] if _C80_M8[o2] else 0.0)
+                s[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(0, 1):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_3 = max(24640 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(24640 + (o1 + 1) * 64 + 1, 0)
+            b0_6 = max(24640 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(24640 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(24640 + (o1 + 9) * 64 + 9, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_3 = max(53312 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(53312 + (o1 + 1) * 64 + 1, 0)
+            b1_6 = max(53312 + (o1 + 7) * 64 + 7, 0)
+            b1_7 = max(53312 + (o1 + 8) * 64 + 8, 0)
+            b1_8 = max(53312 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (s[b0_3 + o2] if _C80_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C80_M5[o2] else 0.0)
+                acc += (s[b0_6 + o2] if _C80_M6[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C80_M7[o2] else 0.0)
+                acc += (s[b0_8 + o2] if _C80_M8[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = (s[b1_3 + o2] if _C80_M3[o2] else 0.0)
+                acc += s[b1_4 + o2]
+                acc += (s[b1_5 + o2] if _C80_M5[o2] else 0.0)
+                acc += (s[b1_6 + o2] if _C80_M6[o2] else 0.0)
+                acc += (s[b1_7 + o2] if _C80_M7[o2] else 0.0)
+                acc += (s[b1_8 + o2] if _C80_M8[o2] else 0.0)
+                s[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(0, 1):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_3 = max(24640 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            b0_6 = max(24640 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(24640 + (o1 + 8) * 64 + 8, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_3 = max(53312 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            b1_6 = max(53312 + (o1 + 7) * 64 + 7, 0)
+            b1_7 = max(53312 + (o1 + 8) * 64 + 8, 0)
+            for o2 in range(64):
+                acc = (s[b0_3 + o2] if _C80_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_6 + o2] if _C80_M6[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C80_M7[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = (s[b1_3 + o2] if _C80_M3[o2] else 0.0)
+                acc += s[b1_4 + o2]
+                acc += (s[b1_6 + o2] if _C80_M6[o2] else 0.0)
+                acc += (s[b1_7 + o2] if _C80_M7[o2] else 0.0)
+                s[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_1 = max(24640 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(24640 + (o1 + -7) * 64 + -7, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(24640 + (o1 + 1) * 64 + 1, 0)
+            b0_7 = max(24640 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(24640 + (o1 + 9) * 64 + 9, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_1 = max(53312 + (o1 + -8) * 64 + -8, 0)
+            b1_2 = max(53312 + (o1 + -7) * 64 + -7, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(53312 + (o1 + 1) * 64 + 1, 0)
+            b1_7 = max(53312 + (o1 + 8) * 64 + 8, 0)
+            b1_8 = max(53312 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (s[b0_1 + o2] if _C80_M1[o2] else 0.0)
+                acc += (s[b0_2 + o2] if _C80_M2[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C80_M5[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C80_M7[o2] else 0.0)
+                acc += (s[b0_8 + o2] if _C80_M8[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = (s[b1_1 + o2] if _C80_M1[o2] else 0.0)
+                acc += (s[b1_2 + o2] if _C80_M2[o2] else 0.0)
+                acc += s[b1_4 + o2]
+                acc += (s[b1_5 + o2] if _C80_M5[o2] else 0.0)
+                acc += (s[b1_7 + o2] if _C80_M7[o2] else 0.0)
+                acc += (s[b1_8 + o2] if _C80_M8[o2] else 0.0)
+                s[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_0 = max(24640 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(24640 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(24640 + (o1 + -7) * 64 + -7, 0)
+            b0_3 = max(24640 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(24640 + (o1 + 1) * 64 + 1, 0)
+            b0_6 = max(24640 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(24640 + (o1 + 8) * 64 + 8, 0)
+            b0_8 = max(24640 + (o1 + 9) * 64 + 9, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_0 = max(53312 + (o1 + -9) * 64 + -9, 0)
+            b1_1 = max(53312 + (o1 + -8) * 64 + -8, 0)
+            b1_2 = max(53312 + (o1 + -7) * 64 + -7, 0)
+            b1_3 = max(53312 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(53312 + (o1 + 1) * 64 + 1, 0)
+            b1_6 = max(53312 + (o1 + 7) * 64 + 7, 0)
+            b1_7 = max(53312 + (o1 + 8) * 64 + 8, 0)
+            b1_8 = max(53312 + (o1 + 9) * 64 + 9, 0)
+            for o2 in range(64):
+                acc = (s[b0_0 + o2] if _C80_M0[o2] else 0.0)
+                acc += (s[b0_1 + o2] if _C80_M1[o2] else 0.0)
+                acc += (s[b0_2 + o2] if _C80_M2[o2] else 0.0)
+                acc += (s[b0_3 + o2] if _C80_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C80_M5[o2] else 0.0)
+                acc += (s[b0_6 + o2] if _C80_M6[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C80_M7[o2] else 0.0)
+                acc += (s[b0_8 + o2] if _C80_M8[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = (s[b1_0 + o2] if _C80_M0[o2] else 0.0)
+                acc += (s[b1_1 + o2] if _C80_M1[o2] else 0.0)
+                acc += (s[b1_2 + o2] if _C80_M2[o2] else 0.0)
+                acc += (s[b1_3 + o2] if _C80_M3[o2] else 0.0)
+                acc += s[b1_4 + o2]
+                acc += (s[b1_5 + o2] if _C80_M5[o2] else 0.0)
+                acc += (s[b1_6 + o2] if _C80_M6[o2] else 0.0)
+                acc += (s[b1_7 + o2] if _C80_M7[o2] else 0.0)
+                acc += (s[b1_8 + o2] if _C80_M8[o2] else 0.0)
+                s[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(1, 7):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_0 = max(24640 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(24640 + (o1 + -8) * 64 + -8, 0)
+            b0_3 = max(24640 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            b0_6 = max(24640 + (o1 + 7) * 64 + 7, 0)
+            b0_7 = max(24640 + (o1 + 8) * 64 + 8, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_0 = max(53312 + (o1 + -9) * 64 + -9, 0)
+            b1_1 = max(53312 + (o1 + -8) * 64 + -8, 0)
+            b1_3 = max(53312 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            b1_6 = max(53312 + (o1 + 7) * 64 + 7, 0)
+            b1_7 = max(53312 + (o1 + 8) * 64 + 8, 0)
+            for o2 in range(64):
+                acc = (s[b0_0 + o2] if _C80_M0[o2] else 0.0)
+                acc += (s[b0_1 + o2] if _C80_M1[o2] else 0.0)
+                acc += (s[b0_3 + o2] if _C80_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_6 + o2] if _C80_M6[o2] else 0.0)
+                acc += (s[b0_7 + o2] if _C80_M7[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = (s[b1_0 + o2] if _C80_M0[o2] else 0.0)
+                acc += (s[b1_1 + o2] if _C80_M1[o2] else 0.0)
+                acc += (s[b1_3 + o2] if _C80_M3[o2] else 0.0)
+                acc += s[b1_4 + o2]
+                acc += (s[b1_6 + o2] if _C80_M6[o2] else 0.0)
+                acc += (s[b1_7 + o2] if _C80_M7[o2] else 0.0)
+                s[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(0, 1):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_1 = max(24640 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(24640 + (o1 + -7) * 64 + -7, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(24640 + (o1 + 1) * 64 + 1, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_1 = max(53312 + (o1 + -8) * 64 + -8, 0)
+            b1_2 = max(53312 + (o1 + -7) * 64 + -7, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(53312 + (o1 + 1) * 64 + 1, 0)
+            for o2 in range(64):
+                acc = (s[b0_1 + o2] if _C80_M1[o2] else 0.0)
+                acc += (s[b0_2 + o2] if _C80_M2[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C80_M5[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = (s[b1_1 + o2] if _C80_M1[o2] else 0.0)
+                acc += (s[b1_2 + o2] if _C80_M2[o2] else 0.0)
+                acc += s[b1_4 + o2]
+                acc += (s[b1_5 + o2] if _C80_M5[o2] else 0.0)
+                s[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(1, 7):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_0 = max(24640 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(24640 + (o1 + -8) * 64 + -8, 0)
+            b0_2 = max(24640 + (o1 + -7) * 64 + -7, 0)
+            b0_3 = max(24640 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            b0_5 = max(24640 + (o1 + 1) * 64 + 1, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_0 = max(53312 + (o1 + -9) * 64 + -9, 0)
+            b1_1 = max(53312 + (o1 + -8) * 64 + -8, 0)
+            b1_2 = max(53312 + (o1 + -7) * 64 + -7, 0)
+            b1_3 = max(53312 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            b1_5 = max(53312 + (o1 + 1) * 64 + 1, 0)
+            for o2 in range(64):
+                acc = (s[b0_0 + o2] if _C80_M0[o2] else 0.0)
+                acc += (s[b0_1 + o2] if _C80_M1[o2] else 0.0)
+                acc += (s[b0_2 + o2] if _C80_M2[o2] else 0.0)
+                acc += (s[b0_3 + o2] if _C80_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                acc += (s[b0_5 + o2] if _C80_M5[o2] else 0.0)
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = (s[b1_0 + o2] if _C80_M0[o2] else 0.0)
+                acc += (s[b1_1 + o2] if _C80_M1[o2] else 0.0)
+                acc += (s[b1_2 + o2] if _C80_M2[o2] else 0.0)
+                acc += (s[b1_3 + o2] if _C80_M3[o2] else 0.0)
+                acc += s[b1_4 + o2]
+                acc += (s[b1_5 + o2] if _C80_M5[o2] else 0.0)
+                s[d1 + o2] = acc * 0.1111111111111111
+    for y1 in range(7, 8):
+        for x1 in range(7, 8):
+            o1 = y1 * 8 + x1
+            d0 = max(28736 + o1 * 64, 0)
+            b0_0 = max(24640 + (o1 + -9) * 64 + -9, 0)
+            b0_1 = max(24640 + (o1 + -8) * 64 + -8, 0)
+            b0_3 = max(24640 + (o1 + -1) * 64 + -1, 0)
+            b0_4 = max(24640 + (o1 + 0) * 64 + 0, 0)
+            d1 = max(57408 + o1 * 64, 0)
+            b1_0 = max(53312 + (o1 + -9) * 64 + -9, 0)
+            b1_1 = max(53312 + (o1 + -8) * 64 + -8, 0)
+            b1_3 = max(53312 + (o1 + -1) * 64 + -1, 0)
+            b1_4 = max(53312 + (o1 + 0) * 64 + 0, 0)
+            for o2 in range(64):
+                acc = (s[b0_0 + o2] if _C80_M0[o2] else 0.0)
+                acc += (s[b0_1 + o2] if _C80_M1[o2] else 0.0)
+                acc += (s[b0_3 + o2] if _C80_M3[o2] else 0.0)
+                acc += s[b0_4 + o2]
+                s[d0 + o2] = acc * 0.1111111111111111
+                acc = (s[b1_0 + o2] if _C80_M0[o2] else 0.0)
+                acc += (s[b1_1 + o2] if _C80_M1[o2] else 0.0)
+                acc += (s[b1_3 + o2] if _C80_M3[o2] else 0.0)
+                acc += s[b1_4 + o2]
+                s[d1 + o2] = acc * 0.1111111111111111
     for i in range(64):
         for j in range(64):
-            t0 = (499849/250000)*s[28672 + i * 64 + j]
-            t1 = t0 + (499849/250000)*s[57344 + i * 64 + j]
-            t2 = min(max(pt2[1347 + j]*pt1[1347 + i]*t0, -1.0), 1.0)
+            t0 = (499849/250000)*s[28736 + i * 64 + j]
+            t1 = t0 + (499849/250000)*s[57408 + i * 64 + j]
+            t2 = min(max(pt2[1411 + j]*pt1[1411 + i]*t0, -1.0), 1.0)
             t3 = (1/2)/math.pi
-            t4 = -t3*math.acos(t2) + 1/2
-            s[32768 + i * 64 + j] = t0
-            s[61440 + i * 64 + j] = t1
-            s[36864 + i * 64 + j] = t0*t4 + t3*pt2[1411 + j]*pt1[1411 + i]*math.sqrt(1 - t2**2)
-            s[65536 + i * 64 + j] = t1*t4
+            t4 = -t3*_acos(t2) + 1/2
+            s[32832 + i * 64 + j] = t0
+            s[61504 + i * 64 + j] = t1
+            s[36928 + i * 64 + j] = t0*t4 + t3*pt2[1475 + j]*pt1[1475 + i]*math.sqrt(1 - t2**2)
+            s[65600 + i * 64 + j] = t1*t4
     acc = 0.0
     for i in range(64):
         for j in range(64):
-            acc += s[36864 + i * 64 + j]
+            acc += s[36928 + i * 64 + j]
     S12K_p_8 = acc * 0.000244140625
     acc = 0.0
     for i in range(64):
         for j in range(64):
-            acc += s[65536 + i * 64 + j]
+            acc += s[65600 + i * 64 + j]
     S12T_p_11 = acc * 0.000244140625
     T_y = S12K_p_8 + S12T_p_11
     return S12K_p_8, T_y
@@ -417,7 +1809,7 @@ def _pairs_numba(X1, X2, P1, P2, params, K, T, symmetric):
     n1, n2 = K.shape
     # rows t and n1-1-t go to the same task: balanced work on the triangle
     for task in numba.prange((n1 + 1) // 2):
-        s = np.full(69632, np.nan)  # a read before a write shows as NaN
+        s = np.full(69760, np.nan)  # a read before a write shows as NaN
         for half in range(2 if 2 * task + 1 < n1 else 1):
             a = task + half * (n1 - 1 - 2 * task)
             for b in range(a if symmetric else 0, n2):
@@ -452,84 +1844,84 @@ def _pool_np(src, taps, full):
                    for s in range(f) for t in range(f))
     return sum(p[:, taps[:, s], taps[:, t]] for s in range(f) for t in range(f))
 def _point_numpy(X, params):
-    pt = numpy.zeros((X.shape[0], 1477))
+    pt = numpy.zeros((X.shape[0], 1605))
     x = X
-    pt[:, 0:64] = numpy.einsum('nic,nic->ni', x, x) * 1.0
+    pt[:, 64:128] = numpy.einsum('nic,nic->ni', x, x) * 1.0
     S13K_x = numpy.einsum('nic,njc->nij', x, x) * 1.0
-    pt[:, 64:128] = _conv_np(pt[:, 0:64], _TAPS0, False) * 0.1111111111111111
+    pt[:, 128:192] = _conv_np(pt[:, 64:128], _TAPS0, False) * 0.1111111111111111
     S13K_g1_13 = _conv_np(S13K_x, _TAPS0, True) * 0.1111111111111111
-    t0 = numpy.sqrt(pt[:, 64:128])
-    pt[:, 128:192] = (499849/250000)*pt[:, 64:128]
-    pt[:, 1091:1155] = (500/707)/t0
-    pt[:, 1155:1219] = (707/500)*t0
+    t0 = numpy.sqrt(pt[:, 128:192])
+    pt[:, 192:256] = (499849/250000)*pt[:, 128:192]
+    pt[:, 1155:1219] = (500/707)/t0
+    pt[:, 1219:1283] = (707/500)*t0
     W_K_g1__g1 = (499849/250000)*S13K_g1_13
     W_K_g1__g1 = W_K_g1__g1 + numpy.zeros((x.shape[0], 64, 64))
-    W_K_g1__g1[:, numpy.arange(64), numpy.arange(64)] = pt[:, 128:192]
-    pt[:, 192:256] = (1/2)*pt[:, 128:192]
-    t0 = numpy.clip(pt[:, 1091:1155][:, :, None]*pt[:, 1091:1155][:, None, :]*W_K_g1__g1, -1.0, 1.0)
+    W_K_g1__g1[:, numpy.arange(64), numpy.arange(64)] = pt[:, 192:256]
+    pt[:, 256:320] = (1/2)*pt[:, 192:256]
+    t0 = numpy.clip(pt[:, 1155:1219][:, :, None]*pt[:, 1155:1219][:, None, :]*W_K_g1__g1, -1.0, 1.0)
     t1 = (1/2)/numpy.pi
-    W_K_h1__h1 = W_K_g1__g1*(-t1*numpy.arccos(t0) + 1/2) + t1*pt[:, 1155:1219][:, :, None]*pt[:, 1155:1219][:, None, :]*numpy.sqrt(1 - t0**2)
+    W_K_h1__h1 = W_K_g1__g1*(-t1*numpy.arccos(t0) + 1/2) + t1*pt[:, 1219:1283][:, :, None]*pt[:, 1219:1283][:, None, :]*numpy.sqrt(1 - t0**2)
     W_K_h1__h1 = W_K_h1__h1 + numpy.zeros((x.shape[0], 64, 64))
-    W_K_h1__h1[:, numpy.arange(64), numpy.arange(64)] = pt[:, 192:256]
-    pt[:, 641:705] = pt[:, 128:192]*(-1/2*numpy.arccos(numpy.clip(pt[:, 128:192]/abs(pt[:, 128:192]), -1.0, 1.0))/numpy.pi + 1/2)
-    W_T_h1__h1 = W_K_g1__g1*(-1/2*numpy.arccos(numpy.clip(pt[:, 1091:1155][:, :, None]*pt[:, 1091:1155][:, None, :]*W_K_g1__g1, -1.0, 1.0))/numpy.pi + 1/2)
+    W_K_h1__h1[:, numpy.arange(64), numpy.arange(64)] = pt[:, 256:320]
+    pt[:, 705:769] = pt[:, 192:256]*(-1/2*numpy.arccos(numpy.clip(pt[:, 192:256]/abs(pt[:, 192:256]), -1.0, 1.0))/numpy.pi + 1/2)
+    W_T_h1__h1 = W_K_g1__g1*(-1/2*numpy.arccos(numpy.clip(pt[:, 1155:1219][:, :, None]*pt[:, 1155:1219][:, None, :]*W_K_g1__g1, -1.0, 1.0))/numpy.pi + 1/2)
     W_T_h1__h1 = W_T_h1__h1 + numpy.zeros((x.shape[0], 64, 64))
-    W_T_h1__h1[:, numpy.arange(64), numpy.arange(64)] = pt[:, 641:705]
-    pt[:, 256:320] = _conv_np(pt[:, 192:256], _TAPS1, False) * 0.1111111111111111
+    W_T_h1__h1[:, numpy.arange(64), numpy.arange(64)] = pt[:, 705:769]
+    pt[:, 320:384] = _conv_np(pt[:, 256:320], _TAPS1, False) * 0.1111111111111111
     S13K_g2_14 = _conv_np(W_K_h1__h1, _TAPS1, True) * 0.1111111111111111
     S13T_g2_17 = _conv_np(W_T_h1__h1, _TAPS1, True) * 0.1111111111111111
-    pt[:, 705:769] = _conv_np(pt[:, 641:705], _TAPS1, False) * 0.1111111111111111
-    t0 = numpy.sqrt(pt[:, 256:320])
-    pt[:, 320:384] = (499849/250000)*pt[:, 256:320]
-    pt[:, 1219:1283] = (500/707)/t0
-    pt[:, 1283:1347] = (707/500)*t0
+    pt[:, 769:833] = _conv_np(pt[:, 705:769], _TAPS1, False) * 0.1111111111111111
+    t0 = numpy.sqrt(pt[:, 320:384])
+    pt[:, 384:448] = (499849/250000)*pt[:, 320:384]
+    pt[:, 1283:1347] = (500/707)/t0
+    pt[:, 1347:1411] = (707/500)*t0
     W_K_g2__g2 = (499849/250000)*S13K_g2_14
     W_K_g2__g2 = W_K_g2__g2 + numpy.zeros((x.shape[0], 64, 64))
-    W_K_g2__g2[:, numpy.arange(64), numpy.arange(64)] = pt[:, 320:384]
-    pt[:, 769:833] = pt[:, 320:384] + (499849/250000)*pt[:, 705:769]
+    W_K_g2__g2[:, numpy.arange(64), numpy.arange(64)] = pt[:, 384:448]
+    pt[:, 833:897] = pt[:, 384:448] + (499849/250000)*pt[:, 769:833]
     W_T_g2__g2 = W_K_g2__g2 + (499849/250000)*S13T_g2_17
     W_T_g2__g2 = W_T_g2__g2 + numpy.zeros((x.shape[0], 64, 64))
-    W_T_g2__g2[:, numpy.arange(64), numpy.arange(64)] = pt[:, 769:833]
-    pt[:, 384:448] = (1/2)*pt[:, 320:384]
-    t0 = numpy.clip(pt[:, 1219:1283][:, :, None]*pt[:, 1219:1283][:, None, :]*W_K_g2__g2, -1.0, 1.0)
+    W_T_g2__g2[:, numpy.arange(64), numpy.arange(64)] = pt[:, 833:897]
+    pt[:, 448:512] = (1/2)*pt[:, 384:448]
+    t0 = numpy.clip(pt[:, 1283:1347][:, :, None]*pt[:, 1283:1347][:, None, :]*W_K_g2__g2, -1.0, 1.0)
     t1 = (1/2)/numpy.pi
-    W_K_h2__h2 = W_K_g2__g2*(-t1*numpy.arccos(t0) + 1/2) + t1*pt[:, 1283:1347][:, :, None]*pt[:, 1283:1347][:, None, :]*numpy.sqrt(1 - t0**2)
+    W_K_h2__h2 = W_K_g2__g2*(-t1*numpy.arccos(t0) + 1/2) + t1*pt[:, 1347:1411][:, :, None]*pt[:, 1347:1411][:, None, :]*numpy.sqrt(1 - t0**2)
     W_K_h2__h2 = W_K_h2__h2 + numpy.zeros((x.shape[0], 64, 64))
-    W_K_h2__h2[:, numpy.arange(64), numpy.arange(64)] = pt[:, 384:448]
-    pt[:, 833:897] = pt[:, 769:833]*(-1/2*numpy.arccos(numpy.clip(pt[:, 320:384]/abs(pt[:, 320:384]), -1.0, 1.0))/numpy.pi + 1/2)
-    W_T_h2__h2 = W_T_g2__g2*(-1/2*numpy.arccos(numpy.clip(pt[:, 1219:1283][:, :, None]*pt[:, 1219:1283][:, None, :]*W_K_g2__g2, -1.0, 1.0))/numpy.pi + 1/2)
+    W_K_h2__h2[:, numpy.arange(64), numpy.arange(64)] = pt[:, 448:512]
+    pt[:, 897:961] = pt[:, 833:897]*(-1/2*numpy.arccos(numpy.clip(pt[:, 384:448]/abs(pt[:, 384:448]), -1.0, 1.0))/numpy.pi + 1/2)
+    W_T_h2__h2 = W_T_g2__g2*(-1/2*numpy.arccos(numpy.clip(pt[:, 1283:1347][:, :, None]*pt[:, 1283:1347][:, None, :]*W_K_g2__g2, -1.0, 1.0))/numpy.pi + 1/2)
     W_T_h2__h2 = W_T_h2__h2 + numpy.zeros((x.shape[0], 64, 64))
-    W_T_h2__h2[:, numpy.arange(64), numpy.arange(64)] = pt[:, 833:897]
-    pt[:, 448:512] = _conv_np(pt[:, 384:448], _TAPS2, False) * 0.1111111111111111
+    W_T_h2__h2[:, numpy.arange(64), numpy.arange(64)] = pt[:, 897:961]
+    pt[:, 512:576] = _conv_np(pt[:, 448:512], _TAPS2, False) * 0.1111111111111111
     S13K_g3_15 = _conv_np(W_K_h2__h2, _TAPS2, True) * 0.1111111111111111
     S13T_g3_19 = _conv_np(W_T_h2__h2, _TAPS2, True) * 0.1111111111111111
-    pt[:, 897:961] = _conv_np(pt[:, 833:897], _TAPS2, False) * 0.1111111111111111
-    t0 = numpy.sqrt(pt[:, 448:512])
-    pt[:, 512:576] = (499849/250000)*pt[:, 448:512]
-    pt[:, 1347:1411] = (500/707)/t0
-    pt[:, 1411:1475] = (707/500)*t0
+    pt[:, 961:1025] = _conv_np(pt[:, 897:961], _TAPS2, False) * 0.1111111111111111
+    t0 = numpy.sqrt(pt[:, 512:576])
+    pt[:, 576:640] = (499849/250000)*pt[:, 512:576]
+    pt[:, 1411:1475] = (500/707)/t0
+    pt[:, 1475:1539] = (707/500)*t0
     W_K_g3__g3 = (499849/250000)*S13K_g3_15
     W_K_g3__g3 = W_K_g3__g3 + numpy.zeros((x.shape[0], 64, 64))
-    W_K_g3__g3[:, numpy.arange(64), numpy.arange(64)] = pt[:, 512:576]
-    pt[:, 961:1025] = pt[:, 512:576] + (499849/250000)*pt[:, 897:961]
+    W_K_g3__g3[:, numpy.arange(64), numpy.arange(64)] = pt[:, 576:640]
+    pt[:, 1025:1089] = pt[:, 576:640] + (499849/250000)*pt[:, 961:1025]
     W_T_g3__g3 = W_K_g3__g3 + (499849/250000)*S13T_g3_19
     W_T_g3__g3 = W_T_g3__g3 + numpy.zeros((x.shape[0], 64, 64))
-    W_T_g3__g3[:, numpy.arange(64), numpy.arange(64)] = pt[:, 961:1025]
-    pt[:, 576:640] = (1/2)*pt[:, 512:576]
-    t0 = numpy.clip(pt[:, 1347:1411][:, :, None]*pt[:, 1347:1411][:, None, :]*W_K_g3__g3, -1.0, 1.0)
+    W_T_g3__g3[:, numpy.arange(64), numpy.arange(64)] = pt[:, 1025:1089]
+    pt[:, 640:704] = (1/2)*pt[:, 576:640]
+    t0 = numpy.clip(pt[:, 1411:1475][:, :, None]*pt[:, 1411:1475][:, None, :]*W_K_g3__g3, -1.0, 1.0)
     t1 = (1/2)/numpy.pi
-    W_K_h3__h3 = W_K_g3__g3*(-t1*numpy.arccos(t0) + 1/2) + t1*pt[:, 1411:1475][:, :, None]*pt[:, 1411:1475][:, None, :]*numpy.sqrt(1 - t0**2)
+    W_K_h3__h3 = W_K_g3__g3*(-t1*numpy.arccos(t0) + 1/2) + t1*pt[:, 1475:1539][:, :, None]*pt[:, 1475:1539][:, None, :]*numpy.sqrt(1 - t0**2)
     W_K_h3__h3 = W_K_h3__h3 + numpy.zeros((x.shape[0], 64, 64))
-    W_K_h3__h3[:, numpy.arange(64), numpy.arange(64)] = pt[:, 576:640]
-    pt[:, 1025:1089] = pt[:, 961:1025]*(-1/2*numpy.arccos(numpy.clip(pt[:, 512:576]/abs(pt[:, 512:576]), -1.0, 1.0))/numpy.pi + 1/2)
-    W_T_h3__h3 = W_T_g3__g3*(-1/2*numpy.arccos(numpy.clip(pt[:, 1347:1411][:, :, None]*pt[:, 1347:1411][:, None, :]*W_K_g3__g3, -1.0, 1.0))/numpy.pi + 1/2)
+    W_K_h3__h3[:, numpy.arange(64), numpy.arange(64)] = pt[:, 640:704]
+    pt[:, 1089:1153] = pt[:, 1025:1089]*(-1/2*numpy.arccos(numpy.clip(pt[:, 576:640]/abs(pt[:, 576:640]), -1.0, 1.0))/numpy.pi + 1/2)
+    W_T_h3__h3 = W_T_g3__g3*(-1/2*numpy.arccos(numpy.clip(pt[:, 1411:1475][:, :, None]*pt[:, 1411:1475][:, None, :]*W_K_g3__g3, -1.0, 1.0))/numpy.pi + 1/2)
     W_T_h3__h3 = W_T_h3__h3 + numpy.zeros((x.shape[0], 64, 64))
-    W_T_h3__h3[:, numpy.arange(64), numpy.arange(64)] = pt[:, 1025:1089]
-    pt[:, 640] = W_K_h3__h3.sum((-2, -1)) * 0.000244140625
-    pt[:, 1089] = W_T_h3__h3.sum((-2, -1)) * 0.000244140625
-    pt[:, 1090] = pt[:, 640] + pt[:, 1089]
-    pt[:, 1475] = pt[:, 640]
-    pt[:, 1476] = pt[:, 1090]
+    W_T_h3__h3[:, numpy.arange(64), numpy.arange(64)] = pt[:, 1089:1153]
+    pt[:, 704] = W_K_h3__h3.sum((-2, -1)) * 0.000244140625
+    pt[:, 1153] = W_T_h3__h3.sum((-2, -1)) * 0.000244140625
+    pt[:, 1154] = pt[:, 704] + pt[:, 1153]
+    pt[:, 1603] = pt[:, 704]
+    pt[:, 1604] = pt[:, 1154]
     return pt
 
 def _pairs_numpy(X1, X2, P1, P2, params):
@@ -540,33 +1932,33 @@ def _pairs_numpy(X1, X2, P1, P2, params):
         S12K_x = numpy.einsum('nic,njc->nij', x1, x2) * 1.0
         S12K_g1_5 = _conv_np(S12K_x, _TAPS0, True) * 0.1111111111111111
         t0 = (499849/250000)*S12K_g1_5
-        t1 = numpy.clip(P2[:, 1091:1155][:, None, :]*P1[a, 1091:1155][:, None]*t0, -1.0, 1.0)
+        t1 = numpy.clip(P2[:, 1155:1219][:, None, :]*P1[a, 1155:1219][:, None]*t0, -1.0, 1.0)
         t2 = (1/2)/numpy.pi
         t3 = t0*(-t2*numpy.arccos(t1) + 1/2)
         K_g1 = t0
-        K_h1 = t2*P2[:, 1155:1219][:, None, :]*P1[a, 1155:1219][:, None]*numpy.sqrt(1 - t1**2) + t3
+        K_h1 = t2*P2[:, 1219:1283][:, None, :]*P1[a, 1219:1283][:, None]*numpy.sqrt(1 - t1**2) + t3
         T_h1 = t3
         S12K_g2_6 = _conv_np(K_h1, _TAPS1, True) * 0.1111111111111111
         S12T_g2_9 = _conv_np(T_h1, _TAPS1, True) * 0.1111111111111111
         t0 = (499849/250000)*S12K_g2_6
         t1 = t0 + (499849/250000)*S12T_g2_9
-        t2 = numpy.clip(P2[:, 1219:1283][:, None, :]*P1[a, 1219:1283][:, None]*t0, -1.0, 1.0)
+        t2 = numpy.clip(P2[:, 1283:1347][:, None, :]*P1[a, 1283:1347][:, None]*t0, -1.0, 1.0)
         t3 = (1/2)/numpy.pi
         t4 = -t3*numpy.arccos(t2) + 1/2
         K_g2 = t0
         T_g2 = t1
-        K_h2 = t0*t4 + t3*P2[:, 1283:1347][:, None, :]*P1[a, 1283:1347][:, None]*numpy.sqrt(1 - t2**2)
+        K_h2 = t0*t4 + t3*P2[:, 1347:1411][:, None, :]*P1[a, 1347:1411][:, None]*numpy.sqrt(1 - t2**2)
         T_h2 = t1*t4
         S12K_g3_7 = _conv_np(K_h2, _TAPS2, True) * 0.1111111111111111
         S12T_g3_10 = _conv_np(T_h2, _TAPS2, True) * 0.1111111111111111
         t0 = (499849/250000)*S12K_g3_7
         t1 = t0 + (499849/250000)*S12T_g3_10
-        t2 = numpy.clip(P2[:, 1347:1411][:, None, :]*P1[a, 1347:1411][:, None]*t0, -1.0, 1.0)
+        t2 = numpy.clip(P2[:, 1411:1475][:, None, :]*P1[a, 1411:1475][:, None]*t0, -1.0, 1.0)
         t3 = (1/2)/numpy.pi
         t4 = -t3*numpy.arccos(t2) + 1/2
         K_g3 = t0
         T_g3 = t1
-        K_h3 = t0*t4 + t3*P2[:, 1411:1475][:, None, :]*P1[a, 1411:1475][:, None]*numpy.sqrt(1 - t2**2)
+        K_h3 = t0*t4 + t3*P2[:, 1475:1539][:, None, :]*P1[a, 1475:1539][:, None]*numpy.sqrt(1 - t2**2)
         T_h3 = t1*t4
         S12K_p_8 = K_h3.sum((-2, -1)) * 0.000244140625
         S12T_p_11 = T_h3.sum((-2, -1)) * 0.000244140625

@@ -23,8 +23,10 @@ from ..derive import Recursion
 from ..geometry import runs
 from ..quadrature import GaussExpectation
 from ..structure import DIAG, FULL, SCALAR, analyse
+from .conv_loops import conv_loops
+from .fast_acos import ACOS_SOURCE
 from .hoist import hoist_roots
-from .printers import ArrayPrinter, NumbaPrinter
+from .printers import ArrayPrinter, CpuPrinter
 from .spatial_driver import SPATIAL_DRIVER
 from .spatial_stages import (
     NUMPY_STENCILS,
@@ -49,7 +51,9 @@ class SpatialWriter:
                 "convolutional networks yet")
         self.structure = analyse(rec)
         self.params = {p.symbol: f"params[{i}]" for i, p in enumerate(self.prog.params.values())}
-        self.pslots, used = layout(rec.point, self.structure, "point")
+        nodes = self.prog.nodes.values()
+        slack = max(int(np.prod(n.shape.spatial)) for n in nodes if n.shape.spatial)
+        self.pslots, used = layout(rec.point, self.structure, "point", slack)
         twins = {2: dict(rec.twins), 3: dict(rec.twins3 or {})}
         per_input = {a.symbol for a in rec.point if self.structure[a.symbol] != FULL}
         self.exprs, self.roots = hoist_roots(
@@ -59,9 +63,11 @@ class SpatialWriter:
             base = self.pslots[r.base]
             self.pslots[r.symbol] = Slot("pt", used["pt"], base.rows, base.cols, base.storage)
             used["pt"] += self.pslots[r.symbol].size()
-        self.n_point, self.n_w = used["pt"] + 2, max(used["w"], 1)
-        self.sslots, used = layout(rec.pair, self.structure, "pair")
-        self.n_s = max(used["s"], 1)
+        self.n_point, self.n_w = used["pt"] + slack + 2, used["w"] + slack
+        self.sslots, used = layout(rec.pair, self.structure, "pair", slack)
+        self.n_s = used["s"] + slack
+        self.consts: dict[str, np.ndarray] = {}  # index and mask arrays of the conv loops
+        self.runs_used: set[str] = set()
         self.taps: dict[int, str] = {}
         for a in rec.point + rec.pair:
             w = a.stencil.window if a.stencil else None
@@ -159,7 +165,7 @@ class SpatialWriter:
             ind += "    "
         names = {s: self._ref_nb(s, phase, loop)
                  for e in exprs for s in e.free_symbols}
-        printer = NumbaPrinter(names, {})
+        printer = CpuPrinter(names, {})
         body, outs = _cse(exprs, printer, ind)
         src += body
         for t, o in zip(targets, outs):
@@ -172,7 +178,7 @@ class SpatialWriter:
         if phase == "point":  # the (x, x̃) diagonal: exactly the per-input variance
             for a in run:
                 if a.diag is not None and loop == FULL:
-                    d = NumbaPrinter({v: self._ref_nb(v, "point", DIAG)
+                    d = CpuPrinter({v: self._ref_nb(v, "point", DIAG)
                                       for v in a.diag.free_symbols}, {}).doprint(a.diag)
                     src += [f"{indent}for i in range({a.spatial[0]}):",
                             f"{indent}    {nb_elem(slots[a.symbol], 'w', 'i', 'i')} = {d}"]
@@ -190,6 +196,17 @@ class SpatialWriter:
         if st.op == "conv":
             pairs = [(slots[a.symbol].array, slots[a.symbol],
                       *self._nb_source(a.stencil.source, phase)) for a in run]
+            out_slot, src_slot = pairs[0][1], pairs[0][3]
+            if src_slot.storage == out_slot.storage and len({p[0] for p in pairs}) == 1 \
+                    and all(p[0] == p[2] for p in pairs):
+                name = f"_C{len(self.consts)}_"
+                lines, consts = conv_loops(
+                    [(p[3].offset, p[1].offset) for p in pairs], st.window.taps,
+                    src_slot.cols, st.window.out_spatial[-1], out_slot.storage == FULL,
+                    pairs[0][0], repr(float(st.scale)), name, indent)
+                self.consts.update(consts or {name: np.zeros(1, dtype=np.int64)})
+                return lines
+            self.runs_used.add(self.runs[id(st.window)])
             return nb_conv(pairs, self.runs[id(st.window)], repr(float(st.scale)), indent)
         (a,) = run
         out_slot = slots[a.symbol]
@@ -214,7 +231,7 @@ class SpatialWriter:
                 src += self._nb_local(run, "point", "    ")
         outs = [self.rec.outputs["nngp_diag"], self.rec.outputs["ntk_diag"]]
         names = {s: self._ref_nb(s, "point", SCALAR) for e in outs for s in e.free_symbols}
-        pr = NumbaPrinter(names, {})
+        pr = CpuPrinter(names, {})
         src += [f"    pt[{self.n_point - 2}] = {pr.doprint(outs[0])}",
                 f"    pt[{self.n_point - 1}] = {pr.doprint(outs[1])}", "",
                 "@numba.njit(parallel=True, cache=True)", "def _point_numba(X, params, out):",
@@ -231,7 +248,7 @@ class SpatialWriter:
                 src += self._nb_local(run, "pair", "    ")
         outs = [self.rec.outputs["nngp"], self.rec.outputs["ntk"]]
         names = {s: self._ref_nb(s, "pair", SCALAR) for e in outs for s in e.free_symbols}
-        pr = NumbaPrinter(names, {})
+        pr = CpuPrinter(names, {})
         src += [f"    return {pr.doprint(outs[0])}, {pr.doprint(outs[1])}", ""]
         return src
 
@@ -362,17 +379,23 @@ class SpatialWriter:
         ]
         for wid, name in self.taps.items():
             head.append(f"{name} = {_int_array(self.windows[wid].taps)}")
-        head.append("# The same windows as contiguous runs (o, i, length), by tap: _RUNSk_PTR")
+        code = [self.numba_point(), self.numba_pair()]  # fills self.consts, self.runs_used
+        if self.consts:
+            head.append("# Index and mask arrays of the unrolled conv loops (ntkc.codegen.conv_loops)")
+            head += [f"{k} = {_int_array(v)}" for k, v in self.consts.items()]
         for wid, name in sorted(self.runs.items(), key=lambda kv: kv[1]):
-            table, ptr = runs(self.windows[wid].taps)
-            head += [f"{name} = {_int_array(table)}", f"{name}_PTR = {_int_array(ptr)}"]
-        parts = [head, [""], self.numba_point(), self.numba_pair(), self.pairs_driver(),
+            if name in self.runs_used:
+                table, ptr = runs(self.windows[wid].taps)
+                head += [f"# {name}: contiguous runs (o, i, length) of a window, by tap",
+                         f"{name} = {_int_array(table)}", f"{name}_PTR = {_int_array(ptr)}"]
+        parts = [head, [""], ACOS_SOURCE.splitlines(), *code, self.pairs_driver(),
                  NUMPY_STENCILS.splitlines(), self.numpy_point(), self.numpy_pair()]
         return "\n".join("\n".join(p) for p in parts) + "\n" + SPATIAL_DRIVER
 
 
 def _int_array(a) -> str:
-    return f"np.array({a.ravel().tolist()!r}, dtype=np.int64).reshape({a.shape!r})"
+    dtype = "np.bool_" if a.dtype == bool else "np.int64"
+    return f"np.array({a.ravel().tolist()!r}, dtype={dtype}).reshape({a.shape!r})"
 
 
 def schedule(assignments, program, same_input: dict) -> list:

@@ -48,6 +48,14 @@ class NumbaPrinter(_Names, PythonCodePrinter):
         return f"(1.0 if {x} > 0 else (-1.0 if {x} < 0 else 0.0))"
 
 
+class CpuPrinter(NumbaPrinter):
+    """NumbaPrinter for the CPU target: arccos by the vectorisable _acos of every
+    generated module (ntkc.codegen.fast_acos) instead of libm's."""
+
+    def _print_acos(self, e):
+        return f"_acos({self._print(e.args[0])})"
+
+
 class ArrayPrinter(_Names, NumPyPrinter):
     """Vectorised numpy code for the reference backend."""
 

@@ -31,9 +31,12 @@ class Slot:
         return {DIAG: self.rows, FULL: self.rows * self.cols, SCALAR: 1}[self.storage]
 
 
-def layout(assignments: list[Assignment], structure: dict, phase: str) -> dict:
-    """Slots of the assignments of one phase ("point" or "pair")."""
-    slots, used = {}, {"pt": 0, "w": 0, "s": 0}
+def layout(assignments: list[Assignment], structure: dict, phase: str,
+           slack: int = 0) -> tuple[dict, dict]:
+    """Slots of the assignments of one phase ("point" or "pair"). Each array starts
+    ``slack`` entries in: the conv loops read (masked) up to that far outside a
+    source (ntkc.codegen.conv_loops); the caller leaves as much at the end."""
+    slots, used = {}, {"pt": slack, "w": slack, "s": slack}
     for a in assignments:
         storage = structure[a.symbol]
         rows, cols = a.spatial or (1, 1)
