@@ -21,7 +21,7 @@ PARAMETERIZATION = 'ntk'
 INPUT_SHAPE = (64,)
 PARAMS = {'w': 1.4142135623730951, 'b': 0.05}
 TARGETS = ('cpu', 'cuda')  # devices with kernels here; the first is the default
-N_POINT = 16
+N_POINT = 22
 DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)
 
 # The recursion, one group per spec line (K: NNGP kernel, Θ: NTK):
@@ -65,6 +65,26 @@ DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)
 _np_erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
+@numba.njit(inline="always", error_model="numpy")
+def _acos(x):
+    # fdlibm's acos with selects instead of branches; x in [-1, 1] (clipped by the caller).
+    ax = abs(x)
+    big = ax > 0.5
+    zb = 0.5 - 0.5 * ax  # exact for ax in [0.5, 1]
+    z = zb if big else x * x
+    p = z * (1.66666666666666657415e-01 + z * (-3.25565818622400915405e-01 + z * (
+        2.01212532134862925881e-01 + z * (-4.00555345006794114027e-02 + z * (
+            7.91534994289814532176e-04 + z * 3.47933107596021167570e-05)))))
+    q = 1.0 + z * (-2.40339491173441421878e+00 + z * (2.02094576023350569471e+00 + z * (
+        -6.88283971605453293030e-01 + z * 7.70381505559019352791e-02)))
+    r = p / q
+    s = math.sqrt(zb if big else 0.0)
+    small = 1.57079632679489655800e+00 - (x - (6.12323399573676603587e-17 - x * r))
+    w = r * s
+    large = (3.14159265358979311600e+00 - 2.0 * (s + (w - 6.12323399573676603587e-17))
+             if x < 0.0 else 2.0 * (s + w))
+    return large if big else small
+
 @numba.njit(parallel=True, cache=True)
 def _point_numba(sqs, params, out):
     for i in numba.prange(sqs.shape[0]):
@@ -72,34 +92,45 @@ def _point_numba(sqs, params, out):
         t0 = (1/64)*sq
         t1 = params[1]**2
         t2 = params[0]**2
-        t3 = (1/2)*t1
-        t4 = (1/128)*t2*sq + t3
-        t5 = t2*t4
-        t6 = t3 + (1/2)*t5
-        t7 = t2*t6
-        t8 = t1 + t7
-        t9 = t3 + (1/2)*t7
-        t10 = t1 + t2*t9
-        t11 = t3 + t5
-        t12 = t11*t2
-        t13 = (1/2)*t12 + t9
-        t14 = t10 + t13*t2
+        t3 = t0*t2 + t1
+        t4 = (1/2)*t1
+        t5 = (1/128)*t2*sq + t4
+        t6 = t2*t5
+        t7 = t1 + t6
+        t8 = t4 + (1/2)*t6
+        t9 = t2*t8
+        t10 = t1 + t9
+        t11 = t4 + (1/2)*t9
+        t12 = t1 + t11*t2
+        t13 = t4 + t6
+        t14 = t13*t2
+        t15 = t11 + (1/2)*t14
+        t16 = t12 + t15*t2
+        t17 = math.sqrt(t3)
+        t18 = math.sqrt(t7)
+        t19 = math.sqrt(t10)
         out[i, 0] = t0
-        out[i, 1] = t0*t2 + t1
-        out[i, 2] = t4
-        out[i, 3] = t1 + t5
-        out[i, 4] = t6
-        out[i, 5] = t8
-        out[i, 6] = t9
-        out[i, 7] = t10
-        out[i, 8] = t4
-        out[i, 9] = t1 + 2*t5
-        out[i, 10] = t11
-        out[i, 11] = t12 + t8
-        out[i, 12] = t13
-        out[i, 13] = t14
-        out[i, 14] = t10
-        out[i, 15] = t14
+        out[i, 1] = t3
+        out[i, 2] = t5
+        out[i, 3] = t7
+        out[i, 4] = t8
+        out[i, 5] = t10
+        out[i, 6] = t11
+        out[i, 7] = t12
+        out[i, 8] = t5
+        out[i, 9] = t1 + 2*t6
+        out[i, 10] = t13
+        out[i, 11] = t10 + t14
+        out[i, 12] = t15
+        out[i, 13] = t16
+        out[i, 14] = 1/t17
+        out[i, 15] = t17
+        out[i, 16] = 1/t18
+        out[i, 17] = t18
+        out[i, 18] = 1/t19
+        out[i, 19] = t19
+        out[i, 20] = t12
+        out[i, 21] = t16
 
 
 def _point_numpy(sq, params):
@@ -107,125 +138,152 @@ def _point_numpy(sq, params):
     t0 = (1/64)*sq
     t1 = params[1]**2
     t2 = params[0]**2
-    t3 = (1/2)*t1
-    t4 = (1/128)*t2*sq + t3
-    t5 = t2*t4
-    t6 = t3 + (1/2)*t5
-    t7 = t2*t6
-    t8 = t1 + t7
-    t9 = t3 + (1/2)*t7
-    t10 = t1 + t2*t9
-    t11 = t3 + t5
-    t12 = t11*t2
-    t13 = (1/2)*t12 + t9
-    t14 = t10 + t13*t2
+    t3 = t0*t2 + t1
+    t4 = (1/2)*t1
+    t5 = (1/128)*t2*sq + t4
+    t6 = t2*t5
+    t7 = t1 + t6
+    t8 = t4 + (1/2)*t6
+    t9 = t2*t8
+    t10 = t1 + t9
+    t11 = t4 + (1/2)*t9
+    t12 = t1 + t11*t2
+    t13 = t4 + t6
+    t14 = t13*t2
+    t15 = t11 + (1/2)*t14
+    t16 = t12 + t15*t2
+    t17 = numpy.sqrt(t3)
+    t18 = numpy.sqrt(t7)
+    t19 = numpy.sqrt(t10)
     out[:, 0] = t0
-    out[:, 1] = t0*t2 + t1
-    out[:, 2] = t4
-    out[:, 3] = t1 + t5
-    out[:, 4] = t6
-    out[:, 5] = t8
-    out[:, 6] = t9
-    out[:, 7] = t10
-    out[:, 8] = t4
-    out[:, 9] = t1 + 2*t5
-    out[:, 10] = t11
-    out[:, 11] = t12 + t8
-    out[:, 12] = t13
-    out[:, 13] = t14
-    out[:, 14] = t10
-    out[:, 15] = t14
+    out[:, 1] = t3
+    out[:, 2] = t5
+    out[:, 3] = t7
+    out[:, 4] = t8
+    out[:, 5] = t10
+    out[:, 6] = t11
+    out[:, 7] = t12
+    out[:, 8] = t5
+    out[:, 9] = t1 + 2*t6
+    out[:, 10] = t13
+    out[:, 11] = t10 + t14
+    out[:, 12] = t15
+    out[:, 13] = t16
+    out[:, 14] = t17**(-1.0)
+    out[:, 15] = t17
+    out[:, 16] = t18**(-1.0)
+    out[:, 17] = t18
+    out[:, 18] = t19**(-1.0)
+    out[:, 19] = t19
+    out[:, 20] = t12
+    out[:, 21] = t16
     return out
 
 @numba.njit(parallel=True, cache=True)
-def _pairs_nngp(G, P1, P2, params, symmetric):
+def _pairs_nngp(G, P1, P2T, params, symmetric):
     n1, n2 = G.shape
     # rows t and n1-1-t go to the same task: balanced work on the triangle
     for task in numba.prange((n1 + 1) // 2):
         for half in range(2 if 2 * task + 1 < n1 else 1):
             i = task + half * (n1 - 1 - 2 * task)
-            V1_g1 = P1[i, 1]
-            V1_g2 = P1[i, 3]
-            V1_g3 = P1[i, 5]
-            for j in range(i if symmetric else 0, n2):
-                dot = G[i, j]
-                V2_g1 = P2[j, 1]
-                V2_g2 = P2[j, 3]
-                V2_g3 = P2[j, 5]
+            QV1_g1 = P1[i, 14]
+            RV1_g1 = P1[i, 15]
+            QV1_g2 = P1[i, 16]
+            RV1_g2 = P1[i, 17]
+            QV1_g3 = P1[i, 18]
+            RV1_g3 = P1[i, 19]
+            j0 = max(i, 0) if symmetric else 0
+            Gi = G[i]
+            for k in range(n2 - j0):
+                j = j0 + k
+                dot = Gi[j]
+                QV2_g1 = P2T[14, j]
+                RV2_g1 = P2T[15, j]
+                QV2_g2 = P2T[16, j]
+                RV2_g2 = P2T[17, j]
+                QV2_g3 = P2T[18, j]
+                RV2_g3 = P2T[19, j]
                 t0 = params[1]**2
                 t1 = params[0]**2
-                t2 = math.sqrt(V2_g3*V1_g3)
-                t3 = math.sqrt(V2_g2*V1_g2)
-                t4 = math.sqrt(V2_g1*V1_g1)
-                t5 = t0 + (1/64)*t1*dot
-                t6 = min(max(t5/t4, -1.0), 1.0)
-                t7 = (1/2)/math.pi
-                t8 = t0 + t1*(t4*t7*math.sqrt(1 - t6**2) + t5*(-t7*math.acos(t6) + 1/2))
-                t9 = min(max(t8/t3, -1.0), 1.0)
-                t10 = t0 + t1*(t3*t7*math.sqrt(1 - t9**2) + t8*(-t7*math.acos(t9) + 1/2))
-                t11 = min(max(t10/t2, -1.0), 1.0)
-                G[i, j] = t0 + t1*(t10*(-t7*math.acos(t11) + 1/2) + t2*t7*math.sqrt(1 - t11**2))
+                t2 = t0 + (1/64)*t1*dot
+                t3 = min(max(QV2_g1*QV1_g1*t2, -1.0), 1.0)
+                t4 = (1/2)/math.pi
+                t5 = t0 + t1*(t2*(-t4*_acos(t3) + 1/2) + t4*RV2_g1*RV1_g1*math.sqrt(1 - t3**2))
+                t6 = min(max(QV2_g2*QV1_g2*t5, -1.0), 1.0)
+                t7 = t0 + t1*(t4*RV2_g2*RV1_g2*math.sqrt(1 - t6**2) + t5*(-t4*_acos(t6) + 1/2))
+                t8 = min(max(QV2_g3*QV1_g3*t7, -1.0), 1.0)
+                Gi[j] = t0 + t1*(t4*RV2_g3*RV1_g3*math.sqrt(1 - t8**2) + t7*(-t4*_acos(t8) + 1/2))
 
 @numba.njit(parallel=True, cache=True)
-def _pairs_both(G, P1, P2, params, ntk, symmetric):
+def _pairs_both(G, P1, P2T, params, ntk, symmetric):
     n1, n2 = G.shape
     # rows t and n1-1-t go to the same task: balanced work on the triangle
     for task in numba.prange((n1 + 1) // 2):
         for half in range(2 if 2 * task + 1 < n1 else 1):
             i = task + half * (n1 - 1 - 2 * task)
-            V1_g1 = P1[i, 1]
-            V1_g2 = P1[i, 3]
-            V1_g3 = P1[i, 5]
-            for j in range(i if symmetric else 0, n2):
-                dot = G[i, j]
-                V2_g1 = P2[j, 1]
-                V2_g2 = P2[j, 3]
-                V2_g3 = P2[j, 5]
+            QV1_g1 = P1[i, 14]
+            RV1_g1 = P1[i, 15]
+            QV1_g2 = P1[i, 16]
+            RV1_g2 = P1[i, 17]
+            QV1_g3 = P1[i, 18]
+            RV1_g3 = P1[i, 19]
+            j0 = max(i, 0) if symmetric else 0
+            Gi = G[i]
+            Ti = ntk[i]
+            for k in range(n2 - j0):
+                j = j0 + k
+                dot = Gi[j]
+                QV2_g1 = P2T[14, j]
+                RV2_g1 = P2T[15, j]
+                QV2_g2 = P2T[16, j]
+                RV2_g2 = P2T[17, j]
+                QV2_g3 = P2T[18, j]
+                RV2_g3 = P2T[19, j]
                 t0 = params[1]**2
                 t1 = params[0]**2
-                t2 = math.sqrt(V2_g3*V1_g3)
-                t3 = math.sqrt(V2_g2*V1_g2)
-                t4 = math.sqrt(V2_g1*V1_g1)
-                t5 = t0 + (1/64)*t1*dot
-                t6 = min(max(t5/t4, -1.0), 1.0)
-                t7 = (1/2)/math.pi
-                t8 = t5*(-t7*math.acos(t6) + 1/2)
-                t9 = t0 + t1*(t4*t7*math.sqrt(1 - t6**2) + t8)
-                t10 = min(max(t9/t3, -1.0), 1.0)
-                t11 = -t7*math.acos(t10) + 1/2
-                t12 = t0 + t1*(t11*t9 + t3*t7*math.sqrt(1 - t10**2))
-                t13 = min(max(t12/t2, -1.0), 1.0)
-                t14 = -t7*math.acos(t13) + 1/2
-                t15 = t0 + t1*(t12*t14 + t2*t7*math.sqrt(1 - t13**2))
-                G[i, j] = t15
-                ntk[i, j] = t1*t14*(t1*t11*(t1*t8 + t9) + t12) + t15
+                t2 = t0 + (1/64)*t1*dot
+                t3 = min(max(QV2_g1*QV1_g1*t2, -1.0), 1.0)
+                t4 = (1/2)/math.pi
+                t5 = t2*(-t4*_acos(t3) + 1/2)
+                t6 = t0 + t1*(t4*RV2_g1*RV1_g1*math.sqrt(1 - t3**2) + t5)
+                t7 = min(max(QV2_g2*QV1_g2*t6, -1.0), 1.0)
+                t8 = -t4*_acos(t7) + 1/2
+                t9 = t0 + t1*(t4*RV2_g2*RV1_g2*math.sqrt(1 - t7**2) + t6*t8)
+                t10 = min(max(QV2_g3*QV1_g3*t9, -1.0), 1.0)
+                t11 = -t4*_acos(t10) + 1/2
+                t12 = t0 + t1*(t11*t9 + t4*RV2_g3*RV1_g3*math.sqrt(1 - t10**2))
+                Gi[j] = t12
+                Ti[j] = t1*t11*(t1*t8*(t1*t5 + t6) + t9) + t12
 
 def _pairs_numpy(G, P1, P2, params):
     dot = G
-    V1_g1 = P1[:, 1][:, None]
-    V1_g2 = P1[:, 3][:, None]
-    V1_g3 = P1[:, 5][:, None]
-    V2_g1 = P2[:, 1][None, :]
-    V2_g2 = P2[:, 3][None, :]
-    V2_g3 = P2[:, 5][None, :]
+    QV1_g1 = P1[:, 14][:, None]
+    RV1_g1 = P1[:, 15][:, None]
+    QV1_g2 = P1[:, 16][:, None]
+    RV1_g2 = P1[:, 17][:, None]
+    QV1_g3 = P1[:, 18][:, None]
+    RV1_g3 = P1[:, 19][:, None]
+    QV2_g1 = P2[:, 14][None, :]
+    RV2_g1 = P2[:, 15][None, :]
+    QV2_g2 = P2[:, 16][None, :]
+    RV2_g2 = P2[:, 17][None, :]
+    QV2_g3 = P2[:, 18][None, :]
+    RV2_g3 = P2[:, 19][None, :]
     t0 = params[1]**2
     t1 = params[0]**2
-    t2 = numpy.sqrt(V2_g3*V1_g3)
-    t3 = numpy.sqrt(V2_g2*V1_g2)
-    t4 = numpy.sqrt(V2_g1*V1_g1)
-    t5 = t0 + (1/64)*t1*dot
-    t6 = numpy.clip(t5/t4, -1.0, 1.0)
-    t7 = (1/2)/numpy.pi
-    t8 = t5*(-t7*numpy.arccos(t6) + 1/2)
-    t9 = t0 + t1*(t4*t7*numpy.sqrt(1 - t6**2) + t8)
-    t10 = numpy.clip(t9/t3, -1.0, 1.0)
-    t11 = -t7*numpy.arccos(t10) + 1/2
-    t12 = t0 + t1*(t11*t9 + t3*t7*numpy.sqrt(1 - t10**2))
-    t13 = numpy.clip(t12/t2, -1.0, 1.0)
-    t14 = -t7*numpy.arccos(t13) + 1/2
-    t15 = t0 + t1*(t12*t14 + t2*t7*numpy.sqrt(1 - t13**2))
-    nngp = numpy.zeros(G.shape) + (t15)
-    ntk = numpy.zeros(G.shape) + (t1*t14*(t1*t11*(t1*t8 + t9) + t12) + t15)
+    t2 = t0 + (1/64)*t1*dot
+    t3 = numpy.clip(QV2_g1*QV1_g1*t2, -1.0, 1.0)
+    t4 = (1/2)/numpy.pi
+    t5 = t2*(-t4*numpy.arccos(t3) + 1/2)
+    t6 = t0 + t1*(t4*RV2_g1*RV1_g1*numpy.sqrt(1 - t3**2) + t5)
+    t7 = numpy.clip(QV2_g2*QV1_g2*t6, -1.0, 1.0)
+    t8 = -t4*numpy.arccos(t7) + 1/2
+    t9 = t0 + t1*(t4*RV2_g2*RV1_g2*numpy.sqrt(1 - t7**2) + t6*t8)
+    t10 = numpy.clip(QV2_g3*QV1_g3*t9, -1.0, 1.0)
+    t11 = -t4*numpy.arccos(t10) + 1/2
+    t12 = t0 + t1*(t11*t9 + t4*RV2_g3*RV1_g3*numpy.sqrt(1 - t10**2))
+    nngp = numpy.zeros(G.shape) + (t12)
+    ntk = numpy.zeros(G.shape) + (t1*t11*(t1*t8*(t1*t5 + t6) + t9) + t12)
     return nngp, ntk
 
 def _check_inputs(name, x):
@@ -330,10 +388,11 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
             _point_numba(sq2, p, p2)
         nngp = g  # overwritten in place: the Gram matrix never needs a third N×N array
         ntk = np.empty_like(g) if want_ntk else None
+        p2t = np.ascontiguousarray(p2.T)  # x' quantities contiguous along the pair loop
         if want_ntk:
-            _pairs_both(nngp, p1, p2, p, ntk, symmetric)
+            _pairs_both(nngp, p1, p2t, p, ntk, symmetric)
         else:
-            _pairs_nngp(nngp, p1, p2, p, symmetric)
+            _pairs_nngp(nngp, p1, p2t, p, symmetric)
         if symmetric:
             _mirror(nngp)
             if want_ntk:
@@ -400,25 +459,28 @@ def _cuda():
         if symmetric and gj == gi:  # the per-input formulas, exact at correlation 1
             G[i, j] = P1[gi, DIAG_NNGP]
             return
-        V1_g1 = P1[gi, 1]
-        V1_g2 = P1[gi, 3]
-        V1_g3 = P1[gi, 5]
-        V2_g1 = P2[gj, 1]
-        V2_g2 = P2[gj, 3]
-        V2_g3 = P2[gj, 5]
+        QV1_g1 = P1[gi, 14]
+        RV1_g1 = P1[gi, 15]
+        QV1_g2 = P1[gi, 16]
+        RV1_g2 = P1[gi, 17]
+        QV1_g3 = P1[gi, 18]
+        RV1_g3 = P1[gi, 19]
+        QV2_g1 = P2[gj, 14]
+        RV2_g1 = P2[gj, 15]
+        QV2_g2 = P2[gj, 16]
+        RV2_g2 = P2[gj, 17]
+        QV2_g3 = P2[gj, 18]
+        RV2_g3 = P2[gj, 19]
         t0 = params[1]**2
         t1 = params[0]**2
-        t2 = math.sqrt(V2_g3*V1_g3)
-        t3 = math.sqrt(V2_g2*V1_g2)
-        t4 = math.sqrt(V2_g1*V1_g1)
-        t5 = t0 + (1/64)*t1*dot
-        t6 = min(max(t5/t4, -1.0), 1.0)
-        t7 = (1/2)/math.pi
-        t8 = t0 + t1*(t4*t7*math.sqrt(1 - t6**2) + t5*(-t7*math.acos(t6) + 1/2))
-        t9 = min(max(t8/t3, -1.0), 1.0)
-        t10 = t0 + t1*(t3*t7*math.sqrt(1 - t9**2) + t8*(-t7*math.acos(t9) + 1/2))
-        t11 = min(max(t10/t2, -1.0), 1.0)
-        G[i, j] = t0 + t1*(t10*(-t7*math.acos(t11) + 1/2) + t2*t7*math.sqrt(1 - t11**2))
+        t2 = t0 + (1/64)*t1*dot
+        t3 = min(max(QV2_g1*QV1_g1*t2, -1.0), 1.0)
+        t4 = (1/2)/math.pi
+        t5 = t0 + t1*(t2*(-t4*math.acos(t3) + 1/2) + t4*RV2_g1*RV1_g1*math.sqrt(1 - t3**2))
+        t6 = min(max(QV2_g2*QV1_g2*t5, -1.0), 1.0)
+        t7 = t0 + t1*(t4*RV2_g2*RV1_g2*math.sqrt(1 - t6**2) + t5*(-t4*math.acos(t6) + 1/2))
+        t8 = min(max(QV2_g3*QV1_g3*t7, -1.0), 1.0)
+        G[i, j] = t0 + t1*(t4*RV2_g3*RV1_g3*math.sqrt(1 - t8**2) + t7*(-t4*math.acos(t8) + 1/2))
 
     @cuda.jit
     def _pairs_both_cuda(A, B, P1, P2, params, G, ntk, i0, j0, symmetric):
@@ -449,30 +511,33 @@ def _cuda():
             G[i, j] = P1[gi, DIAG_NNGP]
             ntk[i, j] = P1[gi, DIAG_NTK]
             return
-        V1_g1 = P1[gi, 1]
-        V1_g2 = P1[gi, 3]
-        V1_g3 = P1[gi, 5]
-        V2_g1 = P2[gj, 1]
-        V2_g2 = P2[gj, 3]
-        V2_g3 = P2[gj, 5]
+        QV1_g1 = P1[gi, 14]
+        RV1_g1 = P1[gi, 15]
+        QV1_g2 = P1[gi, 16]
+        RV1_g2 = P1[gi, 17]
+        QV1_g3 = P1[gi, 18]
+        RV1_g3 = P1[gi, 19]
+        QV2_g1 = P2[gj, 14]
+        RV2_g1 = P2[gj, 15]
+        QV2_g2 = P2[gj, 16]
+        RV2_g2 = P2[gj, 17]
+        QV2_g3 = P2[gj, 18]
+        RV2_g3 = P2[gj, 19]
         t0 = params[1]**2
         t1 = params[0]**2
-        t2 = math.sqrt(V2_g3*V1_g3)
-        t3 = math.sqrt(V2_g2*V1_g2)
-        t4 = math.sqrt(V2_g1*V1_g1)
-        t5 = t0 + (1/64)*t1*dot
-        t6 = min(max(t5/t4, -1.0), 1.0)
-        t7 = (1/2)/math.pi
-        t8 = t5*(-t7*math.acos(t6) + 1/2)
-        t9 = t0 + t1*(t4*t7*math.sqrt(1 - t6**2) + t8)
-        t10 = min(max(t9/t3, -1.0), 1.0)
-        t11 = -t7*math.acos(t10) + 1/2
-        t12 = t0 + t1*(t11*t9 + t3*t7*math.sqrt(1 - t10**2))
-        t13 = min(max(t12/t2, -1.0), 1.0)
-        t14 = -t7*math.acos(t13) + 1/2
-        t15 = t0 + t1*(t12*t14 + t2*t7*math.sqrt(1 - t13**2))
-        G[i, j] = t15
-        ntk[i, j] = t1*t14*(t1*t11*(t1*t8 + t9) + t12) + t15
+        t2 = t0 + (1/64)*t1*dot
+        t3 = min(max(QV2_g1*QV1_g1*t2, -1.0), 1.0)
+        t4 = (1/2)/math.pi
+        t5 = t2*(-t4*math.acos(t3) + 1/2)
+        t6 = t0 + t1*(t4*RV2_g1*RV1_g1*math.sqrt(1 - t3**2) + t5)
+        t7 = min(max(QV2_g2*QV1_g2*t6, -1.0), 1.0)
+        t8 = -t4*math.acos(t7) + 1/2
+        t9 = t0 + t1*(t4*RV2_g2*RV1_g2*math.sqrt(1 - t7**2) + t6*t8)
+        t10 = min(max(QV2_g3*QV1_g3*t9, -1.0), 1.0)
+        t11 = -t4*math.acos(t10) + 1/2
+        t12 = t0 + t1*(t11*t9 + t4*RV2_g3*RV1_g3*math.sqrt(1 - t10**2))
+        G[i, j] = t12
+        ntk[i, j] = t1*t11*(t1*t8*(t1*t5 + t6) + t9) + t12
 
     _CUDA_READY = True
     return cuda

@@ -52,6 +52,26 @@ DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)
 _np_erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
+@numba.njit(inline="always", error_model="numpy")
+def _acos(x):
+    # fdlibm's acos with selects instead of branches; x in [-1, 1] (clipped by the caller).
+    ax = abs(x)
+    big = ax > 0.5
+    zb = 0.5 - 0.5 * ax  # exact for ax in [0.5, 1]
+    z = zb if big else x * x
+    p = z * (1.66666666666666657415e-01 + z * (-3.25565818622400915405e-01 + z * (
+        2.01212532134862925881e-01 + z * (-4.00555345006794114027e-02 + z * (
+            7.91534994289814532176e-04 + z * 3.47933107596021167570e-05)))))
+    q = 1.0 + z * (-2.40339491173441421878e+00 + z * (2.02094576023350569471e+00 + z * (
+        -6.88283971605453293030e-01 + z * 7.70381505559019352791e-02)))
+    r = p / q
+    s = math.sqrt(zb if big else 0.0)
+    small = 1.57079632679489655800e+00 - (x - (6.12323399573676603587e-17 - x * r))
+    w = r * s
+    large = (3.14159265358979311600e+00 - 2.0 * (s + (w - 6.12323399573676603587e-17))
+             if x < 0.0 else 2.0 * (s + w))
+    return large if big else small
+
 @numba.njit(parallel=True, cache=True)
 def _point_numba(sqs, params, out):
     for i in numba.prange(sqs.shape[0]):
@@ -123,7 +143,7 @@ def _point_numpy(sq, params):
     return out
 
 @numba.njit(parallel=True, cache=True)
-def _pairs_nngp(G, P1, P2, params, symmetric):
+def _pairs_nngp(G, P1, P2T, params, symmetric):
     n1, n2 = G.shape
     # rows t and n1-1-t go to the same task: balanced work on the triangle
     for task in numba.prange((n1 + 1) // 2):
@@ -131,17 +151,20 @@ def _pairs_nngp(G, P1, P2, params, symmetric):
             i = task + half * (n1 - 1 - 2 * task)
             V1_g1 = P1[i, 0]
             V1_g2 = P1[i, 2]
-            for j in range(i if symmetric else 0, n2):
-                dot = G[i, j]
-                V2_g1 = P2[j, 0]
-                V2_g2 = P2[j, 2]
+            j0 = max(i, 0) if symmetric else 0
+            Gi = G[i]
+            for k in range(n2 - j0):
+                j = j0 + k
+                dot = Gi[j]
+                V2_g1 = P2T[0, j]
+                V2_g2 = P2T[2, j]
                 t0 = params[1]**2
                 t1 = params[0]**2
                 t2 = 2*t1/math.pi
-                G[i, j] = t0 + t2*math.asin(2*(t0 + t2*math.asin(2*(t0 + t1*dot)/math.sqrt((2*V2_g1 + 1)*(2*V1_g1 + 1))))/math.sqrt((2*V2_g2 + 1)*(2*V1_g2 + 1)))
+                Gi[j] = t0 + t2*math.asin(2*(t0 + t2*math.asin(2*(t0 + t1*dot)/(math.sqrt(2*V2_g1 + 1)*math.sqrt(2*V1_g1 + 1))))/(math.sqrt(2*V2_g2 + 1)*math.sqrt(2*V1_g2 + 1)))
 
 @numba.njit(parallel=True, cache=True)
-def _pairs_both(G, P1, P2, params, ntk, symmetric):
+def _pairs_both(G, P1, P2T, params, ntk, symmetric):
     n1, n2 = G.shape
     # rows t and n1-1-t go to the same task: balanced work on the triangle
     for task in numba.prange((n1 + 1) // 2):
@@ -149,10 +172,14 @@ def _pairs_both(G, P1, P2, params, ntk, symmetric):
             i = task + half * (n1 - 1 - 2 * task)
             V1_g1 = P1[i, 0]
             V1_g2 = P1[i, 2]
-            for j in range(i if symmetric else 0, n2):
-                dot = G[i, j]
-                V2_g1 = P2[j, 0]
-                V2_g2 = P2[j, 2]
+            j0 = max(i, 0) if symmetric else 0
+            Gi = G[i]
+            Ti = ntk[i]
+            for k in range(n2 - j0):
+                j = j0 + k
+                dot = Gi[j]
+                V2_g1 = P2T[0, j]
+                V2_g2 = P2T[2, j]
                 t0 = params[1]**2
                 t1 = 2*V2_g2 + 1
                 t2 = 2*V1_g2
@@ -162,11 +189,11 @@ def _pairs_both(G, P1, P2, params, ntk, symmetric):
                 t6 = t0 + t5*dot
                 t7 = t5/math.pi
                 t8 = 2*t7
-                t9 = t0 + t8*math.asin(2*t6/math.sqrt(t3*(t4 + 1)))
-                t10 = t0 + t8*math.asin(2*t9/math.sqrt(t1*(t2 + 1)))
+                t9 = t0 + t8*math.asin(2*t6/(math.sqrt(t3)*math.sqrt(t4 + 1)))
+                t10 = t0 + t8*math.asin(2*t9/(math.sqrt(t1)*math.sqrt(t2 + 1)))
                 t11 = 4*t7
-                G[i, j] = t10
-                ntk[i, j] = t10 + t11*(t11*t6/math.sqrt(4*V2_g1*V1_g1 + t3 + t4 - 4*t6**2) + t9)/math.sqrt(4*V2_g2*V1_g2 + t1 + t2 - 4*t9**2)
+                Gi[j] = t10
+                Ti[j] = t10 + t11*(t11*t6/math.sqrt(4*V2_g1*V1_g1 + t3 + t4 - 4*t6**2) + t9)/math.sqrt(4*V2_g2*V1_g2 + t1 + t2 - 4*t9**2)
 
 def _pairs_numpy(G, P1, P2, params):
     dot = G
@@ -183,8 +210,8 @@ def _pairs_numpy(G, P1, P2, params):
     t6 = t0 + t5*dot
     t7 = t5/numpy.pi
     t8 = 2*t7
-    t9 = t0 + t8*numpy.arcsin(2*t6/numpy.sqrt(t3*(t4 + 1)))
-    t10 = t0 + t8*numpy.arcsin(2*t9/numpy.sqrt(t1*(t2 + 1)))
+    t9 = t0 + t8*numpy.arcsin(2*t6/(numpy.sqrt(t3)*numpy.sqrt(t4 + 1)))
+    t10 = t0 + t8*numpy.arcsin(2*t9/(numpy.sqrt(t1)*numpy.sqrt(t2 + 1)))
     t11 = 4*t7
     nngp = numpy.zeros(G.shape) + (t10)
     ntk = numpy.zeros(G.shape) + (t10 + t11*(t11*t6/numpy.sqrt(4*V2_g1*V1_g1 + t3 + t4 - 4*t6**2) + t9)/numpy.sqrt(4*V2_g2*V1_g2 + t1 + t2 - 4*t9**2))
@@ -292,10 +319,11 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
             _point_numba(sq2, p, p2)
         nngp = g  # overwritten in place: the Gram matrix never needs a third N×N array
         ntk = np.empty_like(g) if want_ntk else None
+        p2t = np.ascontiguousarray(p2.T)  # x' quantities contiguous along the pair loop
         if want_ntk:
-            _pairs_both(nngp, p1, p2, p, ntk, symmetric)
+            _pairs_both(nngp, p1, p2t, p, ntk, symmetric)
         else:
-            _pairs_nngp(nngp, p1, p2, p, symmetric)
+            _pairs_nngp(nngp, p1, p2t, p, symmetric)
         if symmetric:
             _mirror(nngp)
             if want_ntk:
@@ -369,7 +397,7 @@ def _cuda():
         t0 = params[1]**2
         t1 = params[0]**2
         t2 = 2*t1/math.pi
-        G[i, j] = t0 + t2*math.asin(2*(t0 + t2*math.asin(2*(t0 + t1*dot)/math.sqrt((2*V2_g1 + 1)*(2*V1_g1 + 1))))/math.sqrt((2*V2_g2 + 1)*(2*V1_g2 + 1)))
+        G[i, j] = t0 + t2*math.asin(2*(t0 + t2*math.asin(2*(t0 + t1*dot)/(math.sqrt(2*V2_g1 + 1)*math.sqrt(2*V1_g1 + 1))))/(math.sqrt(2*V2_g2 + 1)*math.sqrt(2*V1_g2 + 1)))
 
     @cuda.jit
     def _pairs_both_cuda(A, B, P1, P2, params, G, ntk, i0, j0, symmetric):
@@ -413,8 +441,8 @@ def _cuda():
         t6 = t0 + t5*dot
         t7 = t5/math.pi
         t8 = 2*t7
-        t9 = t0 + t8*math.asin(2*t6/math.sqrt(t3*(t4 + 1)))
-        t10 = t0 + t8*math.asin(2*t9/math.sqrt(t1*(t2 + 1)))
+        t9 = t0 + t8*math.asin(2*t6/(math.sqrt(t3)*math.sqrt(t4 + 1)))
+        t10 = t0 + t8*math.asin(2*t9/(math.sqrt(t1)*math.sqrt(t2 + 1)))
         t11 = 4*t7
         G[i, j] = t10
         ntk[i, j] = t10 + t11*(t11*t6/math.sqrt(4*V2_g1*V1_g1 + t3 + t4 - 4*t6**2) + t9)/math.sqrt(4*V2_g2*V1_g2 + t1 + t2 - 4*t9**2)

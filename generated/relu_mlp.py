@@ -21,7 +21,7 @@ PARAMETERIZATION = 'ntk'
 INPUT_SHAPE = (64,)
 PARAMS = {'w': 1.4, 'b': 0.1}
 TARGETS = ('cpu', 'cuda')  # devices with kernels here; the first is the default
-N_POINT = 20
+N_POINT = 28
 DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)
 
 # The recursion, one group per spec line (K: NNGP kernel, Θ: NTK):
@@ -75,6 +75,26 @@ DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)
 _np_erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
+@numba.njit(inline="always", error_model="numpy")
+def _acos(x):
+    # fdlibm's acos with selects instead of branches; x in [-1, 1] (clipped by the caller).
+    ax = abs(x)
+    big = ax > 0.5
+    zb = 0.5 - 0.5 * ax  # exact for ax in [0.5, 1]
+    z = zb if big else x * x
+    p = z * (1.66666666666666657415e-01 + z * (-3.25565818622400915405e-01 + z * (
+        2.01212532134862925881e-01 + z * (-4.00555345006794114027e-02 + z * (
+            7.91534994289814532176e-04 + z * 3.47933107596021167570e-05)))))
+    q = 1.0 + z * (-2.40339491173441421878e+00 + z * (2.02094576023350569471e+00 + z * (
+        -6.88283971605453293030e-01 + z * 7.70381505559019352791e-02)))
+    r = p / q
+    s = math.sqrt(zb if big else 0.0)
+    small = 1.57079632679489655800e+00 - (x - (6.12323399573676603587e-17 - x * r))
+    w = r * s
+    large = (3.14159265358979311600e+00 - 2.0 * (s + (w - 6.12323399573676603587e-17))
+             if x < 0.0 else 2.0 * (s + w))
+    return large if big else small
+
 @numba.njit(parallel=True, cache=True)
 def _point_numba(sqs, params, out):
     for i in numba.prange(sqs.shape[0]):
@@ -82,43 +102,57 @@ def _point_numba(sqs, params, out):
         t0 = (1/64)*sq
         t1 = params[1]**2
         t2 = params[0]**2
-        t3 = (1/2)*t1
-        t4 = (1/128)*t2*sq + t3
-        t5 = t2*t4
-        t6 = t3 + (1/2)*t5
-        t7 = t2*t6
-        t8 = t1 + t7
-        t9 = t3 + (1/2)*t7
-        t10 = t2*t9
-        t11 = t1 + t10
-        t12 = (1/2)*t10 + t3
-        t13 = t1 + t12*t2
-        t14 = t3 + t5
-        t15 = t14*t2
-        t16 = (1/2)*t15 + t9
+        t3 = t0*t2 + t1
+        t4 = (1/2)*t1
+        t5 = (1/128)*t2*sq + t4
+        t6 = t2*t5
+        t7 = t1 + t6
+        t8 = t4 + (1/2)*t6
+        t9 = t2*t8
+        t10 = t1 + t9
+        t11 = t4 + (1/2)*t9
+        t12 = t11*t2
+        t13 = t1 + t12
+        t14 = (1/2)*t12 + t4
+        t15 = t1 + t14*t2
+        t16 = t4 + t6
         t17 = t16*t2
-        t18 = t12 + (1/2)*t17
-        t19 = t13 + t18*t2
+        t18 = t11 + (1/2)*t17
+        t19 = t18*t2
+        t20 = t14 + (1/2)*t19
+        t21 = t15 + t2*t20
+        t22 = math.sqrt(t3)
+        t23 = math.sqrt(t7)
+        t24 = math.sqrt(t10)
+        t25 = math.sqrt(t13)
         out[i, 0] = t0
-        out[i, 1] = t0*t2 + t1
-        out[i, 2] = t4
-        out[i, 3] = t1 + t5
-        out[i, 4] = t6
-        out[i, 5] = t8
-        out[i, 6] = t9
-        out[i, 7] = t11
-        out[i, 8] = t12
-        out[i, 9] = t13
-        out[i, 10] = t4
-        out[i, 11] = t1 + 2*t5
-        out[i, 12] = t14
-        out[i, 13] = t15 + t8
-        out[i, 14] = t16
-        out[i, 15] = t11 + t17
-        out[i, 16] = t18
-        out[i, 17] = t19
-        out[i, 18] = t13
-        out[i, 19] = t19
+        out[i, 1] = t3
+        out[i, 2] = t5
+        out[i, 3] = t7
+        out[i, 4] = t8
+        out[i, 5] = t10
+        out[i, 6] = t11
+        out[i, 7] = t13
+        out[i, 8] = t14
+        out[i, 9] = t15
+        out[i, 10] = t5
+        out[i, 11] = t1 + 2*t6
+        out[i, 12] = t16
+        out[i, 13] = t10 + t17
+        out[i, 14] = t18
+        out[i, 15] = t13 + t19
+        out[i, 16] = t20
+        out[i, 17] = t21
+        out[i, 18] = 1/t22
+        out[i, 19] = t22
+        out[i, 20] = 1/t23
+        out[i, 21] = t23
+        out[i, 22] = 1/t24
+        out[i, 23] = t24
+        out[i, 24] = 1/t25
+        out[i, 25] = t25
+        out[i, 26] = t15
+        out[i, 27] = t21
 
 
 def _point_numpy(sq, params):
@@ -126,151 +160,184 @@ def _point_numpy(sq, params):
     t0 = (1/64)*sq
     t1 = params[1]**2
     t2 = params[0]**2
-    t3 = (1/2)*t1
-    t4 = (1/128)*t2*sq + t3
-    t5 = t2*t4
-    t6 = t3 + (1/2)*t5
-    t7 = t2*t6
-    t8 = t1 + t7
-    t9 = t3 + (1/2)*t7
-    t10 = t2*t9
-    t11 = t1 + t10
-    t12 = (1/2)*t10 + t3
-    t13 = t1 + t12*t2
-    t14 = t3 + t5
-    t15 = t14*t2
-    t16 = (1/2)*t15 + t9
+    t3 = t0*t2 + t1
+    t4 = (1/2)*t1
+    t5 = (1/128)*t2*sq + t4
+    t6 = t2*t5
+    t7 = t1 + t6
+    t8 = t4 + (1/2)*t6
+    t9 = t2*t8
+    t10 = t1 + t9
+    t11 = t4 + (1/2)*t9
+    t12 = t11*t2
+    t13 = t1 + t12
+    t14 = (1/2)*t12 + t4
+    t15 = t1 + t14*t2
+    t16 = t4 + t6
     t17 = t16*t2
-    t18 = t12 + (1/2)*t17
-    t19 = t13 + t18*t2
+    t18 = t11 + (1/2)*t17
+    t19 = t18*t2
+    t20 = t14 + (1/2)*t19
+    t21 = t15 + t2*t20
+    t22 = numpy.sqrt(t3)
+    t23 = numpy.sqrt(t7)
+    t24 = numpy.sqrt(t10)
+    t25 = numpy.sqrt(t13)
     out[:, 0] = t0
-    out[:, 1] = t0*t2 + t1
-    out[:, 2] = t4
-    out[:, 3] = t1 + t5
-    out[:, 4] = t6
-    out[:, 5] = t8
-    out[:, 6] = t9
-    out[:, 7] = t11
-    out[:, 8] = t12
-    out[:, 9] = t13
-    out[:, 10] = t4
-    out[:, 11] = t1 + 2*t5
-    out[:, 12] = t14
-    out[:, 13] = t15 + t8
-    out[:, 14] = t16
-    out[:, 15] = t11 + t17
-    out[:, 16] = t18
-    out[:, 17] = t19
-    out[:, 18] = t13
-    out[:, 19] = t19
+    out[:, 1] = t3
+    out[:, 2] = t5
+    out[:, 3] = t7
+    out[:, 4] = t8
+    out[:, 5] = t10
+    out[:, 6] = t11
+    out[:, 7] = t13
+    out[:, 8] = t14
+    out[:, 9] = t15
+    out[:, 10] = t5
+    out[:, 11] = t1 + 2*t6
+    out[:, 12] = t16
+    out[:, 13] = t10 + t17
+    out[:, 14] = t18
+    out[:, 15] = t13 + t19
+    out[:, 16] = t20
+    out[:, 17] = t21
+    out[:, 18] = t22**(-1.0)
+    out[:, 19] = t22
+    out[:, 20] = t23**(-1.0)
+    out[:, 21] = t23
+    out[:, 22] = t24**(-1.0)
+    out[:, 23] = t24
+    out[:, 24] = t25**(-1.0)
+    out[:, 25] = t25
+    out[:, 26] = t15
+    out[:, 27] = t21
     return out
 
 @numba.njit(parallel=True, cache=True)
-def _pairs_nngp(G, P1, P2, params, symmetric):
+def _pairs_nngp(G, P1, P2T, params, symmetric):
     n1, n2 = G.shape
     # rows t and n1-1-t go to the same task: balanced work on the triangle
     for task in numba.prange((n1 + 1) // 2):
         for half in range(2 if 2 * task + 1 < n1 else 1):
             i = task + half * (n1 - 1 - 2 * task)
-            V1_g1 = P1[i, 1]
-            V1_g2 = P1[i, 3]
-            V1_g3 = P1[i, 5]
-            V1_g4 = P1[i, 7]
-            for j in range(i if symmetric else 0, n2):
-                dot = G[i, j]
-                V2_g1 = P2[j, 1]
-                V2_g2 = P2[j, 3]
-                V2_g3 = P2[j, 5]
-                V2_g4 = P2[j, 7]
+            QV1_g1 = P1[i, 18]
+            RV1_g1 = P1[i, 19]
+            QV1_g2 = P1[i, 20]
+            RV1_g2 = P1[i, 21]
+            QV1_g3 = P1[i, 22]
+            RV1_g3 = P1[i, 23]
+            QV1_g4 = P1[i, 24]
+            RV1_g4 = P1[i, 25]
+            j0 = max(i, 0) if symmetric else 0
+            Gi = G[i]
+            for k in range(n2 - j0):
+                j = j0 + k
+                dot = Gi[j]
+                QV2_g1 = P2T[18, j]
+                RV2_g1 = P2T[19, j]
+                QV2_g2 = P2T[20, j]
+                RV2_g2 = P2T[21, j]
+                QV2_g3 = P2T[22, j]
+                RV2_g3 = P2T[23, j]
+                QV2_g4 = P2T[24, j]
+                RV2_g4 = P2T[25, j]
                 t0 = params[1]**2
                 t1 = params[0]**2
-                t2 = math.sqrt(V2_g4*V1_g4)
-                t3 = math.sqrt(V2_g3*V1_g3)
-                t4 = math.sqrt(V2_g2*V1_g2)
-                t5 = math.sqrt(V2_g1*V1_g1)
-                t6 = t0 + (1/64)*t1*dot
-                t7 = min(max(t6/t5, -1.0), 1.0)
-                t8 = (1/2)/math.pi
-                t9 = t0 + t1*(t5*t8*math.sqrt(1 - t7**2) + t6*(-t8*math.acos(t7) + 1/2))
-                t10 = min(max(t9/t4, -1.0), 1.0)
-                t11 = t0 + t1*(t4*t8*math.sqrt(1 - t10**2) + t9*(-t8*math.acos(t10) + 1/2))
-                t12 = min(max(t11/t3, -1.0), 1.0)
-                t13 = t0 + t1*(t11*(-t8*math.acos(t12) + 1/2) + t3*t8*math.sqrt(1 - t12**2))
-                t14 = min(max(t13/t2, -1.0), 1.0)
-                G[i, j] = t0 + t1*(t13*(-t8*math.acos(t14) + 1/2) + t2*t8*math.sqrt(1 - t14**2))
+                t2 = t0 + (1/64)*t1*dot
+                t3 = min(max(QV2_g1*QV1_g1*t2, -1.0), 1.0)
+                t4 = (1/2)/math.pi
+                t5 = t0 + t1*(t2*(-t4*_acos(t3) + 1/2) + t4*RV2_g1*RV1_g1*math.sqrt(1 - t3**2))
+                t6 = min(max(QV2_g2*QV1_g2*t5, -1.0), 1.0)
+                t7 = t0 + t1*(t4*RV2_g2*RV1_g2*math.sqrt(1 - t6**2) + t5*(-t4*_acos(t6) + 1/2))
+                t8 = min(max(QV2_g3*QV1_g3*t7, -1.0), 1.0)
+                t9 = t0 + t1*(t4*RV2_g3*RV1_g3*math.sqrt(1 - t8**2) + t7*(-t4*_acos(t8) + 1/2))
+                t10 = min(max(QV2_g4*QV1_g4*t9, -1.0), 1.0)
+                Gi[j] = t0 + t1*(t4*RV2_g4*RV1_g4*math.sqrt(1 - t10**2) + t9*(-t4*_acos(t10) + 1/2))
 
 @numba.njit(parallel=True, cache=True)
-def _pairs_both(G, P1, P2, params, ntk, symmetric):
+def _pairs_both(G, P1, P2T, params, ntk, symmetric):
     n1, n2 = G.shape
     # rows t and n1-1-t go to the same task: balanced work on the triangle
     for task in numba.prange((n1 + 1) // 2):
         for half in range(2 if 2 * task + 1 < n1 else 1):
             i = task + half * (n1 - 1 - 2 * task)
-            V1_g1 = P1[i, 1]
-            V1_g2 = P1[i, 3]
-            V1_g3 = P1[i, 5]
-            V1_g4 = P1[i, 7]
-            for j in range(i if symmetric else 0, n2):
-                dot = G[i, j]
-                V2_g1 = P2[j, 1]
-                V2_g2 = P2[j, 3]
-                V2_g3 = P2[j, 5]
-                V2_g4 = P2[j, 7]
+            QV1_g1 = P1[i, 18]
+            RV1_g1 = P1[i, 19]
+            QV1_g2 = P1[i, 20]
+            RV1_g2 = P1[i, 21]
+            QV1_g3 = P1[i, 22]
+            RV1_g3 = P1[i, 23]
+            QV1_g4 = P1[i, 24]
+            RV1_g4 = P1[i, 25]
+            j0 = max(i, 0) if symmetric else 0
+            Gi = G[i]
+            Ti = ntk[i]
+            for k in range(n2 - j0):
+                j = j0 + k
+                dot = Gi[j]
+                QV2_g1 = P2T[18, j]
+                RV2_g1 = P2T[19, j]
+                QV2_g2 = P2T[20, j]
+                RV2_g2 = P2T[21, j]
+                QV2_g3 = P2T[22, j]
+                RV2_g3 = P2T[23, j]
+                QV2_g4 = P2T[24, j]
+                RV2_g4 = P2T[25, j]
                 t0 = params[1]**2
                 t1 = params[0]**2
-                t2 = math.sqrt(V2_g4*V1_g4)
-                t3 = math.sqrt(V2_g3*V1_g3)
-                t4 = math.sqrt(V2_g2*V1_g2)
-                t5 = math.sqrt(V2_g1*V1_g1)
-                t6 = t0 + (1/64)*t1*dot
-                t7 = min(max(t6/t5, -1.0), 1.0)
-                t8 = (1/2)/math.pi
-                t9 = t6*(-t8*math.acos(t7) + 1/2)
-                t10 = t0 + t1*(t5*t8*math.sqrt(1 - t7**2) + t9)
-                t11 = min(max(t10/t4, -1.0), 1.0)
-                t12 = -t8*math.acos(t11) + 1/2
-                t13 = t0 + t1*(t10*t12 + t4*t8*math.sqrt(1 - t11**2))
-                t14 = min(max(t13/t3, -1.0), 1.0)
-                t15 = -t8*math.acos(t14) + 1/2
-                t16 = t0 + t1*(t13*t15 + t3*t8*math.sqrt(1 - t14**2))
-                t17 = min(max(t16/t2, -1.0), 1.0)
-                t18 = -t8*math.acos(t17) + 1/2
-                t19 = t0 + t1*(t16*t18 + t2*t8*math.sqrt(1 - t17**2))
-                G[i, j] = t19
-                ntk[i, j] = t1*t18*(t1*t15*(t1*t12*(t1*t9 + t10) + t13) + t16) + t19
+                t2 = t0 + (1/64)*t1*dot
+                t3 = min(max(QV2_g1*QV1_g1*t2, -1.0), 1.0)
+                t4 = (1/2)/math.pi
+                t5 = t2*(-t4*_acos(t3) + 1/2)
+                t6 = t0 + t1*(t4*RV2_g1*RV1_g1*math.sqrt(1 - t3**2) + t5)
+                t7 = min(max(QV2_g2*QV1_g2*t6, -1.0), 1.0)
+                t8 = -t4*_acos(t7) + 1/2
+                t9 = t0 + t1*(t4*RV2_g2*RV1_g2*math.sqrt(1 - t7**2) + t6*t8)
+                t10 = min(max(QV2_g3*QV1_g3*t9, -1.0), 1.0)
+                t11 = -t4*_acos(t10) + 1/2
+                t12 = t0 + t1*(t11*t9 + t4*RV2_g3*RV1_g3*math.sqrt(1 - t10**2))
+                t13 = min(max(QV2_g4*QV1_g4*t12, -1.0), 1.0)
+                t14 = -t4*_acos(t13) + 1/2
+                t15 = t0 + t1*(t12*t14 + t4*RV2_g4*RV1_g4*math.sqrt(1 - t13**2))
+                Gi[j] = t15
+                Ti[j] = t1*t14*(t1*t11*(t1*t8*(t1*t5 + t6) + t9) + t12) + t15
 
 def _pairs_numpy(G, P1, P2, params):
     dot = G
-    V1_g1 = P1[:, 1][:, None]
-    V1_g2 = P1[:, 3][:, None]
-    V1_g3 = P1[:, 5][:, None]
-    V1_g4 = P1[:, 7][:, None]
-    V2_g1 = P2[:, 1][None, :]
-    V2_g2 = P2[:, 3][None, :]
-    V2_g3 = P2[:, 5][None, :]
-    V2_g4 = P2[:, 7][None, :]
+    QV1_g1 = P1[:, 18][:, None]
+    RV1_g1 = P1[:, 19][:, None]
+    QV1_g2 = P1[:, 20][:, None]
+    RV1_g2 = P1[:, 21][:, None]
+    QV1_g3 = P1[:, 22][:, None]
+    RV1_g3 = P1[:, 23][:, None]
+    QV1_g4 = P1[:, 24][:, None]
+    RV1_g4 = P1[:, 25][:, None]
+    QV2_g1 = P2[:, 18][None, :]
+    RV2_g1 = P2[:, 19][None, :]
+    QV2_g2 = P2[:, 20][None, :]
+    RV2_g2 = P2[:, 21][None, :]
+    QV2_g3 = P2[:, 22][None, :]
+    RV2_g3 = P2[:, 23][None, :]
+    QV2_g4 = P2[:, 24][None, :]
+    RV2_g4 = P2[:, 25][None, :]
     t0 = params[1]**2
     t1 = params[0]**2
-    t2 = numpy.sqrt(V2_g4*V1_g4)
-    t3 = numpy.sqrt(V2_g3*V1_g3)
-    t4 = numpy.sqrt(V2_g2*V1_g2)
-    t5 = numpy.sqrt(V2_g1*V1_g1)
-    t6 = t0 + (1/64)*t1*dot
-    t7 = numpy.clip(t6/t5, -1.0, 1.0)
-    t8 = (1/2)/numpy.pi
-    t9 = t6*(-t8*numpy.arccos(t7) + 1/2)
-    t10 = t0 + t1*(t5*t8*numpy.sqrt(1 - t7**2) + t9)
-    t11 = numpy.clip(t10/t4, -1.0, 1.0)
-    t12 = -t8*numpy.arccos(t11) + 1/2
-    t13 = t0 + t1*(t10*t12 + t4*t8*numpy.sqrt(1 - t11**2))
-    t14 = numpy.clip(t13/t3, -1.0, 1.0)
-    t15 = -t8*numpy.arccos(t14) + 1/2
-    t16 = t0 + t1*(t13*t15 + t3*t8*numpy.sqrt(1 - t14**2))
-    t17 = numpy.clip(t16/t2, -1.0, 1.0)
-    t18 = -t8*numpy.arccos(t17) + 1/2
-    t19 = t0 + t1*(t16*t18 + t2*t8*numpy.sqrt(1 - t17**2))
-    nngp = numpy.zeros(G.shape) + (t19)
-    ntk = numpy.zeros(G.shape) + (t1*t18*(t1*t15*(t1*t12*(t1*t9 + t10) + t13) + t16) + t19)
+    t2 = t0 + (1/64)*t1*dot
+    t3 = numpy.clip(QV2_g1*QV1_g1*t2, -1.0, 1.0)
+    t4 = (1/2)/numpy.pi
+    t5 = t2*(-t4*numpy.arccos(t3) + 1/2)
+    t6 = t0 + t1*(t4*RV2_g1*RV1_g1*numpy.sqrt(1 - t3**2) + t5)
+    t7 = numpy.clip(QV2_g2*QV1_g2*t6, -1.0, 1.0)
+    t8 = -t4*numpy.arccos(t7) + 1/2
+    t9 = t0 + t1*(t4*RV2_g2*RV1_g2*numpy.sqrt(1 - t7**2) + t6*t8)
+    t10 = numpy.clip(QV2_g3*QV1_g3*t9, -1.0, 1.0)
+    t11 = -t4*numpy.arccos(t10) + 1/2
+    t12 = t0 + t1*(t11*t9 + t4*RV2_g3*RV1_g3*numpy.sqrt(1 - t10**2))
+    t13 = numpy.clip(QV2_g4*QV1_g4*t12, -1.0, 1.0)
+    t14 = -t4*numpy.arccos(t13) + 1/2
+    t15 = t0 + t1*(t12*t14 + t4*RV2_g4*RV1_g4*numpy.sqrt(1 - t13**2))
+    nngp = numpy.zeros(G.shape) + (t15)
+    ntk = numpy.zeros(G.shape) + (t1*t14*(t1*t11*(t1*t8*(t1*t5 + t6) + t9) + t12) + t15)
     return nngp, ntk
 
 def _check_inputs(name, x):
@@ -375,10 +442,11 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
             _point_numba(sq2, p, p2)
         nngp = g  # overwritten in place: the Gram matrix never needs a third N×N array
         ntk = np.empty_like(g) if want_ntk else None
+        p2t = np.ascontiguousarray(p2.T)  # x' quantities contiguous along the pair loop
         if want_ntk:
-            _pairs_both(nngp, p1, p2, p, ntk, symmetric)
+            _pairs_both(nngp, p1, p2t, p, ntk, symmetric)
         else:
-            _pairs_nngp(nngp, p1, p2, p, symmetric)
+            _pairs_nngp(nngp, p1, p2t, p, symmetric)
         if symmetric:
             _mirror(nngp)
             if want_ntk:
@@ -445,30 +513,34 @@ def _cuda():
         if symmetric and gj == gi:  # the per-input formulas, exact at correlation 1
             G[i, j] = P1[gi, DIAG_NNGP]
             return
-        V1_g1 = P1[gi, 1]
-        V1_g2 = P1[gi, 3]
-        V1_g3 = P1[gi, 5]
-        V1_g4 = P1[gi, 7]
-        V2_g1 = P2[gj, 1]
-        V2_g2 = P2[gj, 3]
-        V2_g3 = P2[gj, 5]
-        V2_g4 = P2[gj, 7]
+        QV1_g1 = P1[gi, 18]
+        RV1_g1 = P1[gi, 19]
+        QV1_g2 = P1[gi, 20]
+        RV1_g2 = P1[gi, 21]
+        QV1_g3 = P1[gi, 22]
+        RV1_g3 = P1[gi, 23]
+        QV1_g4 = P1[gi, 24]
+        RV1_g4 = P1[gi, 25]
+        QV2_g1 = P2[gj, 18]
+        RV2_g1 = P2[gj, 19]
+        QV2_g2 = P2[gj, 20]
+        RV2_g2 = P2[gj, 21]
+        QV2_g3 = P2[gj, 22]
+        RV2_g3 = P2[gj, 23]
+        QV2_g4 = P2[gj, 24]
+        RV2_g4 = P2[gj, 25]
         t0 = params[1]**2
         t1 = params[0]**2
-        t2 = math.sqrt(V2_g4*V1_g4)
-        t3 = math.sqrt(V2_g3*V1_g3)
-        t4 = math.sqrt(V2_g2*V1_g2)
-        t5 = math.sqrt(V2_g1*V1_g1)
-        t6 = t0 + (1/64)*t1*dot
-        t7 = min(max(t6/t5, -1.0), 1.0)
-        t8 = (1/2)/math.pi
-        t9 = t0 + t1*(t5*t8*math.sqrt(1 - t7**2) + t6*(-t8*math.acos(t7) + 1/2))
-        t10 = min(max(t9/t4, -1.0), 1.0)
-        t11 = t0 + t1*(t4*t8*math.sqrt(1 - t10**2) + t9*(-t8*math.acos(t10) + 1/2))
-        t12 = min(max(t11/t3, -1.0), 1.0)
-        t13 = t0 + t1*(t11*(-t8*math.acos(t12) + 1/2) + t3*t8*math.sqrt(1 - t12**2))
-        t14 = min(max(t13/t2, -1.0), 1.0)
-        G[i, j] = t0 + t1*(t13*(-t8*math.acos(t14) + 1/2) + t2*t8*math.sqrt(1 - t14**2))
+        t2 = t0 + (1/64)*t1*dot
+        t3 = min(max(QV2_g1*QV1_g1*t2, -1.0), 1.0)
+        t4 = (1/2)/math.pi
+        t5 = t0 + t1*(t2*(-t4*math.acos(t3) + 1/2) + t4*RV2_g1*RV1_g1*math.sqrt(1 - t3**2))
+        t6 = min(max(QV2_g2*QV1_g2*t5, -1.0), 1.0)
+        t7 = t0 + t1*(t4*RV2_g2*RV1_g2*math.sqrt(1 - t6**2) + t5*(-t4*math.acos(t6) + 1/2))
+        t8 = min(max(QV2_g3*QV1_g3*t7, -1.0), 1.0)
+        t9 = t0 + t1*(t4*RV2_g3*RV1_g3*math.sqrt(1 - t8**2) + t7*(-t4*math.acos(t8) + 1/2))
+        t10 = min(max(QV2_g4*QV1_g4*t9, -1.0), 1.0)
+        G[i, j] = t0 + t1*(t4*RV2_g4*RV1_g4*math.sqrt(1 - t10**2) + t9*(-t4*math.acos(t10) + 1/2))
 
     @cuda.jit
     def _pairs_both_cuda(A, B, P1, P2, params, G, ntk, i0, j0, symmetric):
@@ -499,36 +571,40 @@ def _cuda():
             G[i, j] = P1[gi, DIAG_NNGP]
             ntk[i, j] = P1[gi, DIAG_NTK]
             return
-        V1_g1 = P1[gi, 1]
-        V1_g2 = P1[gi, 3]
-        V1_g3 = P1[gi, 5]
-        V1_g4 = P1[gi, 7]
-        V2_g1 = P2[gj, 1]
-        V2_g2 = P2[gj, 3]
-        V2_g3 = P2[gj, 5]
-        V2_g4 = P2[gj, 7]
+        QV1_g1 = P1[gi, 18]
+        RV1_g1 = P1[gi, 19]
+        QV1_g2 = P1[gi, 20]
+        RV1_g2 = P1[gi, 21]
+        QV1_g3 = P1[gi, 22]
+        RV1_g3 = P1[gi, 23]
+        QV1_g4 = P1[gi, 24]
+        RV1_g4 = P1[gi, 25]
+        QV2_g1 = P2[gj, 18]
+        RV2_g1 = P2[gj, 19]
+        QV2_g2 = P2[gj, 20]
+        RV2_g2 = P2[gj, 21]
+        QV2_g3 = P2[gj, 22]
+        RV2_g3 = P2[gj, 23]
+        QV2_g4 = P2[gj, 24]
+        RV2_g4 = P2[gj, 25]
         t0 = params[1]**2
         t1 = params[0]**2
-        t2 = math.sqrt(V2_g4*V1_g4)
-        t3 = math.sqrt(V2_g3*V1_g3)
-        t4 = math.sqrt(V2_g2*V1_g2)
-        t5 = math.sqrt(V2_g1*V1_g1)
-        t6 = t0 + (1/64)*t1*dot
-        t7 = min(max(t6/t5, -1.0), 1.0)
-        t8 = (1/2)/math.pi
-        t9 = t6*(-t8*math.acos(t7) + 1/2)
-        t10 = t0 + t1*(t5*t8*math.sqrt(1 - t7**2) + t9)
-        t11 = min(max(t10/t4, -1.0), 1.0)
-        t12 = -t8*math.acos(t11) + 1/2
-        t13 = t0 + t1*(t10*t12 + t4*t8*math.sqrt(1 - t11**2))
-        t14 = min(max(t13/t3, -1.0), 1.0)
-        t15 = -t8*math.acos(t14) + 1/2
-        t16 = t0 + t1*(t13*t15 + t3*t8*math.sqrt(1 - t14**2))
-        t17 = min(max(t16/t2, -1.0), 1.0)
-        t18 = -t8*math.acos(t17) + 1/2
-        t19 = t0 + t1*(t16*t18 + t2*t8*math.sqrt(1 - t17**2))
-        G[i, j] = t19
-        ntk[i, j] = t1*t18*(t1*t15*(t1*t12*(t1*t9 + t10) + t13) + t16) + t19
+        t2 = t0 + (1/64)*t1*dot
+        t3 = min(max(QV2_g1*QV1_g1*t2, -1.0), 1.0)
+        t4 = (1/2)/math.pi
+        t5 = t2*(-t4*math.acos(t3) + 1/2)
+        t6 = t0 + t1*(t4*RV2_g1*RV1_g1*math.sqrt(1 - t3**2) + t5)
+        t7 = min(max(QV2_g2*QV1_g2*t6, -1.0), 1.0)
+        t8 = -t4*math.acos(t7) + 1/2
+        t9 = t0 + t1*(t4*RV2_g2*RV1_g2*math.sqrt(1 - t7**2) + t6*t8)
+        t10 = min(max(QV2_g3*QV1_g3*t9, -1.0), 1.0)
+        t11 = -t4*math.acos(t10) + 1/2
+        t12 = t0 + t1*(t11*t9 + t4*RV2_g3*RV1_g3*math.sqrt(1 - t10**2))
+        t13 = min(max(QV2_g4*QV1_g4*t12, -1.0), 1.0)
+        t14 = -t4*math.acos(t13) + 1/2
+        t15 = t0 + t1*(t12*t14 + t4*RV2_g4*RV1_g4*math.sqrt(1 - t13**2))
+        G[i, j] = t15
+        ntk[i, j] = t1*t14*(t1*t11*(t1*t8*(t1*t5 + t6) + t9) + t12) + t15
 
     _CUDA_READY = True
     return cuda

@@ -54,6 +54,26 @@ DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)
 
 _np_erf = np.vectorize(math.erf, otypes=[np.float64])
 
+
+@numba.njit(inline="always", error_model="numpy")
+def _acos(x):
+    # fdlibm's acos with selects instead of branches; x in [-1, 1] (clipped by the caller).
+    ax = abs(x)
+    big = ax > 0.5
+    zb = 0.5 - 0.5 * ax  # exact for ax in [0.5, 1]
+    z = zb if big else x * x
+    p = z * (1.66666666666666657415e-01 + z * (-3.25565818622400915405e-01 + z * (
+        2.01212532134862925881e-01 + z * (-4.00555345006794114027e-02 + z * (
+            7.91534994289814532176e-04 + z * 3.47933107596021167570e-05)))))
+    q = 1.0 + z * (-2.40339491173441421878e+00 + z * (2.02094576023350569471e+00 + z * (
+        -6.88283971605453293030e-01 + z * 7.70381505559019352791e-02)))
+    r = p / q
+    s = math.sqrt(zb if big else 0.0)
+    small = 1.57079632679489655800e+00 - (x - (6.12323399573676603587e-17 - x * r))
+    w = r * s
+    large = (3.14159265358979311600e+00 - 2.0 * (s + (w - 6.12323399573676603587e-17))
+             if x < 0.0 else 2.0 * (s + w))
+    return large if big else small
 # Gauss-Hermite nodes and weights, degree 32
 _GH_X = np.array([-7.125813909830728, -6.409498149269661, -5.812225949515914, -5.2755509865158805, -4.777164503502596, -4.305547953351199, -3.853755485471445, -3.417167492818571, -2.992490825002374, -2.5772495377323175, -2.169499183606112, -1.7676541094632015, -1.3703764109528718, -0.9765004635896828, -0.5849787654359324, -0.19484074156939934, 0.19484074156939934, 0.5849787654359324, 0.9765004635896828, 1.3703764109528718, 1.7676541094632015, 2.169499183606112, 2.5772495377323175, 2.992490825002374, 3.417167492818571, 3.853755485471445, 4.305547953351199, 4.777164503502596, 5.2755509865158805, 5.812225949515914, 6.409498149269661, 7.125813909830728])
 _GH_W = np.array([7.310676427384096e-23, 9.231736536518258e-19, 1.1973440170928503e-15, 4.2150102113264155e-13, 5.933291463396676e-11, 4.098832164770879e-09, 1.5741677925455882e-07, 3.650585129562378e-06, 5.416584061819991e-05, 0.000536268365527972, 0.003654890326654426, 0.017553428831573438, 0.06045813095591269, 0.15126973407664232, 0.27745814230252996, 0.37523835259280247, 0.37523835259280247, 0.27745814230252996, 0.15126973407664232, 0.06045813095591269, 0.017553428831573438, 0.003654890326654426, 0.000536268365527972, 5.416584061819991e-05, 3.650585129562378e-06, 1.5741677925455882e-07, 4.098832164770879e-09, 5.933291463396676e-11, 4.2150102113264155e-13, 1.1973440170928503e-15, 9.231736536518258e-19, 7.310676427384096e-23])
@@ -191,7 +211,7 @@ def _point_numpy(sq, params):
     return out
 
 @numba.njit(parallel=True, cache=True)
-def _pairs_nngp(G, P1, P2, params, symmetric):
+def _pairs_nngp(G, P1, P2T, params, symmetric):
     n1, n2 = G.shape
     # rows t and n1-1-t go to the same task: balanced work on the triangle
     for task in numba.prange((n1 + 1) // 2):
@@ -199,16 +219,19 @@ def _pairs_nngp(G, P1, P2, params, symmetric):
             i = task + half * (n1 - 1 - 2 * task)
             V1_g1 = P1[i, 1]
             V1_g2 = P1[i, 3]
-            for j in range(i if symmetric else 0, n2):
-                dot = G[i, j]
-                V2_g1 = P2[j, 1]
-                V2_g2 = P2[j, 3]
+            j0 = max(i, 0) if symmetric else 0
+            Gi = G[i]
+            for k in range(n2 - j0):
+                j = j0 + k
+                dot = Gi[j]
+                V2_g1 = P2T[1, j]
+                V2_g2 = P2T[3, j]
                 t0 = params[1]**2
                 t1 = params[0]**2
-                G[i, j] = t0 + t1*_quad2(V1_g2, t0 + t1*_quad2(V1_g1, t0 + (1/8)*t1*dot, V2_g1, params), V2_g2, params)
+                Gi[j] = t0 + t1*_quad2(V1_g2, t0 + t1*_quad2(V1_g1, t0 + (1/8)*t1*dot, V2_g1, params), V2_g2, params)
 
 @numba.njit(parallel=True, cache=True)
-def _pairs_both(G, P1, P2, params, ntk, symmetric):
+def _pairs_both(G, P1, P2T, params, ntk, symmetric):
     n1, n2 = G.shape
     # rows t and n1-1-t go to the same task: balanced work on the triangle
     for task in numba.prange((n1 + 1) // 2):
@@ -216,17 +239,21 @@ def _pairs_both(G, P1, P2, params, ntk, symmetric):
             i = task + half * (n1 - 1 - 2 * task)
             V1_g1 = P1[i, 1]
             V1_g2 = P1[i, 3]
-            for j in range(i if symmetric else 0, n2):
-                dot = G[i, j]
-                V2_g1 = P2[j, 1]
-                V2_g2 = P2[j, 3]
+            j0 = max(i, 0) if symmetric else 0
+            Gi = G[i]
+            Ti = ntk[i]
+            for k in range(n2 - j0):
+                j = j0 + k
+                dot = Gi[j]
+                V2_g1 = P2T[1, j]
+                V2_g2 = P2T[3, j]
                 t0 = params[1]**2
                 t1 = params[0]**2
                 t2 = t0 + (1/8)*t1*dot
                 t3 = t0 + t1*_quad2(V1_g1, t2, V2_g1, params)
                 t4 = t0 + t1*_quad2(V1_g2, t3, V2_g2, params)
-                G[i, j] = t4
-                ntk[i, j] = t1*(t1*t2*_quad0(V1_g1, t2, V2_g1, params) + t3)*_quad0(V1_g2, t3, V2_g2, params) + t4
+                Gi[j] = t4
+                Ti[j] = t1*(t1*t2*_quad0(V1_g1, t2, V2_g1, params) + t3)*_quad0(V1_g2, t3, V2_g2, params) + t4
 
 def _pairs_numpy(G, P1, P2, params):
     dot = G
@@ -345,10 +372,11 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
             _point_numba(sq2, p, p2)
         nngp = g  # overwritten in place: the Gram matrix never needs a third N×N array
         ntk = np.empty_like(g) if want_ntk else None
+        p2t = np.ascontiguousarray(p2.T)  # x' quantities contiguous along the pair loop
         if want_ntk:
-            _pairs_both(nngp, p1, p2, p, ntk, symmetric)
+            _pairs_both(nngp, p1, p2t, p, ntk, symmetric)
         else:
-            _pairs_nngp(nngp, p1, p2, p, symmetric)
+            _pairs_nngp(nngp, p1, p2t, p, symmetric)
         if symmetric:
             _mirror(nngp)
             if want_ntk:

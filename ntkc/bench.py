@@ -1,6 +1,6 @@
 """Benchmarks, each timed against something measured in the same run.
 
-    python -m ntkc.bench [--case fc|fc-gpu]          (or: ntkc bench ...)
+    python -m ntkc.bench [--case fc|fc-gpu|cntk-gap|cnn-flatten]   (or: ntkc bench ...)
 
 fc: 3 × (dense + relu) + dense, N = 4000, d = 256, float64, train-train NNGP + NTK.
 Reports the wall time of kernel(), the input GEMM alone, writing two N×N float64
@@ -10,6 +10,8 @@ fc-gpu: the same network, N = 20000, d = 784, float32, train-train NNGP + NTK, o
 device="cuda" against the CPU kernel in the same run, with the time to copy two
 N×N float32 arrays from the device to the host (the floor of any GPU kernel that
 returns host arrays). Needs an NVIDIA GPU and numba-cuda (pip install 'ntkc[cuda]').
+
+cntk-gap, cnn-flatten: convolutional networks (ntkc.bench_conv).
 """
 
 from __future__ import annotations
@@ -134,11 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="ntkc bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--case", choices=["fc", "fc-gpu"], default="fc")
+    ap.add_argument("--case", choices=["fc", "fc-gpu", "cntk-gap", "cnn-flatten"], default="fc")
     ap.add_argument("--n", type=int, help="points (default: 4000 for fc, 20000 for fc-gpu)")
     ap.add_argument("--d", type=int, help="input dimension (default: 256 for fc, 784 for fc-gpu)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--numpy-n", type=int, help="points for the numpy reference (conv cases)")
     args = ap.parse_args(argv)
+    if args.case in ("cntk-gap", "cnn-flatten"):
+        from .bench_conv import bench_conv, report_conv
+
+        print(report_conv(bench_conv(args.case, args.n, args.repeat, args.numpy_n)))
+        return 0
     if args.case == "fc":
         print(report(bench_fc(args.n or 4000, args.d or 256, args.repeat)))
         return 0

@@ -112,10 +112,11 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
             _point_numba(sq2, p, p2)
         nngp = g  # overwritten in place: the Gram matrix never needs a third N×N array
         ntk = np.empty_like(g) if want_ntk else None
+        p2t = np.ascontiguousarray(p2.T)  # x' quantities contiguous along the pair loop
         if want_ntk:
-            _pairs_both(nngp, p1, p2, p, ntk, symmetric)
+            _pairs_both(nngp, p1, p2t, p, ntk, symmetric)
         else:
-            _pairs_nngp(nngp, p1, p2, p, symmetric)
+            _pairs_nngp(nngp, p1, p2t, p, symmetric)
         if symmetric:
             _mirror(nngp)
             if want_ntk:

@@ -19,7 +19,9 @@ from .. import __version__
 from ..derive import Recursion
 from ..quadrature import DEFAULT_DEGREE, GaussExpectation
 from .driver_template import DRIVER
-from .printers import ArrayPrinter, NumbaPrinter
+from .fast_acos import ACOS_SOURCE
+from .hoist import hoist_roots
+from .printers import ArrayPrinter, CpuPrinter, NumbaPrinter
 
 # What `--target` asks for → the device kernels the module gets. The point phase
 # (numba, CPU) and the numpy reference are in every module.
@@ -99,15 +101,25 @@ class ModuleWriter:
         pair_full = _substituted(rec.pair, {})
         diag = [rec.outputs[k].xreplace(point_full) for k in ("nngp_diag", "ntk_diag")]
         self.point_outputs = [point_full[a.symbol] for a in rec.point] + diag
-        self.nngp = rec.outputs["nngp"].xreplace(pair_full)
-        self.ntk = rec.outputs["ntk"].xreplace(pair_full)
+        nngp = rec.outputs["nngp"].xreplace(pair_full)
+        ntk = rec.outputs["ntk"].xreplace(pair_full)
+        # sqrt(K(x,x)·K(x',x')) → per-input roots, computed in the point phase.
+        twins = {2: dict(rec.twins)}
+        hoisted, self.roots = hoist_roots({"nngp": nngp, "ntk": ntk},
+                                          {a.symbol for a in rec.point}, twins, self.names)
+        self.nngp, self.ntk = hoisted["nngp"], hoisted["ntk"]
+        self.twins = twins[2]
+        self.point_symbols = [a.symbol for a in rec.point] + [r.symbol for r in self.roots]
+        self.slots = {sym: k for k, sym in enumerate(self.point_symbols)}
+        self.point_outputs[len(rec.point):len(rec.point)] = [
+            point_full[r.base] ** r.exponent for r in self.roots]
         exprs = self.point_outputs + [self.nngp, self.ntk]
         quads = sorted({type(q) for e in exprs for q in e.atoms(GaussExpectation)},
                        key=lambda t: t.__name__)
         self.helpers = {t: f"_quad{i}" for i, t in enumerate(quads)}
 
     def _printers(self):
-        return (NumbaPrinter(dict(self.names), {t: n for t, n in self.helpers.items()}),
+        return (CpuPrinter(dict(self.names), {t: n for t, n in self.helpers.items()}),
                 ArrayPrinter(dict(self.names), {t: n + "_np" for t, n in self.helpers.items()}))
 
     # -- formulas as comments --------------------------------------------------------------
@@ -132,7 +144,9 @@ class ModuleWriter:
         for t, name in self.helpers.items():
             it = t.integrand
             u, v = sympy.Symbol("u"), sympy.Symbol("v")
-            nb, npy = self._printers()
+            _, npy = self._printers()
+            # The scalar helper's text is shared with the cuda target: libm's acos there.
+            nb = NumbaPrinter(dict(self.names), dict(self.helpers))
             npy.names[u], npy.names[v] = "u", "v"
             fu_np = npy.doprint(it.f.xreplace({it.z: u}))
             src += [f"# {t.__name__}: Gaussian expectation by quadrature",
@@ -175,22 +189,30 @@ class ModuleWriter:
         src += body_np + [f"    out[:, {k}] = {o}" for k, o in enumerate(outs_np)]
         return src + ["    return out"]
 
-    def _loads(self, exprs, printer, which: int, row: str, vec: str | None) -> list[str]:
+    def _loads(self, exprs, printer, which: int, row: str, vec: str | None,
+               transposed: bool = False) -> list[str]:
+        """Loads of the point quantities the exprs use. transposed: x' quantities from
+        P2T (slot, point), contiguous along the pair loop, so it vectorises."""
         syms = set().union(*(e.free_symbols for e in exprs))
         lines = []
-        for a in self.rec.point:
-            sym = a.symbol if which == 1 else self.rec.twins[a.symbol]
+        for s1 in self.point_symbols:
+            sym = s1 if which == 1 else self.twins[s1]
             if sym in syms:
-                k = self.slots[a.symbol]
-                src = f"P{which}[{row}, {k}]" if vec is None else f"P{which}[:, {k}]{vec}"
+                k = self.slots[s1]
+                if vec is not None:
+                    src = f"P{which}[:, {k}]{vec}"
+                elif which == 2 and transposed:
+                    src = f"P2T[{k}, {row}]"
+                else:
+                    src = f"P{which}[{row}, {k}]"
                 lines.append(f"{printer.names[sym]} = {src}")
         return lines
 
     def pair_phase(self, name: str, outputs: list[sympy.Expr]) -> list[str]:
         nb, _ = self._printers()
         body, outs = _block(outputs, nb, " " * 16, "t")
-        args = "G, P1, P2, params, ntk, symmetric" if len(outputs) == 2 else \
-            "G, P1, P2, params, symmetric"
+        args = "G, P1, P2T, params, ntk, symmetric" if len(outputs) == 2 else \
+            "G, P1, P2T, params, symmetric"
         src = [
             "@numba.njit(parallel=True, cache=True)",
             f"def {name}({args}):",
@@ -201,12 +223,19 @@ class ModuleWriter:
             "            i = task + half * (n1 - 1 - 2 * task)",
         ]
         src += ["            " + ln for ln in self._loads(outputs, nb, 1, "i", None)]
-        src += ["            for j in range(i if symmetric else 0, n2):",
-                "                dot = G[i, j]"]
-        src += ["                " + ln for ln in self._loads(outputs, nb, 2, "j", None)]
-        src += body + [f"                G[i, j] = {outs[0]}"]
+        # Row views and a loop counter from 0 on a start known to be >= 0: numba can
+        # drop its negative-index checks and LLVM vectorises the loop over j.
+        src += ["            j0 = max(i, 0) if symmetric else 0",
+                "            Gi = G[i]"]
         if len(outputs) == 2:
-            src.append(f"                ntk[i, j] = {outs[1]}")
+            src.append("            Ti = ntk[i]")
+        src += ["            for k in range(n2 - j0):",
+                "                j = j0 + k",
+                "                dot = Gi[j]"]
+        src += ["                " + ln for ln in self._loads(outputs, nb, 2, "j", None, True)]
+        src += body + [f"                Gi[j] = {outs[0]}"]
+        if len(outputs) == 2:
+            src.append(f"                Ti[j] = {outs[1]}")
         return src
 
     def pair_numpy(self) -> list[str]:
@@ -261,7 +290,7 @@ class ModuleWriter:
             "_np_erf = np.vectorize(math.erf, otypes=[np.float64])",
             "",
         ]
-        parts = [head, self.quadrature(), self.point_phase(), [""]]
+        parts = [head, ACOS_SOURCE.splitlines(), self.quadrature(), self.point_phase(), [""]]
         if "cpu" in self.targets:
             parts += [self.pair_phase("_pairs_nngp", [self.nngp]), [""],
                       self.pair_phase("_pairs_both", [self.nngp, self.ntk]), [""]]

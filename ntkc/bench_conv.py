@@ -1,0 +1,86 @@
+"""Convolutional benchmarks (issue cases), timed against the numpy reference backend
+in the same run, with the conv-operator work counted from the tap tables.
+
+cntk-gap:    4 × (conv 3×3 SAME + relu) + global average pooling + dense, 8×8×1, N = 100
+cnn-flatten: the same with flatten instead of pooling, 16×16×3, N = 400
+float64, train-train (x2=None) NNGP + NTK.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .bench import _best
+from .structure import FULL, analyse
+
+CONV_SPEC = """network bench_{name}
+input x : image[{h}, {w}, {c}]
+g1 = conv(x, filter=[3, 3], padding=same, w_std=1.4, b_std=0.1)
+h1 = relu(g1)
+g2 = conv(h1, filter=[3, 3], padding=same, w_std=1.4, b_std=0.1)
+h2 = relu(g2)
+g3 = conv(h2, filter=[3, 3], padding=same, w_std=1.4, b_std=0.1)
+h3 = relu(g3)
+g4 = conv(h3, filter=[3, 3], padding=same, w_std=1.4, b_std=0.1)
+h4 = relu(g4)
+r = {readout}(h4)
+y = dense(r, w_std=1.0, b_std=0.0)
+output y
+"""
+CASES = {"cntk-gap": ((8, 8, 1), 100, "global_avg_pool"),
+         "cnn-flatten": ((16, 16, 3), 400, "flatten")}
+
+
+def conv_flops_per_pair(recursion) -> int:
+    """Adds and the scaling multiply of every conv stencil of the pair phase."""
+    structure = analyse(recursion)
+    total = 0
+    for a in recursion.pair:
+        if a.stencil is None or a.stencil.op != "conv":
+            continue
+        valid = (a.stencil.window.taps >= 0).sum(axis=0)  # output positions per tap
+        if structure[a.symbol] == FULL:
+            total += int((valid**2).sum()) + a.stencil.window.taps.shape[0] ** 2
+        else:
+            total += int(valid.sum()) + a.stencil.window.taps.shape[0]
+    return total
+
+
+def bench_conv(case: str, n: int | None = None, repeat: int = 3,
+               numpy_n: int | None = None) -> dict:
+    from .runtime import load
+
+    shape, default_n, readout = CASES[case]
+    n = n or default_n
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "bench.ntk"
+        spec.write_text(CONV_SPEC.format(name=case.replace("-", "_"), h=shape[0], w=shape[1],
+                                         c=shape[2], readout=readout))
+        model = load(spec)
+    x = np.random.default_rng(0).standard_normal((n, *shape))
+    model.kernel(x[:4])  # compile (or load from numba's cache) outside the timing
+    model.kernel(x[:4], backend="numpy")
+    t = _best(lambda: model.kernel(x), repeat)
+    # The numpy reference at (up to) the same N; its time per pair is what is compared.
+    m = min(n, numpy_n or n)
+    t_np = _best(lambda: model.kernel(x[:m], backend="numpy"), 1)
+    pairs, pairs_np = n * (n + 1) / 2, m * (m + 1) / 2
+    flops = conv_flops_per_pair(model.compiled.recursion) * pairs
+    return {
+        "case": f"{case} {shape[0]}x{shape[1]}x{shape[2]} N={n} float64 nngp+ntk train-train",
+        "kernel_s": t, "pairs_per_s": pairs / t, "conv_gflops": flops / t / 1e9,
+        "numpy_s": t_np, "numpy_n": m, "speedup_vs_numpy": (t_np / pairs_np) / (t / pairs),
+    }
+
+
+def report_conv(r: dict) -> str:
+    return (f"{r['case']}\n"
+            f"  kernel()                 {r['kernel_s'] * 1e3:9.1f} ms\n"
+            f"  {r['pairs_per_s']:.3g} pairs/s, conv operator {r['conv_gflops']:.2f} GFLOP/s\n"
+            f"  numpy reference backend  {r['numpy_s'] * 1e3:9.1f} ms at N={r['numpy_n']}: "
+            f"numba is {r['speedup_vs_numpy']:.1f}x faster per pair")
+
+
