@@ -138,11 +138,17 @@ class Model:
                 16384 if on_gpu else 4096)
         blocks = [(i, j) for i in range(0, n1, tile) for j in range(0, n2, tile)
                   if not symmetric or j >= i]
+        show = progress if progress is not None else sys.stderr.isatty()
+        if show:  # before anything is allocated: what this run will hold, and where
+            where = f"on disk in {out_dir}" if out_dir is not None else "in memory"
+            pairs = n1 * (n1 + 1) // 2 if symmetric else n1 * n2
+            print(f"ntkc: {len(names)} Gram matrix(es) {n1}×{n2} {np.dtype(dtype).name}: "
+                  f"{need / 2**30:.2f} GiB {where} (limit {limit / 2**30:.1f} GiB), "
+                  f"{pairs:,} pairs in {len(blocks)} tile(s)", file=sys.stderr, flush=True)
         if len(blocks) == 1:
             return self.module.kernel(x1, None if symmetric else x2c, get, params, backend,
                                       **extra)
         outs = self._allocate(names, (n1, n2), dtype, out_dir)
-        show = progress if progress is not None else sys.stderr.isatty()
         start = time.perf_counter()
         for k, (i, j) in enumerate(blocks):
             a = x1[i:i + tile]

@@ -141,3 +141,13 @@ def test_params_float32_and_tiles(models):
     assert not np.allclose(k64.ntk, m.kernel(x).ntk)  # the param is used
     tiled = m.kernel(x, tile=3)
     np.testing.assert_array_equal(tiled.ntk, m.kernel(x).ntk)
+
+
+def test_memory_estimate_printed_then_refused(models, capsys):
+    m = models["mixed"]
+    x = _inputs(m.input_shape, 6, 4)
+    m.kernel(x, progress=True, tile=4)
+    err = capsys.readouterr().err
+    assert "ntkc: 2 Gram matrix(es) 6×6 float64" in err and "21 pairs in 3 tile(s)" in err
+    with pytest.raises(MemoryError, match="need 596.0 GiB, over the 1.0 GiB available"):
+        m.kernel(np.zeros((200000, *m.input_shape)), memory_limit=2**30)
