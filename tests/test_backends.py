@@ -139,3 +139,17 @@ def test_stale_module_refused(tmp_path):
     spec.write_text("network stale_net\ninput x : vector[2]\ny = dense(x, b_std=1)\noutput y\n")
     with pytest.raises(ValueError, match=r"sha256 differs\): regenerate it with `ntkc compile .*net.ntk`"):
         ntkc.load(tmp_path / "stale_net.py")
+
+
+def test_max_min_nonlinearity_in_both_backends(tmp_path):
+    # max/min print as numpy.maximum/minimum in the reference backend (sympy's default
+    # printer needs functools, which generated modules do not import).
+    spec = tmp_path / "maxmin.ntk"
+    spec.write_text("network maxmin\ninput x : vector[3]\nnonlin f(z) = max(z, 0) + "
+                    "min(z, 0.5*z)\ng = dense(x, w_std=1.2, b_std=0.1)\nh = f(g)\n"
+                    "y = dense(h)\noutput y\n")
+    model = ntkc.load(spec)
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    fast, ref = model.kernel(x, x[:3]), model.kernel(x, x[:3], backend="numpy")
+    for a, b in zip(fast, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-12)

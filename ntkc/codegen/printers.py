@@ -65,6 +65,19 @@ class ArrayPrinter(_Names, NumPyPrinter):
     def _print_erf(self, e):
         return f"_np_erf({self._print(e.args[0])})"
 
+    # sympy's own versions need functools, which the modules do not import.
+    def _print_Max(self, e):
+        out = self._print(e.args[0])
+        for a in e.args[1:]:
+            out = f"numpy.maximum({out}, {self._print(a)})"
+        return out
+
+    def _print_Min(self, e):
+        out = self._print(e.args[0])
+        for a in e.args[1:]:
+            out = f"numpy.minimum({out}, {self._print(a)})"
+        return out
+
     def _print_Heaviside(self, e):
         return f"numpy.heaviside({self._print(e.args[0])}, 0.0)"
 
