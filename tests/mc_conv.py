@@ -15,7 +15,8 @@ evaluates the scalar outputs f(x) on a batch of inputs and the empirical NTK
 by hand-written backprop, and E[f(x) f(x') | all but the readout] (the readout's Gaussian
 weights integrated out exactly; same mean as f(x) f(x'), far smaller variance).
 
-Conventions: those of Neural Tangents' stax 0.6.5, NTK parameterization, channels last.
+Conventions: those of Neural Tangents' stax 0.6.5, channels last; NTK parameterization by
+default, standard parameterization with ``parameterization="standard"`` (see below).
 
 * conv(filter, stride (default 1), padding, w_std, b_std):  W ~ N(0, 1) of shape
   (*filter, C_in, C_out), β ~ N(0, 1) per output channel (no bias when b_std is absent),
@@ -51,6 +52,16 @@ padding. With h̃ the input with the zero slot appended, a conv is patches = h̃
 
 (c = w_std/√(C_in·F); the channel Gram h̃ h̃ᵀ is computed once, then gathered per tap, so
 no per-example gradient is formed), and of its bias b² Σ_{o,o'} (δ δᵀ)[x, o; x', o'].
+
+Parameterizations (both sample the same function from the same N(0, 1) draws Z, β; they
+differ only in what is trained, i.e. in the factors of the two sums above):
+
+* ntk:      θ = (Z, β): out = c·conv(h, Z) + b·β, so the factors are c² and b².
+* standard: θ = (W, bias) with W = c·Z ~ N(0, w_std²/(C_in·F)) and bias = b·β ~ N(0, b²),
+  out = conv(h, W) + bias: the factors are 1 and 1 (the bias term present whenever the
+  layer has a bias, even with b_std = 0). The same for dense (F = 1; after flatten
+  C_in = P·C). C_in and the hidden widths are the simulator's (every hidden conv/dense has
+  n channels), so an ntkc spec compared with it must say width=n on those lines.
 """
 
 from __future__ import annotations
@@ -167,13 +178,23 @@ def mean_and_se(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return samples.mean(axis=0), samples.std(axis=0, ddof=1) / np.sqrt(samples.shape[0])
 
 
+PARAMETERIZATIONS = ("ntk", "standard")
+
+
 class ConvNetwork:
-    """Random finite networks of a layer list (reference-file format) at width n."""
+    """Random finite networks of a layer list (reference-file format) at width n.
+
+    A ``width`` attribute on a conv/dense layer is ignored: every hidden conv/dense has
+    ``width`` channels, the readout one."""
 
     def __init__(self, layers: list, input_shape: tuple[int, ...] | list[int], width: int,
-                 dtype=np.float32, pool_stride_default: str = POOL_STRIDE_DEFAULT):
+                 dtype=np.float32, pool_stride_default: str = POOL_STRIDE_DEFAULT,
+                 parameterization: str = "ntk"):
         if pool_stride_default not in ("window", "ones"):
             raise ValueError(f"pool_stride_default {pool_stride_default!r}")
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization {parameterization!r}")
+        self.parameterization = parameterization
         self.pool_stride_default = pool_stride_default
         self.width = width
         self.dtype = np.dtype(dtype)
@@ -399,6 +420,14 @@ class ConvNetwork:
                 add(node.inputs[1], d[..., k:])
         return f, ntk, nngp_cond
 
+    def ntk_factors(self, node: Node) -> tuple[float, float]:
+        """(cw², cb²): the factors of a conv/dense node's weight and bias sums in Θ̂ (the
+        squared derivative of the layer's output in its trained weight, in its trained
+        bias); cb² = 0 without a bias."""
+        if self.parameterization == "ntk":  # trained: Z and β
+            return node.scale**2, (0.0 if node.b_std is None else node.b_std**2)
+        return 1.0, (0.0 if node.b_std is None else 1.0)  # trained: W = c·Z and b·β
+
     def _scatter(self, node: Node) -> np.ndarray:
         """(P_in + 1, P_out·F) 0/1 matrix: the transpose of the patch gather."""
         cache = self._scatter_cache
@@ -425,9 +454,10 @@ class ConvNetwork:
         for t in range(node.taps.shape[1]):
             col = node.taps[:, t]
             pg = pg + hh[:, :, col][:, :, :, :, col]
-        ntk = node.scale**2 * np.einsum("bnpmq,bnpmq->bnm", np.broadcast_to(pg, dd.shape), dd)
+        cw2, cb2 = self.ntk_factors(node)
+        ntk = cw2 * np.einsum("bnpmq,bnpmq->bnm", np.broadcast_to(pg, dd.shape), dd)
         if node.b_std is not None:
-            ntk = ntk + node.b_std**2 * dd.sum(axis=(2, 4))
+            ntk = ntk + cb2 * dd.sum(axis=(2, 4))
         return ntk
 
 
