@@ -33,7 +33,7 @@ def compile_text(
     spec_name: how the module header names its spec (a path relative to the
     module's directory, so the runtime can check the hash); default ``filename``.
     target: "cpu" (numba prange kernels), "cuda" (numba.cuda kernels, imported by the
-    module only when used) or "all" (both: every target the network's emitter has).
+    module only when used) or "all" (both).
     """
     if target not in ("cpu", "cuda", "all"):
         raise ValueError(f"target must be 'cpu', 'cuda' or 'all', got {target!r}")
@@ -42,15 +42,10 @@ def compile_text(
         recursion = derive(program)
     except DeriveError as e:
         raise SpecError([Diagnostic("error", str(e), e.pos)], filename, text) from None
-    if program.input_shape.spatial:  # the spatial emitter has the cpu target only (for now)
-        if target == "cuda":
-            raise ValueError("the cuda target supports dense networks only (for now): "
-                             "compile this network with --target cpu")
-        target = "cpu"
     options = {"target": target, "quad_degree": quad_degree}
     if program.input_shape.spatial:
         try:
-            writer = SpatialWriter(recursion)
+            writer = SpatialWriter(recursion, target)
         except NotImplementedError as e:
             raise SpecError([Diagnostic("error", str(e), None)], filename, text) from None
     else:

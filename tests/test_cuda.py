@@ -11,6 +11,10 @@ numba.cuda is numba-cuda's, and its simulator passes the same tests.
 The simulator runs each GPU thread as a Python thread: inputs are small (6 to 10
 points), and some cases shrink CUDA_BLOCK to 4 (the simulator reads it at run time)
 so that a tile spans several thread blocks, some of them wholly below the diagonal.
+Convolutional networks (ntkc.codegen.cuda_spatial) are tiny 4×4×2 image nets, one
+with pools and global pooling, one with flatten: the simulator runs their pair
+function as plain Python, and most of those tests' time is numba compiling the CPU
+kernels they are compared with (and whose point phase the cuda target uses).
 On a machine with a GPU, test_real_gpu_matches_cpu runs the same comparison for real.
 """
 
@@ -31,12 +35,37 @@ from ntkc.compiler import compile_file
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ROOT / "generated"
-# The dense examples: the cuda target covers dense networks (not convolutional ones yet).
 DENSE = [GENERATED / f"{n}.py" for n in
          ("digits_fc", "erf_mlp", "relu_mlp", "residual_mlp", "tanh_mlp")]
+CONV = [GENERATED / f"{n}.py" for n in ("digits_cnn_flatten", "digits_cntk_gap")]
+
+# Tiny convolutional nets for the simulator: pools and global pooling (full structure:
+# every pixel pair), and flatten (diagonal structure), with relu and erf.
+CONV_GAP = """network tiny_gap
+input x : image[4, 4, 2]
+g1 = conv(x, filter=[3, 3], padding=same, w_std=1.4, b_std=0.1)
+h1 = relu(g1)
+p1 = avg_pool(h1, window=[2, 2], stride=[2, 2], padding=valid)
+g2 = conv(p1, filter=[2, 2], padding=same, w_std=1.3, b_std=0.2)
+h2 = relu(g2)
+q = global_avg_pool(h2)
+y = dense(q, w_std=1.0, b_std=0.1)
+output y
+"""
+CONV_FLAT = """network tiny_flat
+input x : image[4, 4, 2]
+g1 = conv(x, filter=[3, 3], padding=same, w_std=1.4, b_std=0.1)
+h1 = relu(g1)
+g2 = conv(h1, filter=[3, 3], stride=[2, 1], padding=circular, w_std=1.4, b_std=0.1)
+h2 = erf(g2)
+f = flatten(h2)
+y = dense(f, w_std=1.0, b_std=0.1)
+output y
+"""
 
 # Runs in a subprocess: compares device="cuda" with device="cpu" for each case and
-# prints one JSON record per case. argv: module path, cases as JSON.
+# prints one JSON record per case. argv: module path, cases as JSON, and optionally the
+# constant memory a conv module's tables may take (0: all of them in device memory).
 COMPARE = textwrap.dedent('''
     import json, sys
     from pathlib import Path
@@ -46,12 +75,16 @@ COMPARE = textwrap.dedent('''
 
     m = import_module_file(Path(sys.argv[1]))
     model = ntkc.load(sys.argv[1])
+    if len(sys.argv) > 3:
+        m.CUDA_CONSTANT_BYTES = int(sys.argv[3])
     rng = np.random.default_rng(0)
     default_block = m.CUDA_BLOCK
+    default_threads = getattr(m, "CUDA_MAX_THREADS", None)
     records = []
     for case in json.loads(sys.argv[2]):
         block = case.get("block") or default_block
         m.CUDA_BLOCK, m.CUDA_ROW = block, block + 1
+        m.CUDA_MAX_THREADS = case.get("threads") or default_threads  # conv: grid-stride
         dtype = case.get("dtype", "float64")
         x1 = rng.standard_normal((case["n1"], *m.INPUT_SHAPE)).astype(dtype)
         x2 = None
@@ -72,6 +105,10 @@ COMPARE = textwrap.dedent('''
                 "symmetric": bool(np.array_equal(g, g.T)) if x2 is None else None,
                 "finite": bool(np.isfinite(g).all()),
             })
+    if hasattr(m, "_CUDA_TABLES"):  # conv: how many tables the device reads from memory
+        tables = m._pair_one_cuda.py_func.__globals__
+        moved = sum(not isinstance(tables[k], np.ndarray) for k in m._CUDA_TABLES)
+        records = [dict(r, moved=moved) for r in records]
     print("RESULT " + json.dumps(records))
 ''')
 
@@ -85,8 +122,10 @@ def _run(code: str, *args: str, simulator: bool, timeout: int = 900):
                           env=env, cwd=ROOT, timeout=timeout, check=False)
 
 
-def _compare(module: Path, cases: list[dict], simulator: bool = True) -> list[dict]:
-    proc = _run(COMPARE, str(module), json.dumps(cases), simulator=simulator)
+def _compare(module: Path, cases: list[dict], simulator: bool = True,
+             constant_bytes: int | None = None) -> list[dict]:
+    extra = [] if constant_bytes is None else [str(constant_bytes)]
+    proc = _run(COMPARE, str(module), json.dumps(cases), *extra, simulator=simulator)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
     return json.loads(lines[-1][len("RESULT "):])
@@ -139,8 +178,58 @@ def test_simulator_erf_and_residual_match_cpu():
         _check(_compare(GENERATED / f"{name}.py", [{"n1": 5, "n2": 4}, {"n1": 5}]))
 
 
+@pytest.fixture(scope="module")
+def conv_modules(tmp_path_factory) -> dict[str, Path]:
+    """The tiny conv nets compiled (target all) next to their specs."""
+    tmp = tmp_path_factory.mktemp("conv_cuda")
+    out = {}
+    for text in (CONV_GAP, CONV_FLAT):
+        name = text.split()[1]
+        (tmp / f"{name}.ntk").write_text(text)
+        compiled = compile_file(tmp / f"{name}.ntk", spec_name=f"{name}.ntk")
+        (tmp / f"{name}.py").write_text(compiled.source)
+        out[name] = tmp / f"{name}.py"
+    return out
+
+
+# Conv cases: x2 given and x2=None, float64 and float32, one output or both; then few
+# threads (CUDA_MAX_THREADS) in blocks of 4, so each thread computes several pairs in
+# one scratch column, with device tiles across the diagonal and host tiles (ntkc.Model).
+CONV_CASES = [
+    {"n1": 3, "n2": 2},
+    {"n1": 3},
+    {"n1": 3, "n2": 2, "dtype": "float32", "get": "ntk"},
+    {"n1": 3, "dtype": "float32"},
+    {"n1": 5, "block": 4, "threads": 8, "tile": [2, 3]},
+    {"n1": 4, "n2": 3, "block": 4, "threads": 4, "tile": 2, "get": "nngp"},
+    {"n1": 5, "block": 4, "threads": 4, "host_tile": 3},
+]
+
+
+@pytest.mark.slow
+def test_simulator_conv_global_pool_matches_cpu(conv_modules):
+    records = _compare(conv_modules["tiny_gap"], CONV_CASES)
+    _check(records)
+    assert {r["moved"] for r in records} == {0}  # its tables fit in constant memory
+
+
+@pytest.mark.slow
+def test_simulator_conv_flatten_matches_cpu(conv_modules):
+    _check(_compare(conv_modules["tiny_flat"], CONV_CASES[:4]))
+
+
+@pytest.mark.slow
+def test_simulator_conv_tables_in_device_memory(conv_modules):
+    # No constant memory allowed: every table goes to device memory (what large images
+    # need), read through the device twin's globals; after the tests above, the CPU
+    # kernels come from numba's cache.
+    records = _compare(conv_modules["tiny_gap"], CONV_CASES[:2], constant_bytes=0)
+    _check(records)
+    assert records[0]["moved"] > 0
+
+
 def test_generated_modules_have_both_targets():
-    for path in DENSE:
+    for path in DENSE + CONV:
         text = path.read_text()
         assert "TARGETS = ('cpu', 'cuda')" in text, path.name
         # numba.cuda is imported inside _cuda() only, never at module level
@@ -158,6 +247,10 @@ def test_cuda_import_is_lazy():
     ''')
     proc = _run(code, str(GENERATED / "erf_mlp.py"), simulator=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    code = "import sys, ntkc\nntkc.load(sys.argv[1])\nassert 'numba.cuda' not in sys.modules"
+    for path in CONV:  # importing a conv module with a cuda target imports no numba.cuda
+        proc = _run(code, str(path), simulator=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_cpu_only_module_refuses_cuda(tmp_path):
@@ -204,19 +297,29 @@ def test_cli_target(tmp_path, capsys):
     assert "TARGETS = ('cpu', 'cuda')" in (tmp_path / "all" / "erf_mlp.py").read_text()
 
 
-def test_spatial_networks_have_no_cuda_target_yet(tmp_path):
+def test_conv_targets(tmp_path):
     spec = tmp_path / "cnn.ntk"
     spec.write_text("network tiny_cnn\ninput x : image[4, 4, 1]\n"
                     "g = conv(x, filter=[3, 3], padding=same)\nf = flatten(g)\n"
                     "y = dense(f)\noutput y\n")
-    with pytest.raises(ValueError, match="cuda target supports dense networks only"):
-        compile_file(spec, target="cuda")
-    model = ntkc.load(spec)  # the default target "all" means "what the emitter has"
-    assert model.targets == ("cpu",)
-    x = np.ones((2, 4, 4, 1))
-    assert model.kernel(x, device="cpu").ntk.shape == (2, 2)
-    with pytest.raises(ValueError, match="no cuda kernels"):
-        model.kernel(x, device="cuda")
+    both = compile_file(spec).source  # the default: all
+    assert "TARGETS = ('cpu', 'cuda')" in both and "def _pairs_numba(" in both
+    assert "def _cuda(" in both and "\nfrom numba import cuda" not in both
+    cuda_only = compile_file(spec, target="cuda").source
+    assert "def _pairs_numba(" not in cuda_only and "_pair_one = numba.njit" not in cuda_only
+    path = tmp_path / "cnn_cuda_only.py"
+    path.write_text(cuda_only)
+    model = ntkc.load(path)
+    assert model.targets == ("cuda",)
+    x = np.random.default_rng(0).standard_normal((3, 4, 4, 1))
+    with pytest.raises(ValueError, match=r"without the cpu target"):
+        model.kernel(x, device="cpu")
+    ref = ntkc.load(spec).kernel(x, backend="numpy")
+    np.testing.assert_array_equal(model.kernel(x, backend="numpy").ntk, ref.ntk)
+    cpu_only = tmp_path / "cnn_cpu_only.py"
+    cpu_only.write_text(compile_file(spec, target="cpu").source)
+    with pytest.raises(ValueError, match=r"without the cuda target .*--target all"):
+        ntkc.load(cpu_only).kernel(x, device="cuda")
 
 
 @pytest.fixture(scope="module")
@@ -234,16 +337,17 @@ def test_no_gpu_is_a_clear_error(gpu_present):
         import ntkc
         model = ntkc.load(sys.argv[1])
         try:
-            model.kernel(np.ones((3, 1)), device="cuda")
+            model.kernel(np.ones((3, *model.input_shape)), device="cuda")
         except RuntimeError as e:
             print(e)
         else:
             raise SystemExit("no error without a GPU")
     ''')
-    proc = _run(code, str(GENERATED / "erf_mlp.py"), simulator=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    assert "no CUDA GPU is available" in proc.stdout or "cannot be imported" in proc.stdout
-    assert 'use device="cpu"' in proc.stdout and "NUMBA_ENABLE_CUDASIM=1" in proc.stdout
+    for path in (GENERATED / "erf_mlp.py", CONV[0]):  # dense and conv: the same error
+        proc = _run(code, str(path), simulator=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+        assert "no CUDA GPU is available" in proc.stdout or "cannot be imported" in proc.stdout
+        assert 'use device="cpu"' in proc.stdout and "NUMBA_ENABLE_CUDASIM=1" in proc.stdout
 
 
 def test_real_gpu_matches_cpu(gpu_present):
@@ -253,6 +357,11 @@ def test_real_gpu_matches_cpu(gpu_present):
              {"n1": 300, "tile": [64, 48]}, {"n1": 300, "n2": 200, "get": "nngp"}]
     _check(_compare(GENERATED / "relu_mlp.py", cases, simulator=False))
     _check(_compare(GENERATED / "tanh_mlp.py", cases[:3], simulator=False))
+    conv = [{"n1": 60, "n2": 40}, {"n1": 60}, {"n1": 60, "dtype": "float32"},
+            {"n1": 50, "tile": [16, 24], "threads": 200}]
+    for path in CONV:
+        _check(_compare(path, conv, simulator=False))
+    _check(_compare(CONV[1], conv[:2], simulator=False, constant_bytes=0))
 
 
 PTX = textwrap.dedent('''
@@ -281,6 +390,12 @@ PTX = textwrap.dedent('''
         m._cuda()
         for dt in ("float32", "float64"):
             arr = f"{dt}[:, ::1]"
+            if hasattr(m, "_pairs_spatial_cuda"):  # conv: (n, P, C) inputs, scratch S
+                x = "float64[:, :, ::1]"
+                sig = (f"void({x}, {x}, float64[:, ::1], float64[:, ::1], float64[::1], "
+                       f"float64[:, ::1], {arr}, {arr}, int64, int64, boolean)")
+                cuda.compile_ptx(m._pairs_spatial_cuda.py_func, sig, cc=(9, 0))
+                continue
             head = f"{arr}, {arr}, float64[:, ::1], float64[:, ::1], float64[::1]"
             for kern, outs in ((m._pairs_nngp_cuda, 1), (m._pairs_both_cuda, 2)):
                 sig = f"void({head}, {', '.join([arr] * outs)}, int64, int64, boolean)"
@@ -291,7 +406,7 @@ PTX = textwrap.dedent('''
 
 @pytest.mark.slow
 def test_kernels_compile_to_ptx():
-    proc = _run(PTX, *map(str, DENSE), simulator=False)
+    proc = _run(PTX, *map(str, DENSE + CONV), simulator=False)
     if proc.returncode == 77:
         pytest.skip("numba-cuda with NVVM is not installed (pip install 'numba-cuda[cu12]')")
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-5000:]

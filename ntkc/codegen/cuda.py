@@ -41,13 +41,9 @@ from .printers import NumbaPrinter
 
 CUDA_BLOCK = 16  # threads per block edge: 256 threads, one pair each
 
-# The fixed host side of the cuda target (ntkc's own text, appended verbatim).
-CUDA_DRIVER = '''
-
-# Largest tile buffer, in elements per output: 64 MiB float32, 128 MiB float64; with
-# two buffers per output it bounds the pinned host memory too.
-CUDA_MAX_TILE = 1 << 24
-
+# Shared by the dense and the convolutional (ntkc.codegen.cuda_spatial) cuda targets:
+# the error every failed device="cuda" call raises, and the start of ``_cuda()``.
+CUDA_ERROR = """
 
 def _cuda_error(message):
     return RuntimeError(
@@ -55,7 +51,38 @@ def _cuda_error(message):
         "with numba-cuda installed (pip install 'ntkc[cuda]'). Without a GPU, the CUDA "
         "simulator runs these kernels (slowly) when NUMBA_ENABLE_CUDASIM=1 is set before "
         "numba is imported.")
+"""
 
+
+def builder_head(names: list[str]) -> list[str]:
+    """The start of ``_cuda()``: import numba.cuda (there only) and check for a GPU, once.
+    names: the module globals it binds (numba resolves what a kernel calls from them)."""
+    return [
+        "def _cuda():",
+        '    """numba.cuda and the kernels, made on the first device="cuda" call: numba.cuda',
+        "    is imported here only, so CPU-only users never need it. The kernels are module",
+        '    globals: numba resolves what a kernel calls from them when it compiles."""',
+        f"    global {', '.join(names)}",
+        "    if _CUDA_READY:",
+        "        return cuda",
+        "    try:",
+        "        from numba import cuda",
+        "    except ImportError as e:",
+        '        raise _cuda_error(f"numba.cuda cannot be imported ({e})") from None',
+        "    if not cuda.is_available():",
+        "        why = ' '.join(str(cuda.cuda_error()).split())",
+        '        raise _cuda_error(f"no CUDA GPU is available ({why})")',
+        "",
+    ]
+
+
+# The fixed host side of the cuda target (ntkc's own text, appended verbatim).
+CUDA_DRIVER = '''
+
+# Largest tile buffer, in elements per output: 64 MiB float32, 128 MiB float64; with
+# two buffers per output it bounds the pinned host memory too.
+CUDA_MAX_TILE = 1 << 24
+''' + CUDA_ERROR + '''
 
 def _cuda_tile(n1, n2, nout, itemsize, cuda):
     """(rows, cols) of one tile: whole rows when they fit, in half the free memory."""
@@ -209,21 +236,7 @@ class CudaWriter:
             "_CUDA_READY = False",
             "",
             "",
-            "def _cuda():",
-            '    """numba.cuda and the kernels, made on the first device="cuda" call: numba.cuda',
-            "    is imported here only, so CPU-only users never need it. The kernels are module",
-            '    globals: numba resolves what a kernel calls from them when it compiles."""',
-            f"    global {', '.join(names)}",
-            "    if _CUDA_READY:",
-            "        return cuda",
-            "    try:",
-            "        from numba import cuda",
-            "    except ImportError as e:",
-            '        raise _cuda_error(f"numba.cuda cannot be imported ({e})") from None',
-            "    if not cuda.is_available():",
-            "        why = ' '.join(str(cuda.cuda_error()).split())",
-            '        raise _cuda_error(f"no CUDA GPU is available ({why})")',
-            "",
+            *builder_head(names),
         ]
         pr = self._printer()
         for t, name in self.helpers.items():
