@@ -12,6 +12,8 @@ N×N float32 arrays from the device to the host (the floor of any GPU kernel tha
 returns host arrays). Needs an NVIDIA GPU and numba-cuda (pip install 'ntkc[cuda]').
 
 cntk-gap, cnn-flatten: convolutional networks (ntkc.bench_conv).
+cntk21-gap-gpu, cnn21-flatten-gpu: issue 5's 21-layer 32×32×3 nets, ms per Gram entry on the
+GPU and the CPU, against Neural Tangents' published V100 figures (needs a GPU).
 """
 
 from __future__ import annotations
@@ -136,12 +138,22 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="ntkc bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--case", choices=["fc", "fc-gpu", "cntk-gap", "cnn-flatten"], default="fc")
+    ap.add_argument("--case", default="fc", choices=[
+        "fc", "fc-gpu", "cntk-gap", "cnn-flatten", "cntk21-gap-gpu", "cnn21-flatten-gpu"])
     ap.add_argument("--n", type=int, help="points (default: 4000 for fc, 20000 for fc-gpu)")
     ap.add_argument("--d", type=int, help="input dimension (default: 256 for fc, 784 for fc-gpu)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--numpy-n", type=int, help="points for the numpy reference (conv cases)")
     args = ap.parse_args(argv)
+    if args.case.endswith("21-gap-gpu") or args.case.endswith("21-flatten-gpu"):
+        from .bench_conv import bench_conv_gpu, report_conv_gpu
+
+        try:
+            print(report_conv_gpu(bench_conv_gpu(args.case, args.n or 64)))
+        except RuntimeError as e:  # no GPU / no numba.cuda: the generated module says why
+            print(f"ntkc bench: error: {e}", file=sys.stderr)
+            return 2
+        return 0
     if args.case in ("cntk-gap", "cnn-flatten"):
         from .bench_conv import bench_conv, report_conv
 

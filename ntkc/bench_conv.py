@@ -84,3 +84,50 @@ def report_conv(r: dict) -> str:
             f"numba is {r['speedup_vs_numpy']:.1f}x faster per pair")
 
 
+
+
+# Issue 5's GPU cases: 21 × (conv 3×3 SAME + relu) + readout, 32×32×3, float32, against
+# the CPU kernel in the same run and the published Neural Tangents figures (V100, float32).
+GPU_CASES = {"cntk21-gap-gpu": ("global_avg_pool", 2.70), "cnn21-flatten-gpu": ("flatten", 0.00465)}
+
+
+def deep_spec(depth: int, shape: tuple[int, int, int], readout: str) -> str:
+    lines = ["network bench_deep", f"input x : image[{shape[0]}, {shape[1]}, {shape[2]}]"]
+    src = "x"
+    for k in range(1, depth + 1):
+        lines += [f"g{k} = conv({src}, filter=[3, 3], padding=same, w_std=1.4, b_std=0.1)",
+                  f"h{k} = relu(g{k})"]
+        src = f"h{k}"
+    lines += [f"r = {readout}({src})", "y = dense(r, w_std=1.0, b_std=0.0)", "output y"]
+    return "\n".join(lines) + "\n"
+
+
+def bench_conv_gpu(case: str, n: int = 64, n_cpu: int = 8, repeat: int = 2) -> dict:
+    """ms per Gram entry on device="cuda" (N×N, x2=None) and on the CPU (n_cpu points)."""
+    from .runtime import load
+
+    readout, nt_ms = GPU_CASES[case]
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "bench_deep.ntk"
+        spec.write_text(deep_spec(21, (32, 32, 3), readout))
+        model = load(spec)
+    x = np.random.default_rng(0).standard_normal((n, 32, 32, 3)).astype(np.float32)
+    # Fails here, before the timing, when there is no GPU (RuntimeError with the way out).
+    model.kernel(x[:2], device="cuda")
+    model.kernel(x[:2], device="cpu")
+    t_gpu = _best(lambda: model.kernel(x, device="cuda"), repeat)
+    t_cpu = _best(lambda: model.kernel(x[:n_cpu], device="cpu"), 1)
+    gpu, cpu = model.kernel(x[:n_cpu], device="cuda"), model.kernel(x[:n_cpu], device="cpu")
+    diff = max(float(np.abs(g - c).max() / np.abs(c).max()) for g, c in zip(gpu, cpu))
+    return {"case": f"{case} 21x(conv3x3+relu)+{readout} 32x32x3 float32 nngp+ntk",
+            "gpu_ms_per_entry": t_gpu * 1e3 / n**2, "cpu_ms_per_entry": t_cpu * 1e3 / n_cpu**2,
+            "nt_v100_ms_per_entry": nt_ms, "max_rel_diff": diff}
+
+
+def report_conv_gpu(r: dict) -> str:
+    return (f"{r['case']}\n"
+            f"  device='cuda'  {r['gpu_ms_per_entry']:.5f} ms per Gram entry\n"
+            f"  device='cpu'   {r['cpu_ms_per_entry']:.5f} ms per Gram entry\n"
+            f"  Neural Tangents (published, V100 float32): {r['nt_v100_ms_per_entry']} ms per "
+            f"entry: ntkc GPU is {r['nt_v100_ms_per_entry'] / r['gpu_ms_per_entry']:.1f}x faster\n"
+            f"  max |cuda - cpu| / max |cpu| = {r['max_rel_diff']:.1e}")
