@@ -51,10 +51,6 @@ class Window:
     def size(self) -> int:
         return self.taps.shape[1]
 
-    def reads(self) -> int:
-        """Taps that read real input (not padding), over all output positions."""
-        return int((self.taps >= 0).sum())
-
 
 def window(in_spatial: tuple[int, ...], shape: tuple[int, ...], stride: tuple[int, ...],
            padding: str) -> Window:
@@ -75,25 +71,3 @@ def window(in_spatial: tuple[int, ...], shape: tuple[int, ...], stride: tuple[in
         rows.append(row)
     return Window(tuple(in_spatial), out_spatial, np.array(rows, dtype=np.int64))
 
-
-def runs(taps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The tap table as contiguous runs, for loops that vectorise.
-
-    For each tap t, output positions o, o+1, ... that read input positions i, i+1, ...
-    (none of them padding) form one run (o, i, length). Returns (runs, ptr): the runs
-    of tap t are rows ptr[t]:ptr[t+1] of the (n, 3) int64 array ``runs``."""
-    out, ptr = [], [0]
-    for t in range(taps.shape[1]):
-        col = taps[:, t]
-        o = 0
-        while o < len(col):
-            if col[o] < 0:
-                o += 1
-                continue
-            start = o
-            while o + 1 < len(col) and col[o + 1] == col[o] + 1:
-                o += 1
-            out.append((start, int(col[start]), o - start + 1))
-            o += 1
-        ptr.append(len(out))
-    return np.array(out, dtype=np.int64).reshape(-1, 3), np.array(ptr, dtype=np.int64)

@@ -64,6 +64,23 @@ output y
 """
 
 
+# h1 is read by a global pool (all position pairs) and, through g2, by flatten (same-position
+# pairs only): g2's conv reads the diagonal of a full array.
+BOTH = """network both
+input x : image[5, 5, 2]
+g1 = conv(x, filter=[3, 3], padding=same, w_std=1.3, b_std=0.1)
+h1 = relu(g1)
+g2 = conv(h1, filter=[3, 3], padding=same, w_std=1.2, b_std=0.1)
+h2 = relu(g2)
+f = flatten(h2)
+q = global_avg_pool(h1)
+a = dense(f, w_std=1.1)
+b = dense(q, w_std=0.9, b_std=0.1)
+y = a + b
+output y
+"""
+
+
 def _structure(text: str) -> dict[str, str]:
     rec = compile_text(text, "t.ntk").recursion
     from ntkc.structure import analyse
@@ -80,6 +97,11 @@ def test_flatten_readout_needs_only_diagonals():
     source = compile_text(FLAT, "flat.ntk").source
     pair_code = source[source.index("def _pair_one"):source.index("def _pairs_numba")]
     assert "for j in range" not in pair_code and "for o2 in range" not in pair_code
+
+
+def test_a_line_read_by_pool_and_flatten():
+    structure = _structure(BOTH)
+    assert structure["h1"] == "full" and structure["g2"] == "diag"
 
 
 def test_one_pool_switches_exactly_the_lines_below_it():
@@ -99,14 +121,14 @@ def _inputs(shape, n, seed):
 def models(tmp_path_factory):
     out = {}
     tmp = tmp_path_factory.mktemp("conv")
-    for text in (MIXED, STANDARD_SEQ):
+    for text in (MIXED, STANDARD_SEQ, BOTH):
         name = text.split()[1]
         (tmp / f"{name}.ntk").write_text(text)
         out[name] = ntkc.load(tmp / f"{name}.ntk")
     return out
 
 
-@pytest.mark.parametrize("name", ["mixed", "seq_standard"])
+@pytest.mark.parametrize("name", ["mixed", "seq_standard", "both"])
 def test_numba_matches_numpy_reference(models, name):
     m = models[name]
     x1, x2 = _inputs(m.input_shape, 5, 0), _inputs(m.input_shape, 4, 1)

@@ -28,27 +28,32 @@ def tap_shifts(taps: np.ndarray) -> list[int | None]:
 
 
 def conv_loops(pairs: list[tuple[int, int]], taps: np.ndarray, p_in: int, out_width: int,
-               full: bool, array: str, scale: str, prefix: str,
-               indent: str) -> tuple[list[str], dict[str, np.ndarray]]:
+               full: bool, array: str, scale: str, prefix: str, indent: str,
+               diagonal_of_full: bool = False) -> tuple[list[str], dict[str, np.ndarray]]:
     """Code for 𝒜 of one or more arrays (K and Θ of a line) through one window.
 
     pairs: (source offset, output offset) in ``array``; p_in: source positions per
     row (its columns); out_width: the output's last spatial size (for row loops).
+    diagonal_of_full: a diagonal output read from a full source (its other readers need
+    every position pair): the source diagonal has stride p_in + 1, read by index.
     Returns the lines and the constant index/mask arrays they read (module globals
     named with ``prefix``)."""
     p_out, n_taps = taps.shape
-    shifts = tap_shifts(taps)
+    # Strided diagonal reads would stray past the slack when masked: index them all.
+    shifts = [None] * n_taps if diagonal_of_full else tap_shifts(taps)
+    stride = p_in + 1 if diagonal_of_full else 1
     consts: dict[str, np.ndarray] = {}
     for t in range(n_taps):
         if not (taps[:, t] >= 0).all():
             consts[f"{prefix}M{t}"] = (taps[:, t] >= 0)
         if shifts[t] is None:
             consts[f"{prefix}G{t}"] = np.maximum(taps[:, t], 0)
-            consts[f"{prefix}R{t}"] = taps[:, t] * p_in
+            if full:
+                consts[f"{prefix}R{t}"] = taps[:, t] * p_in
 
     def term(t: int, base: str, o: str) -> str:
-        e = f"{array}[{base} + {prefix}G{t}[{o}]]" if shifts[t] is None else \
-            f"{array}[{base} + {o}]"
+        index = f"{prefix}G{t}[{o}]" if stride == 1 else f"{prefix}G{t}[{o}] * {stride}"
+        e = f"{array}[{base} + {index}]" if shifts[t] is None else f"{array}[{base} + {o}]"
         return e if (taps[:, t] >= 0).all() else f"({e} if {prefix}M{t}[{o}] else 0.0)"
 
     ind = indent

@@ -44,7 +44,6 @@ import re
 
 import numpy as np
 
-from ..geometry import runs
 from .cuda import CUDA_ERROR, builder_head
 
 CUDA_SPATIAL_DRIVER = '''
@@ -185,7 +184,7 @@ def _pairs_spatial_cuda(X1, X2, P1, P2, params, S, K, T, i0, j0, symmetric):
         T[i, j] = th
 '''
 
-_GLOBAL_ARRAY = re.compile(r"\b_(?:TAPS\d+|RUNS\d+(?:_PTR)?|C\d+_[A-Z]\d+)\b")
+_GLOBAL_ARRAY = re.compile(r"\b_(?:TAPS\d+|C\d+_[A-Z]\d+)\b")
 
 
 def table_bytes(writer, pair_lines: list[str]) -> dict[str, int]:
@@ -195,9 +194,6 @@ def table_bytes(writer, pair_lines: list[str]) -> dict[str, int]:
     arrays: dict[str, np.ndarray] = dict(writer.consts)
     for wid, name in writer.taps.items():
         arrays[name] = writer.windows[wid].taps
-    for wid, name in writer.runs.items():
-        table, ptr = runs(writer.windows[wid].taps)
-        arrays[name], arrays[name + "_PTR"] = table, ptr
     out: dict[str, int] = {}
     for line in pair_lines:
         for name in _GLOBAL_ARRAY.findall(line):

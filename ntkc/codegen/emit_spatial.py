@@ -20,7 +20,6 @@ import numpy as np
 import sympy
 
 from ..derive import Recursion
-from ..geometry import runs
 from ..quadrature import GaussExpectation
 from ..structure import DIAG, FULL, SCALAR, analyse
 from .conv_loops import conv_loops
@@ -33,7 +32,6 @@ from .spatial_stages import (
     NUMPY_STENCILS,
     Slot,
     layout,
-    nb_conv,
     nb_elem,
     nb_stencil,
     np_stencil,
@@ -71,7 +69,6 @@ class SpatialWriter:
         self.sslots, used = layout(rec.pair, self.structure, "pair", slack)
         self.n_s = used["s"] + slack
         self.consts: dict[str, np.ndarray] = {}  # index and mask arrays of the conv loops
-        self.runs_used: set[str] = set()
         self.taps: dict[int, str] = {}
         for a in rec.point + rec.pair:
             w = a.stencil.window if a.stencil else None
@@ -79,9 +76,6 @@ class SpatialWriter:
                 self.taps[id(w)] = f"_TAPS{len(self.taps)}"
         self.windows = {id(a.stencil.window): a.stencil.window
                         for a in rec.point + rec.pair if a.stencil and a.stencil.window}
-        convs = dict.fromkeys(id(a.stencil.window) for a in rec.point + rec.pair
-                              if a.stencil and a.stencil.op == "conv")  # first-use order
-        self.runs = {wid: f"_RUNS{k}" for k, wid in enumerate(convs)}
         self.twin_of = {t: s for s, t in twins[2].items()}
         self.twin3_of = {t: s for s, t in twins[3].items()}
 
@@ -201,17 +195,16 @@ class SpatialWriter:
             pairs = [(slots[a.symbol].array, slots[a.symbol],
                       *self._nb_source(a.stencil.source, phase)) for a in run]
             out_slot, src_slot = pairs[0][1], pairs[0][3]
-            if src_slot.storage == out_slot.storage and len({p[0] for p in pairs}) == 1 \
-                    and all(p[0] == p[2] for p in pairs):
-                name = f"_C{len(self.consts)}_"
-                lines, consts = conv_loops(
-                    [(p[3].offset, p[1].offset) for p in pairs], st.window.taps,
-                    src_slot.cols, st.window.out_spatial[-1], out_slot.storage == FULL,
-                    pairs[0][0], repr(float(st.scale)), name, indent)
-                self.consts.update(consts or {name: np.zeros(1, dtype=np.int64)})
-                return lines
-            self.runs_used.add(self.runs[id(st.window)])
-            return nb_conv(pairs, self.runs[id(st.window)], repr(float(st.scale)), indent)
+            # One array per phase; a source is at least as full as its conv (structure).
+            assert all(p[0] == p[2] == pairs[0][0] for p in pairs)
+            name = f"_C{len(self.consts)}_"
+            lines, consts = conv_loops(
+                [(p[3].offset, p[1].offset) for p in pairs], st.window.taps,
+                src_slot.cols, st.window.out_spatial[-1], out_slot.storage == FULL,
+                pairs[0][0], repr(float(st.scale)), name, indent,
+                diagonal_of_full=src_slot.storage != out_slot.storage)
+            self.consts.update(consts or {name: np.zeros(1, dtype=np.int64)})
+            return lines
         (a,) = run
         out_slot = slots[a.symbol]
         if out_slot.storage == SCALAR:  # flatten / global pools: one number
@@ -330,7 +323,7 @@ class SpatialWriter:
         return self.rec.code_names[symbol]
 
     def module(self, spec_name: str, spec_text: str, options: dict) -> str:
-        code = [self.numba_point(), self.numba_pair()]  # fills self.consts, self.runs_used
+        code = [self.numba_point(), self.numba_pair()]  # fills self.consts
         cuda = ""
         if "cuda" in self.targets:
             from .cuda_spatial import cuda_source  # the cuda emitter only when asked for
@@ -342,11 +335,6 @@ class SpatialWriter:
         if self.consts:
             head.append("# Index and mask arrays of the unrolled conv loops (ntkc.codegen.conv_loops)")
             head += [f"{k} = {_int_array(v)}" for k, v in self.consts.items()]
-        for wid, name in sorted(self.runs.items(), key=lambda kv: kv[1]):
-            if name in self.runs_used:
-                table, ptr = runs(self.windows[wid].taps)
-                head += [f"# {name}: contiguous runs (o, i, length) of a window, by tap",
-                         f"{name} = {_int_array(table)}", f"{name}_PTR = {_int_array(ptr)}"]
         if "cpu" in self.targets:
             code.append(pairs_driver(self.n_s))
         parts = [head, [""], ACOS_SOURCE.splitlines(), *code,

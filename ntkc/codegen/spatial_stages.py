@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sympy
-
 from ..derive import Assignment
 from ..structure import DIAG, FULL, SCALAR
 
@@ -113,40 +111,6 @@ def nb_stencil(a: Assignment, out: str, src: str | None, out_slot: Slot,
     return head + body + [f"{ind}        {store} = acc * {scale}"]
 
 
-def nb_conv(pairs: list[tuple[str, Slot, str, Slot]], runs: str, scale: str,
-            indent: str) -> list[str]:
-    """𝒜 of one or more arrays through the same window (K and Θ of one line): per tap,
-    contiguous runs of output and input positions, so the innermost loop is a
-    unit-stride sum the compiler vectorises. pairs: (out array, out slot, src, src slot)."""
-    ind = indent
-    full = pairs[0][1].storage == FULL
-    n_out = pairs[0][1].size()
-    src = [f"{ind}for o in range({n_out}):"]
-    src += [f"{ind}    {out}[{slot.offset} + o] = 0.0" for out, slot, _, _ in pairs]
-    src += [f"{ind}for t in range({runs}_PTR.shape[0] - 1):",
-            f"{ind}    for r1 in range({runs}_PTR[t], {runs}_PTR[t + 1]):",
-            f"{ind}        o1s, i1s, n1 = {runs}[r1, 0], {runs}[r1, 1], {runs}[r1, 2]"]
-    if not full:
-        src += [f"{ind}        for k in range(n1):"]
-        for out, oslot, s, sslot in pairs:
-            src.append(f"{ind}            {nb_elem(oslot, out, 'o1s + k', '')} += "
-                       f"{nb_elem(sslot, s, 'i1s + k', 'i1s + k')}")
-    else:
-        cols_o, cols_i = pairs[0][1].cols, pairs[0][3].cols
-        src += [f"{ind}        for k1 in range(n1):",
-                f"{ind}            ro = (o1s + k1) * {cols_o}",
-                f"{ind}            ri = (i1s + k1) * {cols_i}",
-                f"{ind}            for r2 in range({runs}_PTR[t], {runs}_PTR[t + 1]):",
-                f"{ind}                o2s, i2s, n2 = {runs}[r2, 0], {runs}[r2, 1], {runs}[r2, 2]",
-                f"{ind}                for k in range(n2):"]
-        for out, oslot, s, sslot in pairs:
-            src.append(f"{ind}                    {out}[{oslot.offset} + ro + o2s + k] += "
-                       f"{s}[{sslot.offset} + ri + i2s + k]")
-    src += [f"{ind}for o in range({n_out}):"]
-    src += [f"{ind}    {out}[{slot.offset} + o] *= {scale}" for out, slot, _, _ in pairs]
-    return src
-
-
 # -- numpy: whole arrays with a leading batch axis -------------------------------------------
 def np_value(slot: Slot, var: str, view: str) -> str:
     """A stored array seen as a diagonal (n, P), a full (n, P, P) array or a scalar (n,)."""
@@ -199,7 +163,3 @@ def _pool_np(src, taps, full):
                    for s in range(f) for t in range(f))
     return sum(p[:, taps[:, s], taps[:, t]] for s in range(f) for t in range(f))
 '''
-
-
-def is_number(e: sympy.Expr) -> bool:
-    return bool(getattr(e, "is_Number", False))
