@@ -40,13 +40,18 @@ output y
 """
 
 
-def _model(d: int):
+def load_spec(text: str, name: str):
+    """A benchmark network compiled from its spec text (through a temporary file)."""
     from .runtime import load
 
     with tempfile.TemporaryDirectory() as tmp:
-        spec = Path(tmp) / "bench_fc.ntk"
-        spec.write_text(FC_SPEC.format(d=d))
+        spec = Path(tmp) / f"{name}.ntk"
+        spec.write_text(text)
         return load(spec)
+
+
+def _model(d: int):
+    return load_spec(FC_SPEC.format(d=d), "bench_fc")
 
 
 def _best(fn, repeat: int) -> float:

@@ -8,28 +8,11 @@ float64, train-train (x2=None) NNGP + NTK.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 
-from .bench import _best
+from .bench import _best, load_spec
 from .structure import FULL, analyse
 
-CONV_SPEC = """network bench_{name}
-input x : image[{h}, {w}, {c}]
-g1 = conv(x, filter=[3, 3], padding=same, w_std=1.4, b_std=0.1)
-h1 = relu(g1)
-g2 = conv(h1, filter=[3, 3], padding=same, w_std=1.4, b_std=0.1)
-h2 = relu(g2)
-g3 = conv(h2, filter=[3, 3], padding=same, w_std=1.4, b_std=0.1)
-h3 = relu(g3)
-g4 = conv(h3, filter=[3, 3], padding=same, w_std=1.4, b_std=0.1)
-h4 = relu(g4)
-r = {readout}(h4)
-y = dense(r, w_std=1.0, b_std=0.0)
-output y
-"""
 CASES = {"cntk-gap": ((8, 8, 1), 100, "global_avg_pool"),
          "cnn-flatten": ((16, 16, 3), 400, "flatten")}
 
@@ -51,15 +34,10 @@ def conv_flops_per_pair(recursion) -> int:
 
 def bench_conv(case: str, n: int | None = None, repeat: int = 3,
                numpy_n: int | None = None) -> dict:
-    from .runtime import load
-
     shape, default_n, readout = CASES[case]
     n = n or default_n
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = Path(tmp) / "bench.ntk"
-        spec.write_text(CONV_SPEC.format(name=case.replace("-", "_"), h=shape[0], w=shape[1],
-                                         c=shape[2], readout=readout))
-        model = load(spec)
+    name = "bench_" + case.replace("-", "_")
+    model = load_spec(deep_spec(4, shape, readout, name), name)
     x = np.random.default_rng(0).standard_normal((n, *shape))
     model.kernel(x[:4])  # compile (or load from numba's cache) outside the timing
     model.kernel(x[:4], backend="numpy")
@@ -91,8 +69,9 @@ def report_conv(r: dict) -> str:
 GPU_CASES = {"cntk21-gap-gpu": ("global_avg_pool", 2.70), "cnn21-flatten-gpu": ("flatten", 0.00465)}
 
 
-def deep_spec(depth: int, shape: tuple[int, int, int], readout: str) -> str:
-    lines = ["network bench_deep", f"input x : image[{shape[0]}, {shape[1]}, {shape[2]}]"]
+def deep_spec(depth: int, shape: tuple[int, int, int], readout: str, name: str) -> str:
+    """depth × (conv 3×3 SAME + relu) + readout (a pool or flatten) + dense."""
+    lines = [f"network {name}", f"input x : image[{shape[0]}, {shape[1]}, {shape[2]}]"]
     src = "x"
     for k in range(1, depth + 1):
         lines += [f"g{k} = conv({src}, filter=[3, 3], padding=same, w_std=1.4, b_std=0.1)",
@@ -104,13 +83,8 @@ def deep_spec(depth: int, shape: tuple[int, int, int], readout: str) -> str:
 
 def bench_conv_gpu(case: str, n: int = 64, n_cpu: int = 8, repeat: int = 2) -> dict:
     """ms per Gram entry on device="cuda" (N×N, x2=None) and on the CPU (n_cpu points)."""
-    from .runtime import load
-
     readout, nt_ms = GPU_CASES[case]
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = Path(tmp) / "bench_deep.ntk"
-        spec.write_text(deep_spec(21, (32, 32, 3), readout))
-        model = load(spec)
+    model = load_spec(deep_spec(21, (32, 32, 3), readout, "bench_deep"), "bench_deep")
     x = np.random.default_rng(0).standard_normal((n, 32, 32, 3)).astype(np.float32)
     # Fails here, before the timing, when there is no GPU (RuntimeError with the way out).
     model.kernel(x[:2], device="cuda")

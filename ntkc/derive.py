@@ -19,6 +19,7 @@ quantities of (x, x) itself, point 3 standing for a second copy of x.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import sympy
@@ -165,10 +166,9 @@ class Derivation:
                                                                   f"_{len(self.stencils)}")
             shape = self.program.nodes[line].shape.spatial
             spatial = None if op in ("flatten", "global") else (
-                int(np_prod(shape)), int(np_prod(shape)))
+                math.prod(shape), math.prod(shape))
             display = sympy.Function(what)(source) if source is not None else symbol
-            target = self.point if {p, q} <= {1, 3} else self.pair
-            target.append(Assignment(symbol, display, quantity, line,
+            self._phase(p, q).append(Assignment(symbol, display, quantity, line,
                                      Stencil(op, source, window, scale), spatial))
             self.stencils[key] = symbol
         return self.stencils[key]
@@ -179,6 +179,10 @@ class Derivation:
     # -- internals ------------------------------------------------------------------------------
     def _index(self, name: str) -> int:
         return list(self.program.nodes).index(name)
+
+    def _phase(self, p: int, q: int) -> list[Assignment]:
+        # Points 1 and 3 are the same input: computed once per input, not per pair.
+        return self.point if {p, q} <= {1, 3} else self.pair
 
     def _twin(self, expr: sympy.Expr) -> sympy.Expr:
         return expr.xreplace(self.twins)
@@ -193,14 +197,13 @@ class Derivation:
         symbol = sympy.Symbol(display, real=True)
         self.code_names[symbol] = key.code_name()
         nodes = self.program.nodes
-        pa, pb = (int(np_prod(nodes[n].shape.spatial)) for n in (key.a, key.b))
+        pa, pb = (math.prod(nodes[n].shape.spatial) for n in (key.a, key.b))
         spatial = (pa, pb) if nodes[key.a].shape.spatial else None
         diag = None
         if (key.p, key.q) == (1, 3):
             diag = self.Q(key.kind, key.a, key.b, 1, 1)
             self.code_names[symbol] = f"W_{key.kind}_{key.a}__{key.b}"
-        target = self.point if {key.p, key.q} <= {1, 3} else self.pair
-        target.append(Assignment(symbol, expr, key, line, None, spatial, diag))
+        self._phase(key.p, key.q).append(Assignment(symbol, expr, key, line, None, spatial, diag))
         if key.on_point:
             for point, twins in ((2, self.twins), (3, self.twins3)):
                 twin_key = Quantity(key.kind, key.a, key.b, point, point)
@@ -254,9 +257,3 @@ def derive(program: Program) -> Recursion:
     return Recursion(program, d.point, d.pair, outputs, d.twins, d.code_names, d.dot, d.sq,
                      d.sq2, d.twins3)
 
-
-def np_prod(xs) -> int:
-    out = 1
-    for x in xs:
-        out *= x
-    return out

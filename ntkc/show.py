@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import sympy
@@ -63,9 +64,7 @@ def structure_report(rec: Recursion) -> list[str]:
     for node in rec.program.nodes.values():
         if node.name not in lines or not node.shape.spatial:
             continue
-        p = 1
-        for n in node.shape.spatial:
-            p *= n
+        p = math.prod(node.shape.spatial)
         entries = p if lines[node.name] == "diag" else p * p
         out.append(f"    {node.name:<10} {lines[node.name]:<5} {list(node.shape.spatial)} "
                    f"{entries:>8} entries   line {node.pos.line}: "
@@ -116,7 +115,4 @@ def show(rec: Recursion, style: str = "text", expand: bool = False,
 
 def _dim(rec: Recursion) -> int:
     shape = rec.program.input_shape
-    d = shape.channels
-    for s in shape.spatial:
-        d *= s
-    return d
+    return shape.channels * math.prod(shape.spatial)

@@ -12,6 +12,8 @@ input those are the quantities of (x, x̃), x̃ a copy of x (ntkc.derive).
 
 from __future__ import annotations
 
+import math
+
 import sympy
 
 from ..geometry import PADDINGS, window
@@ -35,9 +37,7 @@ def _other_input(eng, node, other: str) -> str:
 
 def derive_pool(eng, kind: str, node, other: str, p: int, q: int) -> sympy.Expr:
     u, v = node.inputs[0], _other_input(eng, node, other)
-    P = 1
-    for n in eng.program.nodes[u].shape.spatial:
-        P *= n
+    P = math.prod(eng.program.nodes[u].shape.spatial)
     if node.op == "flatten":
         return eng.stencil("flatten", node.name, eng.Q(kind, u, v, p, q), p, q, None,
                            sympy.Rational(1, P), kind)
@@ -59,9 +59,7 @@ def _spatial_input(node, s) -> None:
 def shape_reduce(node, in_shapes, program):
     (s,) = in_shapes
     _spatial_input(node, s)
-    P = 1
-    for n in s.spatial:
-        P *= n
+    P = math.prod(s.spatial)
     width = None if s.channels is None else (
         s.channels * P if node.op == "flatten" else s.channels)
     return type(s)("vector", (), width)
