@@ -170,6 +170,8 @@ class Derivation:
             display = sympy.Function(what)(source) if source is not None else symbol
             self._phase(p, q).append(Assignment(symbol, display, quantity, line,
                                      Stencil(op, source, window, scale), spatial))
+            if quantity.on_point:
+                self._register_twins(symbol, quantity, stencil=True)
             self.stencils[key] = symbol
         return self.stencils[key]
 
@@ -205,12 +207,21 @@ class Derivation:
             self.code_names[symbol] = f"W_{key.kind}_{key.a}__{key.b}"
         self._phase(key.p, key.q).append(Assignment(symbol, expr, key, line, None, spatial, diag))
         if key.on_point:
-            for point, twins in ((2, self.twins), (3, self.twins3)):
-                twin_key = Quantity(key.kind, key.a, key.b, point, point)
-                twin = sympy.Symbol(twin_key.display(), real=True)
-                twins[symbol] = twin
-                self.code_names[twin] = twin_key.code_name()
+            self._register_twins(symbol, key)
         return symbol
+
+    def _register_twins(self, symbol: sympy.Symbol, key: Quantity,
+                        stencil: bool = False) -> None:
+        # A per-input quantity at x has the same quantity at x' (point 2) and at the
+        # copy x̃ (point 3); without a twin, K(x',x') would silently read K(x,x).
+        at_x = Quantity(key.kind, key.a, key.b, 1, 1).display().split("]", 1)[1]
+        for point, twins in ((2, self.twins), (3, self.twins3)):
+            twin_key = Quantity(key.kind, key.a, key.b, point, point)
+            at = twin_key.display().split("]", 1)[1]
+            twin = sympy.Symbol(symbol.name.replace(at_x, at, 1), real=True)
+            twins[symbol] = twin
+            self.code_names[twin] = (f"{self.code_names[symbol]}_{point}" if stencil
+                                     else twin_key.code_name())
 
     def _open(self, key: Quantity) -> tuple[sympy.Expr, str]:
         nodes = self.program.nodes

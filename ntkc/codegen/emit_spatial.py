@@ -148,18 +148,38 @@ class SpatialWriter:
                     targets.append(r.symbol)
         return targets, [inner[t] for t in targets]
 
+    def _stencil_roots(self, run) -> tuple[list, list]:
+        """(targets, expressions) of the per-input roots of a stencil run's outputs
+        (a conv or flatten at x whose root a later pointwise rule reads)."""
+        outs = {a.symbol for a in run}
+        roots = [r for r in self.roots if r.base in outs]
+        return [r.symbol for r in roots], [r.base ** r.exponent for r in roots]
+
     def _nb_local(self, run, phase: str, indent: str) -> list[str]:
-        loop = self.structure[run[0].symbol]
-        slots = self.sslots if phase == "pair" else self.pslots
         targets, exprs = self._local_exprs(run)
+        src = self._nb_loop(targets, exprs, self.structure[run[0].symbol], run[0].spatial,
+                            phase, indent)
+        if phase == "point":  # the (x, x̃) diagonal: exactly the per-input variance
+            slots = self.pslots
+            for a in run:
+                if a.diag is not None and self.structure[a.symbol] == FULL:
+                    d = CpuPrinter({v: self._ref_nb(v, "point", DIAG)
+                                      for v in a.diag.free_symbols}, {}).doprint(a.diag)
+                    src += [f"{indent}for i in range({a.spatial[0]}):",
+                            f"{indent}    {nb_elem(slots[a.symbol], 'w', 'i', 'i')} = {d}"]
+        return src
+
+    def _nb_loop(self, targets, exprs, loop: str, spatial, phase: str,
+                 indent: str) -> list[str]:
+        slots = self.sslots if phase == "pair" else self.pslots
         ind = indent
         src = []
         if loop == FULL:
-            rows, cols = run[0].spatial
+            rows, cols = spatial
             src += [f"{ind}for i in range({rows}):", f"{ind}    for j in range({cols}):"]
             ind += "        "
         elif loop == DIAG:
-            src += [f"{ind}for i in range({run[0].spatial[0]}):"]
+            src += [f"{ind}for i in range({spatial[0]}):"]
             ind += "    "
         names = {s: self._ref_nb(s, phase, loop)
                  for e in exprs for s in e.free_symbols}
@@ -173,13 +193,6 @@ class SpatialWriter:
             else:
                 arr = ("pt1" if slot.array == "pt" and phase == "pair" else slot.array)
                 src.append(f"{ind}{nb_elem(slot, arr, 'i', 'j' if loop == FULL else 'i')} = {o}")
-        if phase == "point":  # the (x, x̃) diagonal: exactly the per-input variance
-            for a in run:
-                if a.diag is not None and loop == FULL:
-                    d = CpuPrinter({v: self._ref_nb(v, "point", DIAG)
-                                      for v in a.diag.free_symbols}, {}).doprint(a.diag)
-                    src += [f"{indent}for i in range({a.spatial[0]}):",
-                            f"{indent}    {nb_elem(slots[a.symbol], 'w', 'i', 'i')} = {d}"]
         return src
 
     def _nb_source(self, sym, phase: str):
@@ -224,6 +237,10 @@ class SpatialWriter:
         for (kind, *_), run in self._stages(self.rec.point, "point"):
             if kind != "local":
                 src += self._nb_stencil(run, "point", "    ")
+                targets, exprs = self._stencil_roots(run)
+                if targets:
+                    src += self._nb_loop(targets, exprs, self.structure[run[0].symbol],
+                                         run[0].spatial, "point", "    ")
             else:
                 src += self._nb_local(run, "point", "    ")
         outs = [self.rec.outputs["nngp_diag"], self.rec.outputs["ntk_diag"]]
@@ -296,15 +313,20 @@ class SpatialWriter:
                 e = np_stencil(a, s, slots[a.symbol], self.taps.get(id(st.window), ""), x,
                                repr(float(st.scale)))
                 src.append(f"    {self._np_target(a.symbol, phase)} = {e}")
+            targets, exprs = self._stencil_roots(run)
+            if targets:
+                src += self._np_loop(targets, exprs, self.structure[run[0].symbol], phase)
         return src
+
+    def _np_loop(self, targets, exprs, loop: str, phase: str) -> list[str]:
+        names = {s: self._ref_np(s, phase, loop) for e in exprs for s in e.free_symbols}
+        src, outs = _cse(exprs, ArrayPrinter(names, {}), "    ")
+        return src + [f"    {self._np_target(t, phase)} = {o}" for t, o in zip(targets, outs)]
 
     def _np_local(self, run, phase: str, slots) -> list[str]:
         loop = self.structure[run[0].symbol]
         targets, exprs = self._local_exprs(run)
-        names = {s: self._ref_np(s, phase, loop) for e in exprs for s in e.free_symbols}
-        src, outs = _cse(exprs, ArrayPrinter(names, {}), "    ")
-        for t, o in zip(targets, outs):
-            src.append(f"    {self._np_target(t, phase)} = {o}")
+        src = self._np_loop(targets, exprs, loop, phase)
         for a in run:
             if phase == "point" and a.diag is not None and loop == FULL:
                 name = self.rec.code_names[a.symbol]
