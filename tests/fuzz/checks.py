@@ -1,0 +1,190 @@
+"""Differential checks of one program: what every compiled network must satisfy.
+
+``check_program(text, rng)`` returns a list of violations, each ``"<class>: <detail>"``;
+the classes are CLASSES. The numpy reference backend is cheap (no numba compile) and is
+checked on every program; ``numba=True`` adds the generated numba kernels (~1–5 s of
+compile per program). The oracle (tests/oracle.py, a numeric joint-covariance
+interpreter that shares only the parser and the closed-form duals with ntkc) is compared
+when it can be imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+import ntkc
+from ntkc.errors import SpecError
+
+CLASSES = ("rejected", "traceback", "non-finite", "asymmetric", "inconsistent", "non-psd",
+           "backend", "oracle", "continuity", "hang", "oracle-error")
+
+# Tolerances, relative to max |K| of the matrix compared.
+TOL_BACKEND = 1e-10
+TOL_SYMMETRY = 1e-12
+TOL_PSD = 1e-10
+TOL_ORACLE = 1e-8
+TOL_CONTINUITY = 1e-6
+STEP = 1e-9  # relative perturbation of one w_std/b_std literal
+# Quadrature (user nonlins without a closed form) is not symmetric under x <-> x' at the
+# level of its own error (README, "Accuracy of quadrature"); it is compared at this level.
+TOL_QUADRATURE = 1e-5
+
+_LITERAL = re.compile(r"\b([wb]_std)\s*=\s*((?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?)")
+_POSITIONED = re.compile(r"^[^\n]*:\d+:\d+: error: ", re.MULTILINE)
+
+
+def oracle_function():
+    """tests/oracle.py's oracle_kernels, or None while it does not exist."""
+    try:
+        from oracle import oracle_kernels
+    except ImportError:
+        return None
+    return oracle_kernels
+
+
+def _workdir() -> Path:
+    root = Path(os.environ.get("NTKC_CACHE_DIR") or tempfile.gettempdir()) / "fuzz-specs"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def load_text(text: str):
+    """ntkc.load of spec text (written to a file named by its hash)."""
+    sha = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = _workdir() / f"spec_{sha}.ntk"
+    if not path.exists():
+        path.write_text(text)
+    return ntkc.load(path, target="cpu")
+
+
+def uses_quadrature(model) -> bool:
+    from ntkc.quadrature import GaussExpectation
+
+    rec = model.compiled.recursion
+    return any(a.expr.atoms(GaussExpectation) for a in rec.point + rec.pair
+               if a.stencil is None)
+
+
+def _scale(*mats) -> float:
+    m = max(float(np.abs(a).max()) if a.size else 0.0 for a in mats)
+    return m if m > 0 and np.isfinite(m) else 1.0
+
+
+def _err(a, b) -> float:
+    return float(np.abs(a - b).max()) / _scale(a, b)
+
+
+def perturbed(text: str, rng: np.random.Generator) -> str | None:
+    """The spec with one nonzero w_std/b_std literal scaled by 1 + STEP, or None."""
+    hits = [m for m in _LITERAL.finditer(text) if float(m.group(2)) != 0.0]
+    if not hits:
+        return None
+    m = hits[int(rng.integers(len(hits)))]
+    value = float(m.group(2)) * (1 + STEP)
+    return text[:m.start(2)] + repr(value) + text[m.end(2):]
+
+
+def inputs(model, rng: np.random.Generator, n1: int = 3, n2: int = 4):
+    shape = model.input_shape
+    return rng.standard_normal((n1, *shape)), rng.standard_normal((n2, *shape))
+
+
+def check_program(text: str, rng: np.random.Generator, numba: bool = False,
+                  oracle: bool = True, continuity: bool = True) -> list[str]:
+    """Violations of the kernel invariants by one program (an empty list: none)."""
+    try:
+        model = load_text(text)
+    except SpecError as e:
+        first = str(e).splitlines()[0]
+        return [f"rejected: {first}"]
+    except Exception:  # noqa: BLE001 - any other exception is the finding
+        return ["traceback: compile: " + _last(traceback.format_exc())]
+    try:
+        return _check_model(model, text, rng, numba, oracle, continuity)
+    except Exception:  # noqa: BLE001 - any other exception is the finding
+        return ["traceback: kernel: " + _last(traceback.format_exc())]
+
+
+def _last(tb: str) -> str:
+    """The innermost two frames and the exception line of a traceback, on one line."""
+    lines = [ln.strip() for ln in tb.strip().splitlines() if ln.strip()]
+    frames = [ln for ln in lines if ln.startswith("File ")]
+    return " | ".join(frames[-2:] + lines[-1:])[:500]
+
+
+def _check_model(model, text, rng, numba, oracle, continuity) -> list[str]:
+    out: list[str] = []
+    x1, x2 = inputs(model, rng)
+    xs = np.concatenate([x1, x2])
+    n1 = len(x1)
+    sym_tol = TOL_QUADRATURE if uses_quadrature(model) else TOL_SYMMETRY
+
+    def ker(*args, backend="numpy"):
+        k = model.kernel(*args, backend=backend)
+        return {"nngp": np.asarray(k.nngp), "ntk": np.asarray(k.ntk)}
+
+    k12, k21, gram = ker(x1, x2), ker(x2, x1), ker(xs)
+    for name in ("nngp", "ntk"):
+        a, b, g = k12[name], k21[name], gram[name]
+        if not (np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite(g).all()):
+            out.append(f"non-finite: {name} has NaN/Inf")
+            continue
+        if (e := _err(a, b.T)) > sym_tol:
+            out.append(f"asymmetric: {name} K(x1,x2) vs K(x2,x1)^T off by {e:.3g} (rel)")
+        if (e := _err(g, g.T)) > sym_tol:
+            out.append(f"asymmetric: {name} Gram K(x,x) not symmetric, off by {e:.3g} (rel)")
+        if (e := _err(g[:n1, n1:], a)) > max(sym_tol, 1e-10):
+            out.append(f"inconsistent: {name} Gram block [x1,x2] vs K(x1,x2) off by "
+                       f"{e:.3g} (rel)")
+        eig = np.linalg.eigvalsh((g + g.T) / 2)
+        if eig.min() < -TOL_PSD * max(abs(eig.max()), 1e-300) and eig.min() < -1e-300:
+            out.append(f"non-psd: {name} Gram min eig {eig.min():.3g}, max {eig.max():.3g}")
+    if out:
+        return out
+    if continuity:
+        other = perturbed(text, rng)
+        if other is not None:
+            kp = _kernels_of(other, x1, x2)
+            for name in ("nngp", "ntk"):
+                if (e := _err(kp[name], k12[name])) > TOL_CONTINUITY:
+                    out.append(f"continuity: {name} moved by {e:.3g} (rel) for a {STEP:g} "
+                               "relative change of one w_std/b_std literal")
+    if numba:
+        f12, fg = ker(x1, x2, backend="numba"), ker(xs, backend="numba")
+        for name in ("nngp", "ntk"):
+            for got, want, what in ((f12, k12, "K(x1,x2)"), (fg, gram, "Gram")):
+                if not np.isfinite(got[name]).all():
+                    out.append(f"non-finite: numba {name} {what} has NaN/Inf")
+                elif (e := _err(got[name], want[name])) > TOL_BACKEND:
+                    out.append(f"backend: numba vs numpy {name} {what} off by {e:.3g} (rel)")
+    fn = oracle_function() if oracle else None
+    if fn is not None:
+        try:
+            ref = fn(text, x1, x2)
+        except Exception:  # noqa: BLE001 - the oracle's own limits, not ntkc's
+            return out + ["oracle-error: " + _last(traceback.format_exc())]
+        for name in ("nngp", "ntk"):
+            if (e := _err(np.asarray(ref[name]), k12[name])) > max(sym_tol, TOL_ORACLE):
+                out.append(f"oracle: {name} K(x1,x2) off the oracle by {e:.3g} (rel)")
+    return out
+
+
+def _kernels_of(text, x1, x2):
+    k = load_text(text).kernel(x1, x2, backend="numpy")
+    return {"nngp": np.asarray(k.nngp), "ntk": np.asarray(k.ntk)}
+
+
+def violation_class(v: str) -> str:
+    return v.split(":", 1)[0]
+
+
+def positioned(report: str) -> bool:
+    """Whether a SpecError report starts with ``file:line:col: error:``."""
+    return bool(_POSITIONED.match(report))
