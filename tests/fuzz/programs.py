@@ -488,12 +488,24 @@ def random_program(rng: random.Random) -> GenProgram:
     return build(RandomChooser(rng))
 
 
-def programs():
-    """A hypothesis strategy of GenProgram (``.text`` is the spec)."""
+def programs(mode: str = "mixed"):
+    """A hypothesis strategy of GenProgram (``.text`` is the spec).
+
+    mode "drawn": every decision is a hypothesis draw (shrinks well, but hypothesis' draws
+    favour boundary values: fewer kinds of programs per example); "seeded": a drawn seed
+    drives random.Random (the campaign's distribution; shrinks only the seed); "mixed":
+    either, per example.
+    """
     from hypothesis import strategies as st
 
     @st.composite
-    def strategy(draw):
+    def drawn(draw):
         return build(DrawChooser(draw))
 
-    return strategy()
+    seeded = st.builds(lambda seed: random_program(random.Random(seed)),
+                       st.integers(0, 2**32 - 1))
+    if mode == "drawn":
+        return drawn()
+    if mode == "seeded":
+        return seeded
+    return st.one_of(seeded, drawn())
