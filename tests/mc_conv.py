@@ -1,7 +1,7 @@
 """Finite-width convolutional networks in numpy, for Monte Carlo checks (DESIGN §6.2).
 
 An independent simulator: plain numpy, nothing taken from ntkc. A network is a list of
-layers in the format of the Neural Tangents reference files (../shared/reference/*.json):
+layers in the format of the Neural Tangents reference files (tests/data/reference/*.json):
 ``[op, {attrs}]`` applied in order, with ``["residual", {"branch": [...], "shortcut":
 [...]}]`` (output = branch(h) + shortcut(h), an empty list is the identity) and
 ``["concat", {"left": [...], "right": [...]}]`` (channel concatenation). Given the input

@@ -11,26 +11,24 @@ References used here (none of them reuses the closed forms under test):
   is done by scipy quad split at the kinks (piecewise trigonometric: exact to ~1e-13),
   so the tolerance is rtol 1e-9 as well.
 * 1-D moments (variance, mean, mean slope): scipy quad on each half line, rtol 1e-9.
-* Neural Tangents 0.6.5 kernels of fully connected chains (../shared/reference), rtol
+* Neural Tangents 0.6.5 kernels of fully connected chains (tests/data/reference), rtol
   as stored in each file (1e-9).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.integrate as si
 import scipy.special as ss
 import sympy
+from reference_cases import case_names, load_case
 
 from ntkc.duals import (
     BUILTINS,
-    REQUIRED,
     Clip1,
     DualActivation,
     builtin_dual,
@@ -274,59 +272,125 @@ def test_price_theorem_and_exact_correlation_one(case) -> None:
     assert val.is_finite and math.isfinite(float(val)), (name, val)
 
 
-def test_symbolic_parameters_substitute_to_numeric() -> None:
+def test_symbolic_parameters_against_quadrature() -> None:
+    """A built-in whose arguments are sympy symbols (spec params), the symbols then
+    substituted, equals the quadrature of φ, φ' at those numbers (rtol 1e-9, see the
+    module docstring): the symbolic path is checked against an independent value, not
+    against ntkc's own numeric path."""
     a, b, c, al = sympy.symbols("a b c alpha")
-    pt = (0.9, 0.4, 1.3)
-    for name, sym_args, num_args in [
-        ("erf", {"a": a, "b": b, "c": c}, {"a": 0.7, "b": 2.0, "c": 0.3}),
-        ("sin", {"a": a, "b": b, "c": c}, {"a": 0.7, "b": 2.0, "c": 0.3}),
-        ("cos", {"a": a, "b": b, "c": c}, {"a": 0.7, "b": 2.0, "c": 0.3}),
-        ("gaussian", {"a": a, "b": b}, {"a": 0.7, "b": -2.0}),
-        ("exp", {"a": a, "b": b}, {"a": 0.7, "b": 2.0}),
-        ("leaky_relu", {"alpha": al}, {"alpha": 0.2}),
-        ("abrelu", {"a": a, "b": b}, {"a": 0.7, "b": 2.0}),
-        ("polynomial", {"coef": [a, b, c]}, {"coef": [0.7, 2.0, 0.3]}),
+    abc = (a, b, c)
+    for name, sym_args, subs in [
+        ("erf", {"a": a, "b": b, "c": c}, dict(zip(abc, (0.7, 2.0, 0.3)))),
+        ("sin", {"a": a, "b": b, "c": c}, dict(zip(abc, (0.7, 2.0, 0.3)))),
+        ("cos", {"a": a, "b": b, "c": c}, dict(zip(abc, (1.3, 0.5, 0.4)))),
+        ("gaussian", {"a": a, "b": b}, {a: 0.7, b: -2.0}),
+        ("exp", {"a": a, "b": b}, {a: 0.7, b: 0.6}),
+        ("leaky_relu", {"alpha": al}, {al: 0.2}),
+        ("abrelu", {"a": a, "b": b}, {a: 0.7, b: 2.0}),
+        ("polynomial", {"coef": [a, b, c]}, dict(zip(abc, (0.7, 2.0, 0.3)))),
     ]:
-        sym, num = builtin_dual(name, **sym_args), builtin_dual(name, **num_args)
-        subs = {a: 0.7, b: num_args.get("b", 2.0), c: 0.3, al: 0.2}
-        for f in ("nngp", "ntk_factor"):
-            got = getattr(sym, f)(*pt).subs(subs)
-            want = getattr(num, f)(*pt)
-            assert abs(float(got) - float(want)) < 1e-12, (name, f)
-        assert abs(float(sym.variance(1.1).subs(subs)) - float(num.variance(1.1))) < 1e-12
+        sym = builtin_dual(name, **sym_args)
+        num_args = {
+            k: [float(x.subs(subs)) for x in v] if isinstance(v, list) else float(v.subs(subs))
+            for k, v in sym_args.items()
+        }
+        phi, dphi, deg = _ref_phi(name, num_args)
+        d_nngp = None if deg is None else 2 * deg
+        d_ntk = None if deg is None else max(2 * deg - 2, 0)
+        for k11, k12, k22 in POINTS[:4]:
+            at = f"{name}{num_args} at {(k11, k12, k22)}"
+            got = float(sym.nngp(k11, k12, k22).subs(subs))
+            scale = math.sqrt(
+                _expect2(phi, phi, k11, k11, k11, d_nngp)
+                * _expect2(phi, phi, k22, k22, k22, d_nngp)
+            )
+            _close(got, _expect2(phi, phi, k11, k12, k22, d_nngp), scale, "nngp " + at)
+            got = float(sym.ntk_factor(k11, k12, k22).subs(subs))
+            _close(got, _expect2(dphi, dphi, k11, k12, k22, d_ntk), 1.0, "ntk_factor " + at)
+        for k in (0.3, 1.1):
+            got = float(sym.variance(k).subs(subs))
+            want = _expect1(lambda x, phi=phi: phi(x) ** 2, k)
+            _close(got, want, 0.0, f"variance {name} at {k}")
 
 
-def test_builtins_table_matches_neural_tangents() -> None:
-    names = {
-        "relu",
-        "leaky_relu",
-        "abrelu",
-        "abs",
-        "erf",
-        "gelu",
-        "sin",
-        "cos",
-        "exp",
-        "gaussian",
-        "sign",
-        "monomial",
-        "rectified_monomial",
-        "polynomial",
-        "identity",
-    }
-    assert set(BUILTINS) == names
-    defaults = {n: {p[0]: p[2] for p in s.params} for n, s in BUILTINS.items()}
-    assert defaults["erf"] == defaults["sin"] == defaults["cos"] == {"a": 1, "b": 1, "c": 0}
-    assert defaults["exp"] == {"a": 1, "b": 1} and defaults["gaussian"] == {"a": 1, "b": -1}
-    assert defaults["abrelu"] == {"a": REQUIRED, "b": REQUIRED}
-    assert defaults["leaky_relu"] == {"alpha": REQUIRED}
-    assert BUILTINS["polynomial"].params == (("coef", "number_list", REQUIRED),)
-    for n in ("monomial", "rectified_monomial"):
-        assert BUILTINS[n].params == (("degree", "int", REQUIRED),)
-    with pytest.raises(TypeError):
-        builtin_dual("abrelu", a=1.0)
-    assert isinstance(builtin_dual("relu"), DualActivation)
-    assert builtin_dual("leaky_relu", alpha=0.1).name == "leaky_relu"
+# Neural Tangents 0.6.5's elementwise layers (stax/elementwise.py) as its docstrings define
+# them, with NT's defaults written into φ and φ' literally: name -> (the required arguments,
+# which NT also requires, at sample values; φ; φ'; degree of homogeneity or None). NT's Sign
+# and RectifiedMonomial(0) take φ' = 0 (a step has no finite NTK term).
+NT_ELEMENTWISE = {
+    "relu": ({}, lambda z: np.maximum(z, 0.0), lambda z: (z > 0) * 1.0, 1),
+    "leaky_relu": (
+        {"alpha": 0.2},
+        lambda z: np.where(z > 0, z, 0.2 * z),
+        lambda z: np.where(z > 0, 1.0, 0.2),
+        1,
+    ),
+    "abrelu": (
+        {"a": -0.4, "b": 1.3},
+        lambda z: -0.4 * np.minimum(z, 0.0) + 1.3 * np.maximum(z, 0.0),
+        lambda z: np.where(z > 0, 1.3, -0.4),
+        1,
+    ),
+    "abs": ({}, np.abs, np.sign, 1),
+    "erf": ({}, ss.erf, lambda z: 2 / math.sqrt(math.pi) * np.exp(-z * z), None),  # a=b=1, c=0
+    "gelu": (  # exact Gelu (approximate=False, NT's default)
+        {},
+        lambda z: z * ss.ndtr(z),
+        lambda z: ss.ndtr(z) + z * np.exp(-z * z / 2) / math.sqrt(2 * math.pi),
+        None,
+    ),
+    "sin": ({}, np.sin, np.cos, None),  # a=1, b=1, c=0
+    "cos": ({}, np.cos, lambda z: -np.sin(z), None),  # a=1, b=1, c=0
+    "exp": ({}, np.exp, np.exp, None),  # a=1, b=1
+    "gaussian": ({}, lambda z: np.exp(-z * z), lambda z: -2 * z * np.exp(-z * z), None),  # b=-1
+    "sign": ({}, np.sign, np.zeros_like, 0),
+    "monomial": ({"degree": 2}, lambda z: z * z, lambda z: 2 * z, None),
+    "rectified_monomial": (
+        {"degree": 3},
+        lambda z: np.maximum(z, 0.0) ** 3,
+        lambda z: 3 * np.maximum(z, 0.0) ** 2,
+        3,
+    ),
+    "polynomial": (
+        {"coef": [0.5, -1.0, 0.25]},
+        lambda z: 0.5 - z + 0.25 * z * z,
+        lambda z: -1.0 + 0.5 * z,
+        None,
+    ),
+    "identity": ({}, lambda z: z, np.ones_like, None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NT_ELEMENTWISE))
+def test_builtins_match_neural_tangents_definitions(name: str) -> None:
+    """Each built-in, called as a spec calls it (only NT's required arguments, the rest
+    left to ntkc's defaults), has the dual of NT's φ with NT's defaults: nngp, ntk_factor
+    and variance against quadrature of the literal φ, φ' above at generic covariances and
+    |ρ| = 0.999, rtol 1e-9 (the quadrature resolves these integrands to ~1e-12, module
+    docstring). A wrong default (erf's b = 2, gaussian's b = +1) or a wrong argument
+    name fails here; the Gram matrices of Neural Tangents itself are checked by
+    test_fully_connected_chains_match_neural_tangents."""
+    assert set(BUILTINS) == set(NT_ELEMENTWISE)  # NT's names, no more, no fewer
+    required, phi, dphi, deg = NT_ELEMENTWISE[name]
+    dual = builtin_dual(name, **required)
+    assert isinstance(dual, DualActivation) and dual.name == name
+    for arg in required:  # NT has no default for these either
+        with pytest.raises(TypeError):
+            builtin_dual(name, **{k: v for k, v in required.items() if k != arg})
+    nngp, ntk, var = _lam2(dual.nngp), _lam2(dual.ntk_factor), _lam1(dual.variance)
+    d_nngp = None if deg is None else 2 * deg
+    d_ntk = None if deg is None else max(2 * deg - 2, 0)
+    for k11, k12, k22 in POINTS[:4]:
+        at = f"{name} at {(k11, k12, k22)}"
+        scale = math.sqrt(
+            _expect2(phi, phi, k11, k11, k11, d_nngp) * _expect2(phi, phi, k22, k22, k22, d_nngp)
+        )
+        want = _expect2(phi, phi, k11, k12, k22, d_nngp)
+        _close(float(nngp(k11, k12, k22)), want, scale, "nngp " + at)
+        want = _expect2(dphi, dphi, k11, k12, k22, d_ntk)
+        _close(float(ntk(k11, k12, k22)), want, 1.0, "ntk_factor " + at)
+    for k in (0.3, 1.0, 1.9):
+        _close(float(var(k)), _expect1(lambda x: phi(x) ** 2, k), 0.0, f"variance {name} {k}")
 
 
 def test_clip1() -> None:
@@ -361,27 +425,45 @@ def test_numeric_phi_helpers() -> None:
         np.testing.assert_allclose(numeric_phi_prime(dual)(z), dphi(z), rtol=1e-12, atol=1e-14)
 
 
-REF_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
-
-
-def _reference_chains() -> list[Path]:
+def _reference_chains() -> list[str]:
+    """The fully connected reference cases that are plain dense/built-in chains (NTK
+    parameterization): the ones the duals alone can reproduce."""
     out = []
-    for path in sorted(REF_DIR.glob("fc_*.json")) if REF_DIR.is_dir() else []:
-        spec = json.loads(path.read_text())
+    for name in case_names("fc_"):
+        spec = load_case(name)
         if spec["parameterization"] == "ntk" and all(
             op == "dense" or op in BUILTINS for op, _ in spec["layers"]
         ):
-            out.append(path)
+            out.append(name)
     return out
 
 
-@pytest.mark.skipif(not _reference_chains(), reason="no ../shared/reference")
-@pytest.mark.parametrize("path", _reference_chains(), ids=lambda p: p.stem)
-def test_fully_connected_chains_match_neural_tangents(path: Path) -> None:
+CHAINS = _reference_chains()
+
+
+def test_reference_chains_present() -> None:
+    # A missing fixture must fail, not shrink the parametrization below to nothing.
+    assert CHAINS == [
+        "fc_erf_seed_example",
+        "fc_gaussian_rbf_act",
+        "fc_gelu_sign",
+        "fc_leaky_abrelu",
+        "fc_mixed",
+        "fc_no_bias",
+        "fc_polynomials",
+        "fc_relu_2",
+        "fc_trig_exp",
+    ]
+    used = {op for name in CHAINS for op, _ in load_case(name)["layers"]} - {"dense"}
+    assert used == set(BUILTINS) - {"identity"}  # every built-in but identity is covered
+
+
+@pytest.mark.parametrize("name", CHAINS)
+def test_fully_connected_chains_match_neural_tangents(name: str) -> None:
     """The NTK-parameterization recursion of DESIGN §2 on dense/φ chains, using only the
     duals, reproduces Neural Tangents' Gram matrices (diagonal via variance/ntk_factor at
     correlation exactly 1, where NT's null entries are skipped)."""
-    spec = json.loads(path.read_text())
+    spec = load_case(name)
     x1, x2 = np.array(spec["x1"]), np.array(spec["x2"])
     d = x1.shape[1]
     for xb, key in ((x2, "12"), (x1, "11")):

@@ -12,7 +12,7 @@ formed per Gram entry (i, j), in the blocks (x1, x2) and (x1, x1):
 
 They are compared with three limits:
 
-(1) REFERENCE: Neural Tangents 0.6.5's kernels in ../shared/reference/ (conv*.json, and
+(1) REFERENCE: Neural Tangents 0.6.5's kernels in tests/data/reference/ (conv*.json, and
     fc_residual.json for the simulator's residual sum). This validates the simulator.
 (2) COMPILER: ntkc's kernels (``ntkc.load(spec).kernel(x1, x2)``, numpy reference backend)
     for convolutional specs that no reference covers: a SAME conv net with flatten, a VALID

@@ -1,4 +1,4 @@
-"""ntkc against Neural Tangents 0.6.5 (../shared/reference/): every fully
+"""ntkc against Neural Tangents 0.6.5 (tests/data/reference/): every fully
 connected and convolutional case, through the generated Numba module, to the
 case's rtol; the convolutional ones also through the numpy reference backend."""
 
@@ -6,9 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reference_cases import case_names, load_case, spec_text
+from reference_cases import (
+    AWAITING_OPS,
+    REFERENCE_DIR,
+    all_case_names,
+    case_names,
+    case_ops,
+    load_case,
+    spec_text,
+)
 
 import ntkc
+from ntkc.duals import BUILTINS
+from ntkc.rules import RULES
 
 FC_CASES = case_names("fc_")
 CONV_CASES = case_names("conv")
@@ -28,9 +38,33 @@ def _check(got, want, rtol, what):
     assert np.isfinite(got).all(), f"{what}: non-finite entries"
 
 
+# The ops a reference layer list can name that ntkc compiles: its rules, its built-in
+# nonlinearities, and `residual`, which spec_text writes as a sum of two lines.
+KNOWN_OPS = set(RULES) | set(BUILTINS) | {"residual"}
+
+
 def test_all_cases_present():
-    assert len(FC_CASES) >= 12
-    assert len(CONV_CASES) >= 4
+    """Every case file in tests/data/reference is either run by test_reference or
+    awaits an op ntkc lacks (AWAITING_OPS), and none is missing. A case that arrives
+    from ../shared/reference (copied here) fails this test until it is placed."""
+    files = all_case_names()
+    assert len(FC_CASES) == 12, FC_CASES
+    assert len(CONV_CASES) == 4, CONV_CASES
+    assert len(AWAITING_OPS) == 8
+    assert len(files) == 24, files
+    tested = set(FC_CASES) | set(CONV_CASES)
+    assert not tested & set(AWAITING_OPS)
+    missing = (tested | set(AWAITING_OPS)) - set(files)
+    assert not missing, f"case files missing from {REFERENCE_DIR}: {sorted(missing)}"
+    unused = set(files) - tested - set(AWAITING_OPS)
+    assert not unused, f"case files no test uses: {sorted(unused)}"
+    # AWAITING_OPS is exactly the cases whose ops ntkc lacks, and lists what each lacks:
+    # once an op is registered its cases must move into a tested set.
+    lacking = {name: frozenset(case_ops(load_case(name)) - KNOWN_OPS) for name in files}
+    assert {n: ops for n, ops in lacking.items() if ops} == AWAITING_OPS
+    # both READMEs travel with the data
+    assert (REFERENCE_DIR / "README.md").is_file()
+    assert (REFERENCE_DIR / "tp" / "README.md").is_file()
 
 
 @pytest.mark.parametrize("name", FC_CASES + [pytest.param(n, id=f"{n}-numpy") for n in CONV_CASES]

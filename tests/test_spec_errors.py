@@ -11,6 +11,7 @@ import pytest
 from ntkc.compiler import compile_text
 from ntkc.errors import SpecError
 from ntkc.frontend import program_from_text
+from ntkc.runtime import import_module_file
 
 HEAD = "network t\ninput x : vector[3]\n"
 IMG = "network t\ninput x : image[4, 4, 3]\n"
@@ -108,9 +109,39 @@ def test_cli_reports_without_traceback(tmp_path):
     assert "h = rleu(g)" in run.stderr and "^^^^" in run.stderr
 
 
-def test_spec_text_never_evaluated(tmp_path):
+# The payload's marker file: a relative name, so executed code would create it in the
+# working directory. The tests below run with cwd = tmp_path and look there.
+PWNED = "pwned"
+
+
+def test_spec_text_never_evaluated(tmp_path, monkeypatch):
     # A spec that would run code if it reached eval/sympify is just a syntax error.
-    text = HEAD + "param w = __import__('os').system('touch pwned')\n"
+    monkeypatch.chdir(tmp_path)
+    text = HEAD + f"param w = __import__('os').system('touch {PWNED}')\n"
     with pytest.raises(SpecError):
         compile_text(text, "t.ntk")
-    assert not (tmp_path / "pwned").exists()
+    assert not (tmp_path / PWNED).exists()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="issue 9: spec path reaches generated source unescaped")
+@pytest.mark.parametrize("spec", [
+    HEAD + "g = dense(x)\noutput g\n",  # the dense module writer
+    IMG + "g = conv(x, filter=[3, 3])\nh = flatten(g)\ny = dense(h)\noutput y\n",  # spatial
+], ids=["dense", "conv"])
+def test_spec_path_never_executed(tmp_path, monkeypatch, spec):
+    # The spec's path is written into the generated module (its docstring, SPEC_FILE). A
+    # path that closes the docstring would otherwise run its own line on import.
+    monkeypatch.chdir(tmp_path)
+    name = f'a.ntk"""\nopen({PWNED!r}, "w").close()\n"""'
+    try:
+        source = compile_text(spec, name).source
+    except SpecError:
+        return  # refusing such a path is safe too
+    module = tmp_path / "generated_pwn.py"
+    module.write_text(source)
+    try:
+        import_module_file(module)  # as ntkc.load imports a compiled spec; cwd is tmp_path
+    finally:
+        sys.modules.pop(module.stem, None)
+    assert not (tmp_path / PWNED).exists(), "the generated module ran code from the spec path"
