@@ -17,6 +17,7 @@ expectations E[φ(u)ψ(v)] are integrated here by Gauss–Hermite quadrature.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -114,7 +115,8 @@ class Oracle:
         na, nb = self.prog.nodes[a], self.prog.nodes[b]
         linear = ("lincomb", "concat", "layer_norm", "avg_pool", "sum_pool",
                   "global_avg_pool", "global_sum_pool", "flatten")
-        if na.op in linear:
+        if na.op in linear and not (na.op == "flatten" and nb.op in linear
+                                    and nb.op != "flatten"):
             return self._linear(kind, na, b)
         if nb.op in linear:
             return self._linear(kind, nb, a).transpose(2, 3, 0, 1)
@@ -141,10 +143,13 @@ class Oracle:
         if op == "lincomb":
             return sum(self.num(c) * self.cov(kind, u, other) for c, u in node.attrs["terms"])
         if op == "concat":
-            widths = [self.prog.nodes[u].shape.channels for u in node.inputs]
-            widths = [1] * len(widths) if None in widths else widths
-            return sum(w / sum(widths) * self.cov(kind, u, other)
-                       for w, u in zip(widths, node.inputs))
+            mine = self._parts(node)
+            o = self.prog.nodes[other]
+            if o.op != "concat":  # feature i of the concat is a feature of one part
+                return sum((e - s) * self.cov(kind, u, other) for s, e, u in mine)
+            # feature i against feature i: parts meet where their intervals overlap
+            return sum(max(0.0, min(e1, e2) - max(s1, s2)) * self.cov(kind, u, v)
+                       for s1, e1, u in mine for s2, e2, v in self._parts(o))
         (u,) = node.inputs
         if op == "layer_norm":
             var = np.einsum("nini->ni", self.cov("K", u, u))
@@ -167,6 +172,13 @@ class Oracle:
         padded = np.concatenate([m, np.zeros_like(m[:, :1])], axis=1)
         out = sum(padded[:, taps[:, t]] for t in range(taps.shape[1]))
         return out / taps.shape[1] if op == "avg_pool" else out
+
+    def _parts(self, node) -> list[tuple[float, float, str]]:
+        """A concat's parts as sub-intervals of [0, 1], sized by their widths."""
+        widths = [self.prog.nodes[u].shape.channels for u in node.inputs]
+        widths = [1] * len(widths) if None in widths else widths
+        edges = np.cumsum([0, *widths]) / sum(widths)
+        return [(edges[k], edges[k + 1], u) for k, u in enumerate(node.inputs)]
 
     def _affine(self, kind, node):
         (h,) = node.inputs
@@ -232,6 +244,7 @@ class Oracle:
         def fn(d):
             if d is None:
                 return (lambda z: np.ones_like(z)) if deriv else (lambda z: z)
+            d = dataclasses.replace(d, phi=lambda z, phi=d.phi: phi(z).xreplace(self.values))
             f = numeric_phi_prime(d) if deriv else numeric_phi(d)
             return lambda z: np.asarray(f(z), float) * np.ones_like(z)
         fa, fb = fn(da), fn(db)

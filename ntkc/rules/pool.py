@@ -75,6 +75,10 @@ def shape_pool(node, in_shapes, program):
     return type(s)(s.kind, a["geometry"].out_spatial, s.channels)
 
 
+# Ops that mix positions: their covariance with another line is defined only against
+# the same op of that line (ntkc.derive opens every other linear op first).
+POSITION_OPS = frozenset({"avg_pool", "sum_pool", "global_avg_pool", "global_sum_pool",
+                          "flatten"})
 POOL_ARGS = (Arg("window", "ints"), Arg("stride", "ints", None),
              Arg("padding", "choice", "valid", PADDINGS))
 for _op in ("avg_pool", "sum_pool"):
