@@ -131,9 +131,10 @@ def _limited_check(text, seed, numba, seconds):
         return [f"hang: check_program ran past {seconds} s"]
 
 
-def kernel_campaign(args, findings: Findings) -> dict:
+def kernel_campaign(args, findings: Findings, save=lambda partial: None) -> dict:
     counts: collections.Counter = collections.Counter()
     by_sig: collections.Counter = collections.Counter()
+    seeds: dict[str, list[int]] = collections.defaultdict(list)  # class -> program seeds
     numba_checked = 0
     start = time.time()
     for i in range(args.programs):
@@ -144,6 +145,8 @@ def kernel_campaign(args, findings: Findings) -> dict:
         violations = _limited_check(text, seed, numba, args.time_limit)
         classes = {violation_class(v) for v in violations}
         counts.update(classes)
+        for cls in classes:
+            seeds[cls].append(seed)
         counts["programs"] += 1
         counts["clean"] += not violations
         for v in violations:
@@ -163,11 +166,15 @@ def kernel_campaign(args, findings: Findings) -> dict:
         if (i + 1) % args.report_every == 0:
             print(f"[{i + 1}/{args.programs}] {time.time() - start:.0f}s "
                   f"{dict(counts)}", flush=True)
+            save({"counts": dict(counts), "numba_checked": numba_checked,
+                  "signatures": dict(by_sig.most_common()), "seeds": seeds,
+                  "seconds": time.time() - start, "partial": True})
     return {"counts": dict(counts), "numba_checked": numba_checked,
-            "signatures": dict(by_sig.most_common()), "seconds": time.time() - start}
+            "signatures": dict(by_sig.most_common()), "seeds": seeds,
+            "seconds": time.time() - start}
 
 
-def syntax_campaign(args, findings: Findings) -> dict:
+def syntax_campaign(args, findings: Findings, save=lambda partial: None) -> dict:
     counts: collections.Counter = collections.Counter()
     by_sig: collections.Counter = collections.Counter()
     start = time.time()
@@ -192,6 +199,8 @@ def syntax_campaign(args, findings: Findings) -> dict:
         if (i + 1) % args.report_every == 0:
             print(f"[syntax {i + 1}/{len(inputs)}] {time.time() - start:.0f}s {dict(counts)}",
                   flush=True)
+            save({"counts": dict(counts), "signatures": dict(by_sig.most_common()),
+                  "seconds": time.time() - start, "partial": True})
     return {"counts": dict(counts), "signatures": dict(by_sig.most_common()),
             "seconds": time.time() - start}
 
@@ -217,7 +226,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="/tmp/campaign.json")
     ap.add_argument("--repro-dir", default=None, help="default: next to --out")
     ap.add_argument("--findings", default=None, help="append reproducers to this markdown")
-    ap.add_argument("--time-limit", type=int, default=60, help="seconds per input")
+    ap.add_argument("--time-limit", type=int, default=180,
+                    help="seconds per input (a numba compile on a loaded machine: minutes)")
+    ap.add_argument("--head", default=None, help="the commit tested (default: git HEAD)")
     ap.add_argument("--no-shrink", dest="shrink", action="store_false")
     ap.add_argument("--shrink-s", type=float, default=60.0)
     ap.add_argument("--report-every", type=int, default=50)
@@ -225,14 +236,21 @@ def main(argv=None) -> int:
     os.environ.setdefault("NTKC_CACHE_DIR", "/tmp/cache_fuzz")
     out = Path(args.out)
     repro = Path(args.repro_dir) if args.repro_dir else out.with_suffix("") / "repro"
-    head = _head()
+    head = args.head or _head()
     findings = Findings(args.findings, repro, head)
     result = {"head": head, "seed": args.seed, "args": vars(args)}
+
+    def saver(key):
+        def save(partial):
+            result[key] = partial
+            out.write_text(json.dumps(result, indent=1))
+        return save
+
     if args.programs:
-        result["kernel"] = kernel_campaign(args, findings)
+        result["kernel"] = kernel_campaign(args, findings, saver("kernel"))
         print("kernel campaign:", json.dumps(result["kernel"]["counts"]), flush=True)
     if args.syntax:
-        result["syntax"] = syntax_campaign(args, findings)
+        result["syntax"] = syntax_campaign(args, findings, saver("syntax"))
         print("syntax campaign:", json.dumps(result["syntax"]["counts"]), flush=True)
     result["reproducers"] = {sig: text for sig, text in findings.seen.items()}
     out.write_text(json.dumps(result, indent=1))

@@ -33,8 +33,9 @@ TOL_ORACLE = 1e-8
 TOL_CONTINUITY = 1e-6
 STEP = 1e-9  # relative perturbation of one w_std/b_std literal
 # Quadrature (user nonlins without a closed form) is not symmetric under x <-> x' at the
-# level of its own error (README, "Accuracy of quadrature"); it is compared at this level.
-TOL_QUADRATURE = 1e-5
+# level of its own error (README, "Accuracy of quadrature": 8e-5 at variance 2, 2e-3 at 5
+# with 32 nodes); those programs are compared at this level.
+TOL_QUADRATURE = 5e-3
 
 _LITERAL = re.compile(r"\b([wb]_std)\s*=\s*((?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?)")
 _POSITIONED = re.compile(r"^[^\n]*:\d+:\d+: error: ", re.MULTILINE)
