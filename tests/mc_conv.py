@@ -34,7 +34,9 @@ default, standard parameterization with ``parameterization="standard"`` (see bel
 * flatten: a reshape of (positions, channels) to one vector of P·C features; the next
   dense then has fan-in P·C, which makes its NNGP w²·(mean over positions of the
   per-position covariance): Neural Tangents' Flatten kernel.
-* relu, erf {a, b, c} (a·erf(b·z) + c), identity: elementwise.
+* relu, erf {a, b, c} (a·erf(b·z) + c), identity, sign (φ' = 0: its derivative almost
+  everywhere, so sign passes no gradient): elementwise, also on a pooled or flattened
+  vector.
 
 Arrays carry a leading axis of draws (chunks of draws are vectorised); spatial positions
 are flattened row-major: activations are (draws, N, P, C). The default dtype is float32
@@ -138,6 +140,8 @@ def _phi(op: str, attrs: dict):
                 lambda z: (a * b * 2.0 / np.sqrt(np.pi)) * np.exp(-((b * z) ** 2)))
     if op == "identity":
         return (lambda z: z), np.ones_like
+    if op == "sign":  # φ' = 0 almost everywhere (NT's NTK factor for sign is 0 likewise)
+        return np.sign, np.zeros_like
     raise NotImplementedError(f"Monte Carlo conv network: nonlinearity {op}")
 
 
