@@ -20,6 +20,8 @@ quantities of (x, x) itself, point 3 standing for a second copy of x.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sympy
@@ -54,11 +56,28 @@ class Quantity:
               (1, 3): "(x,x̃)", (3, 3): "(x̃,x̃)"}
         return f"{'K' if self.kind == 'K' else 'Θ'}[{lines}]{at[(self.p, self.q)]}"
 
-    def code_name(self) -> str:
-        lines = self.a if self.a == self.b else f"{self.a}__{self.b}"
-        if self.on_point:
-            return f"{'V' if self.kind == 'K' else 'U'}{self.p}_{lines}"
-        return f"{self.kind}_{lines}"
+    def code_name(self, index: Callable[[str], int]) -> str:
+        """Its identifier in generated code; index: a line's position in the program."""
+        family = f"{'V' if self.kind == 'K' else 'U'}{self.p}" if self.on_point else self.kind
+        lines = (self.a,) if self.a == self.b else (self.a, self.b)
+        return code_name(family, tuple(index(n) for n in lines), *lines)
+
+
+def code_name(family: str, numbers: tuple[int, ...], *lines: str) -> str:
+    """``{family}_{n1}_{n2}…_{line names}``: unique by construction, readable by its suffix.
+
+    The numbers (line positions, stencil counters) alone tell quantities apart, so
+    line names never need to be joined unambiguously (``a__b`` + ``c`` and ``a`` +
+    ``b__c`` would meet) and serve as a label only, dropped unless they are plain ASCII
+    identifiers. Parsing is unique: the family holds no ``_`` and the label never starts
+    with a digit. Every code name has the shape ``[A-Z][A-Za-z0-9]*_[0-9]``, which none of
+    the generated module's own names has (they are lower case, start with ``_``, or are
+    constants such as ``N_POINT``), so the two never meet.
+    """
+    assert family.isalnum() and family[0].isupper() and numbers, (family, numbers)
+    label = "_".join(lines)
+    readable = bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", label))
+    return "_".join([family, *map(str, numbers)] + ([label] if readable else []))
 
 
 @dataclass(frozen=True)
@@ -162,8 +181,8 @@ class Derivation:
                     "flatten": f"flatten_{line}", "global": f"gpool_{line}"}[op]
             symbol = sympy.Symbol(what + (at if op == "input" else f"{at}[{source}]"),
                                   real=True)
-            self.code_names[symbol] = f"S{p}{q}{kind}_{line}" + ("" if source is None else
-                                                                  f"_{len(self.stencils)}")
+            # The stencil's number is unique: the line name is a label only.
+            self.code_names[symbol] = code_name(f"S{p}{q}{kind}", (len(self.stencils),), line)
             shape = self.program.nodes[line].shape.spatial
             spatial = None if op in ("flatten", "global") else (
                 math.prod(shape), math.prod(shape))
@@ -197,14 +216,15 @@ class Derivation:
             return expr  # an alias: no new assignment
         display = key.display()
         symbol = sympy.Symbol(display, real=True)
-        self.code_names[symbol] = key.code_name()
+        self.code_names[symbol] = key.code_name(self._index)
         nodes = self.program.nodes
         pa, pb = (math.prod(nodes[n].shape.spatial) for n in (key.a, key.b))
         spatial = (pa, pb) if nodes[key.a].shape.spatial else None
         diag = None
         if (key.p, key.q) == (1, 3):
             diag = self.Q(key.kind, key.a, key.b, 1, 1)
-            self.code_names[symbol] = f"W_{key.kind}_{key.a}__{key.b}"
+            self.code_names[symbol] = code_name(
+                f"W{key.kind}", (self._index(key.a), self._index(key.b)), key.a, key.b)
         self._phase(key.p, key.q).append(Assignment(symbol, expr, key, line, None, spatial, diag))
         if key.on_point:
             self._register_twins(symbol, key)
@@ -220,8 +240,11 @@ class Derivation:
             at = twin_key.display().split("]", 1)[1]
             twin = sympy.Symbol(symbol.name.replace(at_x, at, 1), real=True)
             twins[symbol] = twin
-            self.code_names[twin] = (f"{self.code_names[symbol]}_{point}" if stencil
-                                     else twin_key.code_name())
+            # A stencil's twin: its family and number, then the point (one number more
+            # than any stencil's name has, so it meets none of them).
+            family, number = self.code_names[symbol].split("_")[:2]
+            self.code_names[twin] = (code_name(family, (int(number), point), key.a) if stencil
+                                     else twin_key.code_name(self._index))
 
     def _open(self, key: Quantity) -> tuple[sympy.Expr, str]:
         nodes = self.program.nodes

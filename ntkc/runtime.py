@@ -7,10 +7,13 @@ GPU memory and streamed back to host memory)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -29,17 +32,34 @@ def cache_dir() -> Path:
     return path
 
 
-def import_module_file(path: Path) -> ModuleType:
-    # numba's on-disk cache re-imports the module by name, so the name must be the
-    # one a plain `import` of the file gives: its stem (unique in the compile cache).
-    name = path.stem
+def module_name(path: str | Path) -> str:
+    """The name a generated module gives itself: ``ntkc_generated_<file stem>_<content
+    hash>``. Namespaced, so a network called numpy never replaces sys.modules["numpy"];
+    the same in every process, as numba's on-disk cache needs (it re-imports a cached
+    function's module by name). The module computes it too, from its own file (see
+    ntkc.codegen.driver_template.SELF_IMPORT): the two must agree."""
+    path = Path(path)
+    stem = re.sub(r"\W", "_", path.name.rsplit(".", 1)[0], flags=re.ASCII)
+    return f"ntkc_generated_{stem}_{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+
+
+def import_module_file(path: str | Path) -> ModuleType:
+    """Import a generated module by path, under its own name (``module_name``)."""
+    path = Path(path)
+    name = module_name(path)
     loaded = sys.modules.get(name)
     if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() == path.resolve():
         return loaded
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # numba's cache wants the module importable by name
-    spec.loader.exec_module(module)
+    # Registered before it runs, so the module finds itself there (no search).
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        if sys.modules.get(name) is module:
+            del sys.modules[name]
+        raise
     return module
 
 
@@ -232,10 +252,24 @@ def load(path: str | Path, quad_degree: int = DEFAULT_DEGREE, target: str = "all
                     f"regenerate it with `ntkc compile {spec}`")
         return Model(module)
     compiled = compile_file(path, quad_degree=quad_degree, target=target)
-    sha = hashlib.sha256(compiled.source.encode()).hexdigest()[:16]
-    target = cache_dir() / f"{compiled.program.network}_{sha}.py"
-    if not target.exists():
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(compiled.source)
-        tmp.replace(target)
-    return Model(import_module_file(target), compiled)
+    source = compiled.source.encode()
+    sha = hashlib.sha256(source).hexdigest()[:16]
+    cached = cache_dir() / f"{compiled.program.network}_{sha}.py"
+    if not cached.exists():
+        _write_atomically(cached, source)
+    return Model(import_module_file(cached), compiled)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    # Processes loading one spec on an empty cache write the same file at once: each
+    # writes its own temporary file, then renames it over the target in one step, so
+    # no reader ever sees a partial file and no writer loses its temporary file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -10,6 +10,10 @@ no branches, which LLVM vectorises. The loops read up to one block of positions
 past either end of a source array, masked out; the scratch layout leaves that
 slack (ntkc.codegen.spatial_stages.layout), so every index stays in bounds and
 non-negative, which is also what lets numba drop its wraparound checks.
+
+The loops' counters and temporaries start with ``_``: the function they are pasted
+into has arguments (x1, x2, s, ...) and code-named quantities that they must not
+shadow, and no argument or code name starts with ``_``.
 """
 
 from __future__ import annotations
@@ -58,12 +62,12 @@ def conv_loops(pairs: list[tuple[int, int]], taps: np.ndarray, p_in: int, out_wi
 
     ind = indent
     if not full:
-        src = [f"{ind}for o in range({p_out}):"]
+        src = [f"{ind}for _o in range({p_out}):"]
         for so, oo in pairs:
-            terms = [term(t, str(so) if shifts[t] is None else str(so + shifts[t]), "o")
+            terms = [term(t, str(so) if shifts[t] is None else str(so + shifts[t]), "_o")
                      for t in range(n_taps) if (taps[:, t] >= 0).any()]
-            src += [f"{ind}    acc = {terms[0]}"] + [f"{ind}    acc += {x}" for x in terms[1:]]
-            src.append(f"{ind}    {array}[{oo} + o] = acc * {scale}")
+            src += [f"{ind}    _acc = {terms[0]}"] + [f"{ind}    _acc += {x}" for x in terms[1:]]
+            src.append(f"{ind}    {array}[{oo} + _o] = _acc * {scale}")
         return src, consts
     # Full: output rows o1 grouped by their set of valid taps; rectangles become loops.
     classes: dict[tuple, list[int]] = {}
@@ -75,25 +79,25 @@ def conv_loops(pairs: list[tuple[int, int]], taps: np.ndarray, p_in: int, out_wi
         xs = sorted({o % out_width for o in rows})
         if len(rows) == len(ys) * len(xs) and ys == list(range(ys[0], ys[-1] + 1)) \
                 and xs == list(range(xs[0], xs[-1] + 1)):
-            src += [f"{ind}for y1 in range({ys[0]}, {ys[-1] + 1}):",
-                    f"{ind}    for x1 in range({xs[0]}, {xs[-1] + 1}):",
-                    f"{ind}        o1 = y1 * {out_width} + x1"]
+            src += [f"{ind}for _y1 in range({ys[0]}, {ys[-1] + 1}):",
+                    f"{ind}    for _x1 in range({xs[0]}, {xs[-1] + 1}):",
+                    f"{ind}        _o1 = _y1 * {out_width} + _x1"]
         else:
             consts[f"{prefix}C{k}"] = np.array(rows, dtype=np.int64)
-            src += [f"{ind}for q in range({len(rows)}):", f"{ind}    if True:",
-                    f"{ind}        o1 = {prefix}C{k}[q]"]
+            src += [f"{ind}for _q in range({len(rows)}):", f"{ind}    if True:",
+                    f"{ind}        _o1 = {prefix}C{k}[_q]"]
         body = ind + "        "
         for a, (so, oo) in enumerate(pairs):
-            src.append(f"{body}d{a} = max({oo} + o1 * {p_out}, 0)")
+            src.append(f"{body}_d{a} = max({oo} + _o1 * {p_out}, 0)")
             for t in valid:
                 if shifts[t] is None:
-                    src.append(f"{body}b{a}_{t} = max({so} + {prefix}R{t}[o1], 0)")
+                    src.append(f"{body}_b{a}_{t} = max({so} + {prefix}R{t}[_o1], 0)")
                 else:
                     sh = shifts[t]
-                    src.append(f"{body}b{a}_{t} = max({so} + (o1 + {sh}) * {p_in} + {sh}, 0)")
-        src.append(f"{body}for o2 in range({p_out}):")
+                    src.append(f"{body}_b{a}_{t} = max({so} + (_o1 + {sh}) * {p_in} + {sh}, 0)")
+        src.append(f"{body}for _o2 in range({p_out}):")
         for a in range(len(pairs)):
-            terms = [term(t, f"b{a}_{t}", "o2") for t in valid]
-            src += [f"{body}    acc = {terms[0]}"] + [f"{body}    acc += {x}" for x in terms[1:]]
-            src.append(f"{body}    {array}[d{a} + o2] = acc * {scale}")
+            terms = [term(t, f"_b{a}_{t}", "_o2") for t in valid]
+            src += [f"{body}    _acc = {terms[0]}"] + [f"{body}    _acc += {x}" for x in terms[1:]]
+            src.append(f"{body}    {array}[_d{a} + _o2] = _acc * {scale}")
     return src, consts
