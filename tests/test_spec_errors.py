@@ -123,8 +123,6 @@ def test_spec_text_never_evaluated(tmp_path, monkeypatch):
     assert not (tmp_path / PWNED).exists()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 9: spec path reaches generated source unescaped")
 @pytest.mark.parametrize("spec", [
     HEAD + "g = dense(x)\noutput g\n",  # the dense module writer
     IMG + "g = conv(x, filter=[3, 3])\nh = flatten(g)\ny = dense(h)\noutput y\n",  # spatial
@@ -140,8 +138,5 @@ def test_spec_path_never_executed(tmp_path, monkeypatch, spec):
         return  # refusing such a path is safe too
     module = tmp_path / "generated_pwn.py"
     module.write_text(source)
-    try:
-        import_module_file(module)  # as ntkc.load imports a compiled spec; cwd is tmp_path
-    finally:
-        sys.modules.pop(module.stem, None)
+    import_module_file(module)  # as ntkc.load imports a compiled spec; cwd is tmp_path
     assert not (tmp_path / PWNED).exists(), "the generated module ran code from the spec path"
