@@ -30,6 +30,7 @@ from .errors import Pos
 from .geometry import Window
 from .ir import Program
 from .rules import RULES
+from .rules.pool import POSITION_OPS
 
 
 class DeriveError(Exception):
@@ -212,8 +213,15 @@ class Derivation:
         expr, line = self._open(key)
         if isinstance(expr, int):
             expr = sympy.Integer(expr)
-        if expr.is_Number or expr.is_Symbol:
-            return expr  # an alias: no new assignment
+        spatial_line = bool(self.program.nodes[key.a].shape.spatial)
+        if (expr.is_Number and (expr == 0 or not spatial_line)) or (
+                expr.is_Symbol and expr not in (self.sq, self.sq2)):
+            # An alias: no new assignment. The input's x·x is not one: it is no point
+            # quantity the pair phase can read (K[x](x,x) = x·x when d = 1). Nor is a
+            # nonzero constant of a spatial line (layer_norm's variance, sign's): the
+            # stencils read it as an array, and zero padding makes their results vary
+            # by position.
+            return expr
         display = key.display()
         symbol = sympy.Symbol(display, real=True)
         self.code_names[symbol] = key.code_name(self._index)
@@ -250,8 +258,11 @@ class Derivation:
         nodes = self.program.nodes
         a, b = nodes[key.a], nodes[key.b]
         ra, rb = RULES[a.op], RULES[b.op]
-        # Linear ops are opened first: the covariance is linear in them.
-        if ra.kind == "linear":
+        # Linear ops are opened first: the covariance is linear in them. A pool meets
+        # only the same pool of another line, so the other side's sums, concats and
+        # norms are opened before it (p1 against 2·p1 + p2 is then p1 against p1, p2).
+        pool_first = a.op in POSITION_OPS and rb.kind == "linear" and b.op not in POSITION_OPS
+        if ra.kind == "linear" and not pool_first:
             return ra.derive(self, key.kind, a, key.b, key.p, key.q), a.name
         if rb.kind == "linear":
             return rb.derive(self, key.kind, b, key.a, key.q, key.p), b.name
