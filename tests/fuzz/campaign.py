@@ -47,6 +47,8 @@ from fuzz.syntax import (
 def signature(v: str) -> str:
     """A violation with its numbers and file names blurred: one finding per shape."""
     v = re.sub(r"\S+\.ntk:\d+:\d+", "FILE:L:C", v)
+    v = re.sub(r'File "[^"]*/([^/"]*)"', r'File "\1"', v)  # no directories
+    v = re.sub(r"_[0-9a-f]{16}\b", "", v)  # generated modules are named by their hash
     v = re.sub(r"line \d+", "line N", v)
     v = re.sub(r"'[A-Za-z_]\w*'", "'NAME'", v)
     v = re.sub(r"\b(nngp|ntk)\b", "K", v)
@@ -124,11 +126,17 @@ class Findings:
 
 
 def _limited_check(text, seed, numba, seconds):
+    before = set(sys.modules)
     try:
         return run_limited(lambda: check_program(text, np.random.default_rng(seed), numba=numba),
                            seconds)
     except Hang:
         return [f"hang: check_program ran past {seconds} s"]
+    finally:  # forget the generated modules: a campaign imports thousands
+        cache = os.environ.get("NTKC_CACHE_DIR", "")
+        for name in set(sys.modules) - before:
+            if cache and str(getattr(sys.modules[name], "__file__", "")).startswith(cache):
+                del sys.modules[name]
 
 
 def kernel_campaign(args, findings: Findings, save=lambda partial: None) -> dict:
