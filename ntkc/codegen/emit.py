@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import sympy
 
-from .. import __version__
+from .. import __version__, quadrature
 from ..derive import Recursion
 from ..quadrature import DEFAULT_DEGREE, GaussExpectation
 from .driver_template import DRIVER, comment, module_prologue
@@ -44,45 +43,19 @@ def _block(outputs: list[sympy.Expr], printer, indent: str, tmp: str) -> tuple[l
     return lines, [printer.doprint(e) for e in reduced]
 
 
-def _floats(xs: np.ndarray) -> str:
-    return "np.array([" + ", ".join(repr(float(v)) for v in xs) + "])"
-
-
-def quad_scalar(name: str, t: type, printer) -> list[str]:
-    """A scalar Gauss-Hermite helper (no decorator): the same text serves @numba.njit
-    and @cuda.jit(device=True), so the CPU and GPU kernels integrate identically."""
+def _quad_printed(t: type, printer) -> tuple[str, str | None]:
+    """f(u) and g(v) of an expectation class, printed."""
     it = t.integrand
     u, v = sympy.Symbol("u"), sympy.Symbol("v")
     printer.names[u], printer.names[v] = "u", "v"
     fu = printer.doprint(it.f.xreplace({it.z: u}))
-    if it.dims == 1:
-        return [
-            f"def {name}(k, params):",
-            "    s = math.sqrt(2.0 * max(k, 0.0))",
-            "    acc = 0.0",
-            "    for i in range(_GH_X.shape[0]):",
-            "        u = s * _GH_X[i]",
-            f"        acc += _GH_W[i] * ({fu})",
-            "    return acc / math.sqrt(math.pi)",
-        ]
-    gv = printer.doprint(it.g.xreplace({it.z: v}))
-    return [
-        f"def {name}(k11, k12, k22, params):",
-        "    # u = sqrt(2 k11) s, v = sqrt(2) k12/sqrt(k11) s + sqrt(2 (k22 - k12^2/k11)) t",
-        "    s = math.sqrt(2.0 * max(k11, 0.0))",
-        "    c = math.sqrt(2.0) * k12 / math.sqrt(k11) if k11 > 0 else 0.0",
-        "    r = math.sqrt(2.0 * max(k22 - (k12 * k12 / k11 if k11 > 0 else 0.0), 0.0))",
-        "    acc = 0.0",
-        "    for i in range(_GH_X.shape[0]):",
-        "        u = s * _GH_X[i]",
-        f"        fu = {fu}",
-        "        inner = 0.0",
-        "        for j in range(_GH_X.shape[0]):",
-        "            v = c * _GH_X[i] + r * _GH_X[j]",
-        f"            inner += _GH_W[j] * ({gv})",
-        "        acc += _GH_W[i] * fu * inner",
-        "    return acc / math.pi",
-    ]
+    return fu, None if it.dims == 1 else printer.doprint(it.g.xreplace({it.z: v}))
+
+
+def quad_scalar(name: str, t: type, printer) -> list[str]:
+    """A scalar quadrature helper (no decorator): the same text serves @numba.njit
+    and @cuda.jit(device=True), so the CPU and GPU kernels integrate identically."""
+    return quadrature.scalar_helper(name, t.integrand.dims, *_quad_printed(t, printer))
 
 
 class ModuleWriter:
@@ -117,6 +90,20 @@ class ModuleWriter:
         quads = sorted({type(q) for e in exprs for q in e.atoms(GaussExpectation)},
                        key=lambda t: t.__name__)
         self.helpers = {t: f"_quad{i}" for i, t in enumerate(quads)}
+        self.quad_checks = self._quad_checks(point_full, pair_full)
+
+    def _quad_checks(self, point_full, pair_full) -> list[tuple[int, str, str]]:
+        """The run-time guard's checks: (point slot, helper, where). A variance that is
+        no point quantity yet becomes an extra point output (before the diagonal)."""
+        known = {point_full[a.symbol]: self.slots[a.symbol] for a in self.rec.point}
+        checks = []
+        for t, expr, line in quadrature.variance_checks(self.rec, point_full, pair_full):
+            if expr not in known:
+                known[expr] = len(self.point_outputs) - 2
+                self.point_outputs.insert(len(self.point_outputs) - 2, expr)
+            node = self.prog.nodes[line]
+            checks.append((known[expr], self.helpers[t], f"line {node.pos.line} ({line})"))
+        return checks
 
     def _printers(self):
         return (CpuPrinter(dict(self.names), {t: n for t, n in self.helpers.items()}),
@@ -137,58 +124,38 @@ class ModuleWriter:
 
     # -- quadrature helpers ----------------------------------------------------------------
     def quadrature(self) -> list[str]:
+        """The rule's tables, its numpy form, the run-time guard and one scalar (numba)
+        and one numpy helper per expectation (ntkc.quadrature)."""
         if not self.helpers:
             return []
-        x, w = np.polynomial.hermite.hermgauss(self.quad_degree)
-        src = [f"# Gauss-Hermite nodes and weights, degree {self.quad_degree}",
-               f"_GH_X = {_floats(x)}", f"_GH_W = {_floats(w)}", ""]
+        src = quadrature.module_text(self.quad_degree)
         for t, name in self.helpers.items():
-            it = t.integrand
-            u, v = sympy.Symbol("u"), sympy.Symbol("v")
             _, npy = self._printers()
             # The scalar helper's text is shared with the cuda target: libm's acos there.
             nb = NumbaPrinter(dict(self.names), dict(self.helpers))
-            npy.names[u], npy.names[v] = "u", "v"
-            fu_np = npy.doprint(it.f.xreplace({it.z: u}))
             src += [f"# {t.__name__}: Gaussian expectation by quadrature",
-                    "@numba.njit(cache=True)", *quad_scalar(name, t, nb), ""]
-            if it.dims == 1:
-                src += [
-                    f"def {name}_np(k, params):",
-                    "    u = numpy.sqrt(2.0 * numpy.maximum(k, 0.0))[..., None] * _GH_X",
-                    f"    return (({fu_np}) * (u * 0 + 1) * _GH_W).sum(-1) / math.sqrt(math.pi)",
-                    "",
-                ]
-                continue
-            gv_np = npy.doprint(it.g.xreplace({it.z: v}))
-            src += [
-                f"def {name}_np(k11, k12, k22, params):",
-                "    k11, k12, k22 = numpy.broadcast_arrays(k11, k12, k22)",
-                "    s = numpy.sqrt(2.0 * numpy.maximum(k11, 0.0))[..., None, None]",
-                "    safe = numpy.where(k11 > 0, k11, 1.0)",
-                "    c = numpy.where(k11 > 0, math.sqrt(2.0) * k12 / numpy.sqrt(safe), 0.0)",
-                "    r2 = k22 - numpy.where(k11 > 0, k12 * k12 / safe, 0.0)",
-                "    r = numpy.sqrt(2.0 * numpy.maximum(r2, 0.0))",
-                "    u = s * _GH_X[:, None]",
-                "    v = c[..., None, None] * _GH_X[:, None] + r[..., None, None] * _GH_X[None, :]",
-                f"    vals = ({fu_np}) * ({gv_np}) * (v * 0 + 1)",
-                "    return (vals * _GH_W[:, None] * _GH_W[None, :]).sum((-2, -1)) / math.pi",
-                "",
-            ]
-        return src
+                    "@numba.njit(cache=True)", *quad_scalar(name, t, nb), "", ""]
+            src += quadrature.numpy_helper(name, t.integrand.dims, *_quad_printed(t, npy)) + [""]
+        return src + quadrature.guard_text(self.helpers, self.quad_checks)
 
     # -- point and pair phases -------------------------------------------------------------
     def point_phase(self) -> list[str]:
         nb, npy = self._printers()
         body, outs = _block(self.point_outputs, nb, " " * 8, "t")
-        src = ["@numba.njit(parallel=True, cache=True)", "def _point_numba(sqs, params, out):",
+        # With quadratures, both point phases end in the guard (_check_quadrature).
+        kernel = "_point_numba_kernel" if self.helpers else "_point_numba"
+        src = ["@numba.njit(parallel=True, cache=True)", f"def {kernel}(sqs, params, out):",
                "    for i in numba.prange(sqs.shape[0]):", "        sq = sqs[i]"]
         src += body + [f"        out[i, {k}] = {o}" for k, o in enumerate(outs)]
+        if self.helpers:
+            src += ["", "", "def _point_numba(sqs, params, out):",
+                    f"    {kernel}(sqs, params, out)", "    _check_quadrature(out, params)"]
         body_np, outs_np = _block(self.point_outputs, npy, "    ", "t")
         src += ["", "", "def _point_numpy(sq, params):",
                 "    out = numpy.empty((sq.shape[0], N_POINT))"]
         src += body_np + [f"    out[:, {k}] = {o}" for k, o in enumerate(outs_np)]
-        return src + ["    return out"]
+        return src + ["    return _check_quadrature(out, params)" if self.helpers else
+                      "    return out"]
 
     def _loads(self, exprs, printer, which: int, row: str, vec: str | None,
                transposed: bool = False) -> list[str]:
