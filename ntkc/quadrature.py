@@ -157,7 +157,8 @@ def table(n0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # are filled in. The scalar helpers serve @numba.njit and @cuda.jit(device=True).
 
 _LEVEL = """\
-    m = min(max(int(math.ceil(math.sqrt({k} / _Q_KREF))), 1), _Q_LEVELS)
+    q = math.sqrt({k} / _Q_KREF)
+    m = max(int(math.ceil(q)), 1) if q < _Q_LEVELS else _Q_LEVELS  # no int() of inf/nan
     n = m * (_Q_N0 - 1) + 1
     o = (_Q_N0 - 1) * (m * (m - 1) // 2) + m - 1"""
 
