@@ -55,6 +55,8 @@ def signature(v: str) -> str:
     return re.sub(r"[-+]?\d+(\.\d+)?([eE][-+]?\d+)?", "#", v)[:160]
 
 
+# Counted, but no finding: documented refusals (see fuzz.checks.CLASSES).
+NOT_FINDINGS = ("refused",)
 # Classes whose shrinking keeps the exact message shape (else: the class).
 EXACT = ("rejected", "traceback", "oracle-error")
 
@@ -160,6 +162,8 @@ def kernel_campaign(args, findings: Findings, save=lambda partial: None) -> dict
         for v in violations:
             cls, sig = violation_class(v), signature(v)
             by_sig[sig] += 1
+            if cls in NOT_FINDINGS:
+                continue
             if findings.new(sig) and args.shrink:
                 def still(cand, cls=cls, sig=sig, seed=seed, numba=numba):
                     got = _limited_check(cand, seed, numba, args.time_limit)
