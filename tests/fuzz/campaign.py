@@ -55,6 +55,7 @@ def signature(v: str) -> str:
     return re.sub(r"[-+]?\d+(\.\d+)?([eE][-+]?\d+)?", "#", v)[:160]
 
 
+ZERO_INPUTS = True  # also check zero inputs / blank positions (class zero-input)
 # Counted, but no finding: documented refusals (see fuzz.checks.CLASSES).
 NOT_FINDINGS = ("refused",)
 # Classes whose shrinking keeps the exact message shape (else: the class).
@@ -130,8 +131,8 @@ class Findings:
 def _limited_check(text, seed, numba, seconds):
     before = set(sys.modules)
     try:
-        return run_limited(lambda: check_program(text, np.random.default_rng(seed), numba=numba),
-                           seconds)
+        return run_limited(lambda: check_program(text, np.random.default_rng(seed), numba=numba,
+                                                 zero_inputs=ZERO_INPUTS), seconds)
     except Hang:
         return [f"hang: check_program ran past {seconds} s"]
     finally:  # forget the generated modules: a campaign imports thousands
@@ -244,7 +245,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-shrink", dest="shrink", action="store_false")
     ap.add_argument("--shrink-s", type=float, default=60.0)
     ap.add_argument("--report-every", type=int, default=50)
+    ap.add_argument("--no-zero-inputs", dest="zero_inputs", action="store_false",
+                    help="skip the zero-input check")
     args = ap.parse_args(argv)
+    global ZERO_INPUTS
+    ZERO_INPUTS = args.zero_inputs
     os.environ.setdefault("NTKC_CACHE_DIR", "/tmp/cache_fuzz")
     out = Path(args.out)
     repro = Path(args.repro_dir) if args.repro_dir else out.with_suffix("") / "repro"

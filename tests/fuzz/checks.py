@@ -25,7 +25,7 @@ from ntkc.errors import SpecError
 # "refused" is no violation: a generated kernel's documented refusal of inputs beyond its
 # quadrature's accurate range (ValueError naming QUAD_TOL); campaigns count it.
 CLASSES = ("refused", "rejected", "traceback", "non-finite", "asymmetric", "inconsistent", "non-psd",
-           "backend", "oracle", "continuity", "hang", "oracle-error")
+           "backend", "oracle", "continuity", "hang", "oracle-error", "zero-input")
 
 # Tolerances, relative to max |K| of the matrix compared.
 TOL_BACKEND = 1e-10
@@ -103,7 +103,8 @@ def inputs(model, rng: np.random.Generator, n1: int = 3, n2: int = 4):
 
 
 def check_program(text: str, rng: np.random.Generator, numba: bool = False,
-                  oracle: bool = True, continuity: bool = True) -> list[str]:
+                  oracle: bool = True, continuity: bool = True,
+                  zero_inputs: bool = False) -> list[str]:
     """Violations of the kernel invariants by one program (an empty list: none)."""
     try:
         model = load_text(text)
@@ -113,7 +114,10 @@ def check_program(text: str, rng: np.random.Generator, numba: bool = False,
     except Exception:  # noqa: BLE001 - any other exception is the finding
         return ["traceback: compile: " + _last(traceback.format_exc())]
     try:
-        return _check_model(model, text, rng, numba, oracle, continuity)
+        out = _check_model(model, text, rng, numba, oracle, continuity)
+        if zero_inputs and not out:
+            out += _check_zero_inputs(model, text, rng, numba)
+        return out
     except ValueError as e:
         if "QUAD_TOL" in str(e):  # a documented refusal: the quadrature would be inaccurate
             return ["refused: " + str(e).split(":")[0]]
@@ -187,6 +191,32 @@ def _check_model(model, text, rng, numba, oracle, continuity) -> list[str]:
         for name in ("nngp", "ntk"):
             if (e := _err(np.asarray(ref[name]), k12[name])) > oracle_tol:
                 out.append(f"oracle: {name} K(x1,x2) off the oracle by {e:.3g} (rel)")
+    return out
+
+
+def _check_zero_inputs(model, text, rng, numba) -> list[str]:
+    """Zero inputs (vectors) and zero-valued leading positions (spatial inputs: blank
+    patches) give zero pre-activation variances without a bias. The NNGP stays well defined
+    (E[φ(0)φ(v)] = φ(0)·E[φ(v)]); layer_norm of a zero-variance line does not."""
+    if "layer_norm(" in text:
+        return []
+    x, _ = inputs(model, rng, 3, 1)
+    if len(model.input_shape) == 1:
+        x[1] = 0.0
+    else:
+        x[:, : max(1, model.input_shape[0] // 2)] = 0.0
+    out = []
+    for backend in ("numpy", "numba") if numba else ("numpy",):
+        try:
+            with np.errstate(all="ignore"):
+                k = model.kernel(x, get="nngp", backend=backend)
+        except ValueError:
+            continue  # a clean refusal
+        except Exception:  # noqa: BLE001 - a crash is the finding
+            out.append(f"zero-input: {backend} crashed: " + _last(traceback.format_exc()))
+            continue
+        if not np.isfinite(k).all():
+            out.append(f"zero-input: {backend} nngp has NaN/Inf with zero inputs/positions")
     return out
 
 
