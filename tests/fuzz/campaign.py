@@ -115,11 +115,20 @@ class Findings:
         self.seen: dict[str, str] = {}
         repro_dir.mkdir(parents=True, exist_ok=True)
 
+    def _reported(self) -> set[str]:
+        # Signatures already in the findings file (from earlier campaigns): <findings>.sigs
+        if not self.path or not Path(self.path + ".sigs").exists():
+            return set()
+        return set(Path(self.path + ".sigs").read_text().splitlines())
+
     def new(self, sig: str) -> bool:
-        return sig not in self.seen
+        return sig not in self.seen and sig not in self._reported()
 
     def add(self, sig: str, cls: str, violation: str, text: str, origin: str) -> None:
         self.seen[sig] = text
+        if self.path:
+            with open(self.path + ".sigs", "a") as f:
+                f.write(sig.replace("\n", " ") + "\n")
         k = len(self.seen)
         (self.repro_dir / f"{k:03d}_{cls}.ntk").write_text(text)
         if self.path:
