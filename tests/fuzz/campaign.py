@@ -3,6 +3,7 @@ reproducers.
 
     python tests/fuzz/campaign.py --programs 10000 --numba-every 20 --seed 1 \\
         --out /tmp/campaign.json [--syntax 10000] [--findings /tmp/fuzz_findings.md]
+    python tests/fuzz/campaign.py --summarize /tmp/chunks/*.json   # add up campaigns
 
 Kernel campaign: random valid programs (tests/fuzz/programs.py), each checked by
 check_program (tests/fuzz/checks.py) on the numpy backend, every --numba-every'th also
@@ -239,7 +240,28 @@ def _head() -> str:
         return "?"
 
 
+def summarize(paths: list[str]) -> dict:
+    """Counts of several campaign JSONs added up, per commit and kind."""
+    total: dict = {}
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        for kind in ("kernel", "syntax"):
+            if kind in d:
+                c = total.setdefault(f"{kind} @ {d.get('head', '?')}", collections.Counter())
+                c.update(d[kind]["counts"])
+                if kind == "kernel":
+                    c["numba_checked"] += d[kind].get("numba_checked", 0)
+    for key, c in sorted(total.items()):
+        print(key, json.dumps(dict(c)))
+    return total
+
+
 def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--summarize"]:
+        summarize(argv[1:])
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--programs", type=int, default=300)
     ap.add_argument("--numba-every", type=int, default=10, help="0: never")
