@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .compiler import Compiled, compile_file
+from .outofcore import Progress, memory_advice, num_threads, run_key, work_bytes
 from .quadrature import DEFAULT_DEGREE
 
 
@@ -121,34 +122,36 @@ class Model:
         memory_limit: int | None = None,
         device: str | None = None,
         device_tile: int | tuple[int, int] | None = None,
+        restart: bool = False,
     ):
         """Gram matrices; large ones are filled tile by tile.
 
         tile: rows/cols per host tile (default: whole matrix when it fits in ~1 GiB of
         work memory, else 4096; with device="cuda" the whole matrix unless out_dir is
-        given). out_dir: write the results as .npy memory maps there (out-of-core).
-        memory_limit: bytes allowed in memory (default: MemAvailable).
+        given). out_dir: write the results as .npy memory maps there (out-of-core), with
+        a ``progress.json`` manifest of the finished tiles: a rerun with the same out_dir,
+        inputs and module resumes; a different run there is refused unless restart=True.
+        memory_limit: bytes allowed in memory (default: 80% of MemAvailable); the run is
+        refused before anything is allocated when what it holds (outputs, point rows,
+        per-thread scratch, temporaries) exceeds it.
         device: "cpu" or "cuda" (default: the module's first target, see
         ``module.TARGETS``); device_tile: rows (or (rows, cols)) per GPU tile, default
         from the free device memory.
         """
         extra = self._device_options(device, device_tile)
+        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, np.integer))
+                                 or tile <= 0):
+            raise ValueError(f"tile must be a positive number of rows, got {tile!r}")
         x1 = self.module._check_inputs("x1", x1)
         symmetric = x2 is None or x2 is x1
         x2c = x1 if symmetric else self.module._check_inputs("x2", x2)
         names = (get,) if isinstance(get, str) else tuple(get)
+        if not names or any(g not in ("nngp", "ntk") for g in names):
+            raise ValueError(f"get must be 'nngp', 'ntk' or a tuple of them, got {get!r}")
+        self.module.param_vector(params)  # bad params: a ValueError before any work
         dtype = np.float32 if x1.dtype == np.float32 and x2c.dtype == np.float32 else np.float64
         n1, n2 = len(x1), len(x2c)
         itemsize = np.dtype(dtype).itemsize
-        need = gram_bytes(n1, n2, len(names), itemsize)
-        limit = memory_limit if memory_limit is not None else int(0.8 * available_memory())
-        if out_dir is None and need > limit:
-            raise MemoryError(
-                f"the requested Gram matrices ({len(names)} × {n1}×{n2} {np.dtype(dtype).name}) "
-                f"need {need / 2**30:.1f} GiB, over the {limit / 2**30:.1f} GiB available: "
-                "use float32 inputs, ask for one of nngp/ntk, compute blocks with x2=, or "
-                "write to disk with out_dir=... (tiles are filled out-of-core)"
-            )
         on_gpu = backend == "numba" and (device or self.targets[0]) == "cuda"
         if tile is None:
             # The cuda path allocates only the outputs on the host (it tiles the device
@@ -156,8 +159,11 @@ class Model:
             small = n1 * n2 * 8 * 3 <= 2**30
             tile = max(n1, n2) if small or (on_gpu and out_dir is None) else (
                 16384 if on_gpu else 4096)
+        tile = int(tile)
         blocks = [(i, j) for i in range(0, n1, tile) for j in range(0, n2, tile)
                   if not symmetric or j >= i]
+        need, limit = self._check_memory(names, n1, n2, tile, itemsize, backend, on_gpu,
+                                         out_dir, memory_limit, len(blocks), symmetric)
         show = progress if progress is not None else sys.stderr.isatty()
         if show:  # before anything is allocated: what this run will hold, and where
             where = f"on disk in {out_dir}" if out_dir is not None else "in memory"
@@ -165,12 +171,20 @@ class Model:
             print(f"ntkc: {len(names)} Gram matrix(es) {n1}×{n2} {np.dtype(dtype).name}: "
                   f"{need / 2**30:.2f} GiB {where} (limit {limit / 2**30:.1f} GiB), "
                   f"{pairs:,} pairs in {len(blocks)} tile(s)", file=sys.stderr, flush=True)
-        if len(blocks) == 1:
+        if len(blocks) == 1 and out_dir is None:
             return self.module.kernel(x1, None if symmetric else x2c, get, params, backend,
                                       **extra)
-        outs = self._allocate(names, (n1, n2), dtype, out_dir)
+        state = None
+        if out_dir is None:
+            outs = {n: np.empty((n1, n2), dtype) for n in names}
+        else:
+            key = run_key(self.module, x1, None if symmetric else x2c, names, params, dtype,
+                          tile, backend)
+            state = Progress(out_dir, key, (n1, n2), restart=restart)
+            outs = state.maps
+        todo = [b for b in blocks if state is None or b not in state.done]
         start = time.perf_counter()
-        for k, (i, j) in enumerate(blocks):
+        for k, (i, j) in enumerate(todo):
             a = x1[i:i + tile]
             if symmetric and i == j:
                 res = self.module.kernel(a, None, names, params, backend, **extra)
@@ -181,11 +195,15 @@ class Model:
                 outs[name][i:i + len(block), j:j + block.shape[1]] = block
                 if symmetric and i != j:
                     outs[name][j:j + block.shape[1], i:i + len(block)] = block.T
+            if state is not None:
+                state.mark((i, j))
             if show:
-                done = (k + 1) / len(blocks)
+                done = (k + 1) / len(todo)
                 eta = (time.perf_counter() - start) * (1 / done - 1)
-                print(f"\rntkc: tile {k + 1}/{len(blocks)} ({done:.0%}), {eta:.0f} s left",
+                print(f"\rntkc: tile {k + 1}/{len(todo)} ({done:.0%}), {eta:.0f} s left",
                       end="", file=sys.stderr, flush=True)
+        if state is not None:
+            state.finish()
         if show:
             print(file=sys.stderr)
         if isinstance(get, str):
@@ -193,6 +211,28 @@ class Model:
         import collections
 
         return collections.namedtuple("Kernels", names)(*(outs[n] for n in names))
+
+    def _check_memory(self, names, n1, n2, tile, itemsize, backend, on_gpu, out_dir,
+                      memory_limit, n_blocks, symmetric) -> tuple[int, int]:
+        """(bytes the run holds, limit); MemoryError, with the way out, when over."""
+        limit = memory_limit if memory_limit is not None else int(0.8 * available_memory())
+        threads = num_threads()
+        whole = n_blocks == 1 and out_dir is None
+        rows, cols = (n1, n2) if whole else (min(tile, n1), min(tile, n2))
+        parts = work_bytes(self.module, rows, cols, names, itemsize, backend, on_gpu, threads)
+        if symmetric and whole:  # x2 is x1: one set of point rows and inputs
+            for k in ("point rows", "inputs (float64)"):
+                if k in parts:
+                    parts[k] //= 2
+        held = 0 if out_dir is not None or whole else gram_bytes(n1, n2, len(names), itemsize)
+        if held:
+            parts["Gram matrices"] = held
+        need = sum(parts.values())
+        if need > limit:
+            outputs = held or gram_bytes(n1, n2, len(names), itemsize)
+            raise MemoryError(memory_advice(self.module, parts, need, limit, threads, backend,
+                                            0 if out_dir is not None else outputs))
+        return need, limit
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -219,14 +259,6 @@ class Model:
         from .fit import fit
 
         return fit(self, x_train, y_train, **options)
-
-    @staticmethod
-    def _allocate(names, shape, dtype, out_dir):
-        if out_dir is None:
-            return {n: np.empty(shape, dtype) for n in names}
-        d = Path(out_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        return {n: np.lib.format.open_memmap(d / f"{n}.npy", "w+", dtype, shape) for n in names}
 
 
 class StaleModuleError(ValueError):

@@ -105,14 +105,22 @@ def _check_inputs(name, x):
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"{name}: non-finite value {x[idx]} at index {idx}")
-    if x.dtype == np.float32 and x.size:  # x·x' is a float32 GEMM: |x|² must fit float32
+    if x.size:
         sq = np.einsum("ij,ij->i", *(x.reshape(x.shape[0], -1),) * 2, dtype=np.float64)
-        over = np.flatnonzero(sq > float(np.finfo(np.float32).max))
+        # x·x' is a float32 GEMM for float32 inputs: |x|² must fit float32
+        top = float(np.finfo(np.float32).max) if x.dtype == np.float32 else None
+        over = np.flatnonzero(sq > top) if top else np.array([], int)
         if over.size:
             raise ValueError(
                 f"squared norms of {name} overflow float32 (row {over[0]}: |x|² = "
-                f"{sq[over[0]]:.3g} > {float(np.finfo(np.float32).max):.3g}): "
-                "scale the inputs or pass float64")
+                f"{sq[over[0]]:.3g} > {top:.3g}): scale the inputs or pass float64")
+        # the duals multiply two variances (~|x|⁴): |x|² ≤ sqrt(float64 max) keeps them finite
+        over = np.flatnonzero(~(sq <= 1e154))
+        if over.size:
+            raise ValueError(
+                f"squared norms of {name} are too large (row {over[0]}: |x|² = "
+                f"{sq[over[0]]:.3g} > 1e154, products of two variances overflow float64): "
+                "scale the inputs")
     return x
 
 
@@ -135,16 +143,30 @@ def param_vector(params=None):
     return np.array([values[k] for k in PARAMS] or [0.0], dtype=np.float64)
 
 
-def _check_point(name, p, params):
-    # K(x,x) and Θ(x,x) bound every entry of their rows (Cauchy-Schwarz): finite here,
-    # finite everywhere. Overflow comes from large params or a huge input scale.
-    bad = ~(np.isfinite(p[:, DIAG_NNGP]) & np.isfinite(p[:, DIAG_NTK]))
+def _check_result(nngp, ntk, params):
+    # The catch-all: an entry that overflowed inside a dual (a product of two large
+    # variances) is an error, never a silent NaN or Inf in the Gram matrix.
+    for kname, a in (("nngp", nngp), ("ntk", ntk)):
+        if a is not None and not np.isfinite(a).all():
+            i, j = (int(v) for v in np.argwhere(~np.isfinite(a))[0])
+            raise ValueError(
+                f"{kname}[{i}, {j}] = {a[i, j]}: the kernel overflows (params "
+                f"{params or PARAMS}): scale the inputs down or use smaller params")
+
+
+def _check_point(name, p, params, dtype=np.float64):
+    # K(x,x) and Θ(x,x) bound every entry of their rows (Cauchy-Schwarz): in range here,
+    # in range everywhere. Overflow comes from large params or a huge input scale.
+    top = float(np.finfo(dtype).max)
+    diag = np.maximum(np.abs(p[:, DIAG_NNGP]), np.abs(p[:, DIAG_NTK]))
+    bad = ~(diag <= top)  # NaN too
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"{name}: the kernel of row {row} overflows float64 (K(x,x) = {p[row, DIAG_NNGP]}, "
-            f"Θ(x,x) = {p[row, DIAG_NTK]}, params {params or PARAMS}): scale the inputs "
-            "down or use smaller params")
+            f"{name}: the kernel of row {row} overflows {np.dtype(dtype).name} (K(x,x) = "
+            f"{p[row, DIAG_NNGP]:.3g}, Θ(x,x) = {p[row, DIAG_NTK]:.3g}, params "
+            f"{params or PARAMS}): scale the inputs down, use smaller params"
+            + (", or pass float64" if dtype == np.float32 else ""))
 
 
 @numba.njit(parallel=True, cache=True)
@@ -212,8 +234,8 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
     if backend == "numpy":
         p1 = _point_numpy(sq1, p)
         p2 = p1 if symmetric else _point_numpy(sq2, p)
-        _check_point("x1", p1, params)
-        _check_point("x2", p2, params)
+        _check_point("x1", p1, params, dtype)
+        _check_point("x2", p2, params, dtype)
         nngp, ntk = _pairs_numpy(g.astype(np.float64), p1, p2, p)
         nngp, ntk = nngp.astype(dtype), ntk.astype(dtype)
     else:
@@ -224,8 +246,8 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         else:
             p2 = np.empty((sq2.shape[0], N_POINT), np.float64)
             _point_numba(sq2, p, p2)
-        _check_point("x1", p1, params)
-        _check_point("x2", p2, params)
+        _check_point("x1", p1, params, dtype)
+        _check_point("x2", p2, params, dtype)
         nngp = g  # overwritten in place: the Gram matrix never needs a third N×N array
         ntk = np.empty_like(g) if want_ntk else None
         p2t = np.ascontiguousarray(p2.T)  # x' quantities contiguous along the pair loop
@@ -241,6 +263,7 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         np.fill_diagonal(nngp, p1[:, DIAG_NNGP])
         if want_ntk:
             np.fill_diagonal(ntk, p1[:, DIAG_NTK])
+    _check_result(nngp, ntk, params)
     return _result(get, names, nngp, ntk)
 
 

@@ -85,7 +85,7 @@ class ModuleWriter:
         self.point_symbols = [a.symbol for a in rec.point] + [r.symbol for r in self.roots]
         self.slots = {sym: k for k, sym in enumerate(self.point_symbols)}
         self.point_outputs[len(rec.point):len(rec.point)] = [
-            point_full[r.base] ** r.exponent for r in self.roots]
+            r.value(point_full[r.base]) for r in self.roots]
         exprs = self.point_outputs + [self.nngp, self.ntk]
         quads = sorted({type(q) for e in exprs for q in e.atoms(GaussExpectation)},
                        key=lambda t: t.__name__)

@@ -144,7 +144,7 @@ class SpatialWriter:
             targets.append(a.symbol)
             for r in self.roots:
                 if r.base == a.symbol:
-                    inner[r.symbol] = inner[a.symbol] ** r.exponent
+                    inner[r.symbol] = r.value(inner[a.symbol])
                     targets.append(r.symbol)
         return targets, [inner[t] for t in targets]
 
@@ -153,7 +153,7 @@ class SpatialWriter:
         (a conv or flatten at x whose root a later pointwise rule reads)."""
         outs = {a.symbol for a in run}
         roots = [r for r in self.roots if r.base in outs]
-        return [r.symbol for r in roots], [r.base ** r.exponent for r in roots]
+        return [r.symbol for r in roots], [r.value(r.base) for r in roots]
 
     def _nb_local(self, run, phase: str, indent: str) -> list[str]:
         targets, exprs = self._local_exprs(run)

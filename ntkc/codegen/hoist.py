@@ -4,6 +4,13 @@ Pointwise rules normalise by sqrt(K(x,x)·K(x',x')). Split as sqrt(K(x,x))·sqrt
 (variances are ≥ 0), each factor depends on one input and one position only, so it is
 computed once per input in the point phase and read by the pair loops: the inner loop
 loses a square root and a division per entry.
+
+A zero variance (a blank image, a zero patch under a conv without bias) has the inverse
+root 1/sqrt(max(k, TINY)) instead of a division by zero: its covariances k12 are then
+exactly 0, so the correlation k12·Q1·Q2 is 0 and every dual gives its value for a
+degenerate Gaussian. Point rows are float64 on every target, so TINY is a float64 number,
+far below any variance an input scale reaches (|x| = 1e-149 gives k ~ 1e-298), with
+1/TINY = 1e300 leaving room for a product of two roots.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sympy
+
+TINY = sympy.Float(1e-300)  # variances below this are zero for the inverse roots
 
 
 @dataclass(frozen=True)
@@ -20,6 +29,13 @@ class Root:
     symbol: sympy.Symbol
     base: sympy.Symbol
     exponent: sympy.Rational
+
+    def value(self, base: sympy.Expr) -> sympy.Expr:
+        """The root of ``base`` (this root's base, or its expression) as computed: the
+        inverse root of a zero variance is 1/sqrt(TINY), finite (see the module doc)."""
+        if self.exponent < 0:
+            return sympy.Max(base, TINY) ** self.exponent
+        return base ** self.exponent
 
 
 def hoist_roots(exprs: dict, point_symbols: set, twins: dict[sympy.Symbol, sympy.Symbol],

@@ -11,6 +11,8 @@ import sympy
 from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
+from .hoist import TINY
+
 
 class _Names:
     """Shared naming for both backends."""
@@ -22,6 +24,14 @@ class _Names:
 
     def _print_Symbol(self, s):
         return self.names.get(s) or super()._print_Symbol(s)
+
+    def doprint(self, expr, *args, **kwargs):
+        # k/|k| (a dual at x = x'): a zero variance gives 0 there, not 0/0 (see hoist.TINY)
+        if isinstance(expr, sympy.Basic):
+            expr = expr.replace(
+                lambda e: e.is_Pow and isinstance(e.base, sympy.Abs) and e.exp.is_negative,
+                lambda e: sympy.Max(e.base, TINY) ** e.exp)
+        return super().doprint(expr, *args, **kwargs)
 
     def _print_Function(self, e):
         # sympy skips printer methods of Function subclasses by name, so dispatch here.

@@ -113,6 +113,8 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
     if backend == "numpy":
         p1 = _point_numpy(a, p)
         p2 = p1 if symmetric else _point_numpy(b, p)
+        _check_point("x1", p1, params, dtype)
+        _check_point("x2", p2, params, dtype)
         nngp, ntk = _pairs_numpy(a, b, p1, p2, p)
     else:
         p1 = np.empty((a.shape[0], N_POINT))
@@ -122,6 +124,8 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         else:
             p2 = np.empty((b.shape[0], N_POINT))
             _point_numba(b, p, p2)
+        _check_point("x1", p1, params, dtype)
+        _check_point("x2", p2, params, dtype)
         nngp = np.empty((a.shape[0], b.shape[0]))
         ntk = np.empty_like(nngp)
         _pairs_numba(a, b, p1, p2, p, nngp, ntk, symmetric)
@@ -131,6 +135,7 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
     if symmetric:  # the diagonal from the per-input formulas (exact at correlation 1)
         np.fill_diagonal(nngp, p1[:, DIAG_NNGP])
         np.fill_diagonal(ntk, p1[:, DIAG_NTK])
+    _check_result(nngp, ntk, params)
     out = {"nngp": nngp.astype(dtype, copy=False), "ntk": ntk.astype(dtype, copy=False)}
     if isinstance(get, str):
         return out[get]
