@@ -146,8 +146,8 @@ def param_vector(params=None):
 def _check_result(nngp, ntk, params):
     # The catch-all: an entry that overflowed inside a dual (a product of two large
     # variances) is an error, never a silent NaN or Inf in the Gram matrix.
-    for kname, a in (("nngp", nngp), ("ntk", ntk)):
-        if a is not None and not np.isfinite(a).all():
+    for kname, a in (("nngp", nngp), ("ntk", ntk)):  # a sum: one pass, no temporary
+        if a is not None and not np.isfinite(a.sum()) and not np.isfinite(a).all():
             i, j = (int(v) for v in np.argwhere(~np.isfinite(a))[0])
             raise ValueError(
                 f"{kname}[{i}, {j}] = {a[i, j]}: the kernel overflows (params "
@@ -236,6 +236,8 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         p2 = p1 if symmetric else _point_numpy(sq2, p)
         _check_point("x1", p1, params, dtype)
         _check_point("x2", p2, params, dtype)
+        _check_point("x1", p1, params, dtype)
+        _check_point("x2", p2, params, dtype)
         nngp, ntk = _pairs_numpy(g.astype(np.float64), p1, p2, p)
         nngp, ntk = nngp.astype(dtype), ntk.astype(dtype)
     else:
@@ -246,6 +248,8 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         else:
             p2 = np.empty((sq2.shape[0], N_POINT), np.float64)
             _point_numba(sq2, p, p2)
+        _check_point("x1", p1, params, dtype)
+        _check_point("x2", p2, params, dtype)
         _check_point("x1", p1, params, dtype)
         _check_point("x2", p2, params, dtype)
         nngp = g  # overwritten in place: the Gram matrix never needs a third N×N array
