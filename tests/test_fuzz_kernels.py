@@ -34,12 +34,6 @@ KNOWN = [
     # A linear combination that cancels (`r = h - h`): IndexError in shape_lincomb
     # (test_fuzz_syntax.py OPEN cancelling_lincomb).
     ("traceback", "shape_lincomb", ""),
-    # Zero inputs / blank conv windows without a bias: NaN, or a crash in numba (OPEN).
-    ("zero-input", "", ""),
-    # The oracle's own errors (not ntkc's): lambdify of a sigmoid body.
-    ("oracle-error", "", ""),
-    # The oracle mixes the parts of a concat seen through a lincomb or a pool (OPEN below).
-    ("oracle", "", "concat("),
 ]
 
 SETTINGS = {"derandomize": True, "deadline": None, "database": None,
@@ -177,9 +171,8 @@ y = dense(f4, w_std=0.45, b_std=0)
 output y""", "image[2, 2, 2]"),
 })
 
-# Open findings, as non-strict xfails: once one XPASSes on main, move it into REGRESSIONS.
-OPEN = {
-    # The oracle (not ntkc) mixes the parts of a concat seen through a linear combination:
+REGRESSIONS.update({
+    # The oracle (not ntkc) mixed the parts of a concat seen through a linear combination:
     # ntkc's K[r6] = 4·K[c5] is right.
     "oracle_concat_in_lincomb": _net("""
 g2 = dense(x)
@@ -187,18 +180,18 @@ h4 = relu(g2)
 c5 = concat(h4, g2)
 r6 = 2 * c5
 output r6""", "vector[2]"),
-    # The oracle (not ntkc) halves a concat of a conv line and the input under a pool.
+    # The oracle (not ntkc) halved a concat of a conv line and the input under a pool.
     "oracle_concat_input_pool": _net("""
 g1 = conv(x, filter=[1])
 c2 = concat(g1, x)
 f3 = global_avg_pool(c2)
 output f3""", "sequence[8, 1]"),
-}
+})
 
 
-OPEN.update({
+REGRESSIONS.update({
     # Zero pre-activation variance (a zero input, blank positions under a conv without a
-    # bias): the relu NNGP is 0 there, ntkc gives NaN (numpy) or crashes (numba conv).
+    # bias): the relu NNGP is 0 there, ntkc gave NaN (numpy) or crashed (numba conv).
     "zero_input_dense_relu": _net("""
 g = dense(x)
 h = relu(g)
@@ -213,6 +206,10 @@ output y""", "sequence[6, 1]"),
 })
 
 
+# Open findings, as non-strict xfails: once one XPASSes on main, move it into REGRESSIONS.
+OPEN: dict[str, str] = {}
+
+
 @pytest.mark.parametrize("name", sorted(OPEN))
 @pytest.mark.xfail(strict=False, reason="open fuzzing finding")
 def test_open_finding(name):
@@ -225,13 +222,14 @@ def test_open_finding(name):
 def test_regression_numpy(name):
     text = REGRESSIONS[name]
     for seed in range(3):
-        violations = check_program(text, np.random.default_rng(seed), numba=False)
+        violations = check_program(text, np.random.default_rng(seed), numba=False,
+                                   zero_inputs=True)
         assert not violations, "\n".join(violations)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(REGRESSIONS))
+@pytest.mark.parametrize("name", sorted(n for n in REGRESSIONS if not n.startswith("oracle_")))
 def test_regression_numba(name):
     violations = check_program(REGRESSIONS[name], np.random.default_rng(7), numba=True,
-                               continuity=False)
+                               continuity=False, zero_inputs=True)
     assert not violations, "\n".join(violations)
