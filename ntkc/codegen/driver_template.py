@@ -236,8 +236,6 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         p2 = p1 if symmetric else _point_numpy(sq2, p)
         _check_point("x1", p1, params, dtype)
         _check_point("x2", p2, params, dtype)
-        _check_point("x1", p1, params, dtype)
-        _check_point("x2", p2, params, dtype)
         nngp, ntk = _pairs_numpy(g.astype(np.float64), p1, p2, p)
         nngp, ntk = nngp.astype(dtype), ntk.astype(dtype)
     else:
@@ -248,8 +246,6 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         else:
             p2 = np.empty((sq2.shape[0], N_POINT), np.float64)
             _point_numba(sq2, p, p2)
-        _check_point("x1", p1, params, dtype)
-        _check_point("x2", p2, params, dtype)
         _check_point("x1", p1, params, dtype)
         _check_point("x2", p2, params, dtype)
         nngp = g  # overwritten in place: the Gram matrix never needs a third N×N array

@@ -115,8 +115,6 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         p2 = p1 if symmetric else _point_numpy(b, p)
         _check_point("x1", p1, params, dtype)
         _check_point("x2", p2, params, dtype)
-        _check_point("x1", p1, params, dtype)
-        _check_point("x2", p2, params, dtype)
         nngp, ntk = _pairs_numpy(a, b, p1, p2, p)
     else:
         p1 = np.empty((a.shape[0], N_POINT))
@@ -126,8 +124,6 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         else:
             p2 = np.empty((b.shape[0], N_POINT))
             _point_numba(b, p, p2)
-        _check_point("x1", p1, params, dtype)
-        _check_point("x2", p2, params, dtype)
         _check_point("x1", p1, params, dtype)
         _check_point("x2", p2, params, dtype)
         nngp = np.empty((a.shape[0], b.shape[0]))
