@@ -223,6 +223,7 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
     if device == "cuda":
         nngp, ntk = (_kernel_cuda(a, b, symmetric, want_ntk, param_vector(params), dtype,
                                   device_tile) + [None])[:2]
+        _check_result(nngp, ntk, params)
         return _result(get, names, nngp, ntk)
     p = param_vector(params)
     g = a @ b.T  # the one GEMM: every dot product the recursion needs

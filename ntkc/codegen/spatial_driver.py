@@ -106,6 +106,7 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
     p = param_vector(params)
     if device == "cuda":  # the diagonal and the mirror are done there too
         nngp, ntk = _kernel_cuda(a, b, symmetric, "ntk" in names, p, dtype, device_tile)
+        _check_result(nngp, ntk, params)
         out = {"nngp": nngp, "ntk": ntk}
         if isinstance(get, str):
             return out[get]
