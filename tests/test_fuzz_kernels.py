@@ -34,6 +34,9 @@ KNOWN = [
     # A linear combination that cancels (`r = h - h`): IndexError in shape_lincomb
     # (test_fuzz_syntax.py OPEN cancelling_lincomb).
     ("traceback", "shape_lincomb", ""),
+    # The oracle's own refusals (not ntkc's): e.g. "a nonlinearity's correlation with the
+    # raw input" where ntkc never needs it (concat against concat pairs aligned parts).
+    ("oracle-error", "", ""),
 ]
 
 SETTINGS = {"derandomize": True, "deadline": None, "database": None,
