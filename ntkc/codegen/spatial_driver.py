@@ -34,6 +34,7 @@ def module_head(w, spec_name: str, spec_text: str, options: dict) -> list[str]:
         f"N_POINT = {w.n_point}",
         "DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)",
         f"N_SCRATCH = {w.n_s}  # float64 scratch entries of one pair",
+        f"N_W = {w.n_w}  # float64 scratch entries of one input's point phase",
         f"STRUCTURE = {line_structure(w.rec, w.structure)!r}",
         "",
         "# The recursion, one entry (i, j) of each array (K: NNGP kernel, Θ: NTK):",
