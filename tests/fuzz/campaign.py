@@ -131,7 +131,10 @@ class Findings:
             with open(self.path + ".sigs", "a") as f:
                 f.write(sig.replace("\n", " ") + "\n")
         k = len(self.seen)
-        (self.repro_dir / f"{k:03d}_{cls}.ntk").write_text(text)
+        repro = self.repro_dir / f"{k:03d}_{cls}.ntk"
+        repro.write_text(text)
+        if len(text) > 2000:  # keep the findings readable: the whole spec is in repro
+            text = f"{text[:1500]}\n... ({len(text)} characters in all: {repro})"
         if self.path:
             with open(self.path, "a") as f:
                 f.write(f"\n### {cls} ({origin}, at {self.head})\n\n{violation}\n\n```\n"

@@ -39,7 +39,7 @@ STEP = 1e-9  # relative perturbation of one w_std/b_std literal
 TOL_QUADRATURE = 1e-5
 # One input channel (vector[1], sequence[L, 1], image[H, W, 1]) puts every pair of inputs
 # (and positions) at correlation exactly ±1, where acos/asin-based duals lose ~sqrt(eps):
-# symmetry, PSD and consistency are then compared at this level.
+# symmetry, PSD, consistency and the two backends are then compared at this level.
 TOL_DEGENERATE = 1e-7
 
 _LITERAL = re.compile(r"\b([wb]_std)\s*=\s*((?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?)")
@@ -138,10 +138,10 @@ def _check_model(model, text, rng, numba, oracle, continuity) -> list[str]:
     x1, x2 = inputs(model, rng)
     xs = np.concatenate([x1, x2])
     n1 = len(x1)
-    sym_tol, psd_tol = TOL_SYMMETRY, TOL_PSD
+    sym_tol, psd_tol, backend_tol = TOL_SYMMETRY, TOL_PSD, TOL_BACKEND
     oracle_tol = TOL_QUADRATURE if uses_quadrature(model) else TOL_ORACLE
     if model.input_shape[-1] == 1:
-        sym_tol, psd_tol = TOL_DEGENERATE, TOL_DEGENERATE
+        sym_tol = psd_tol = backend_tol = TOL_DEGENERATE
         oracle_tol = max(oracle_tol, TOL_DEGENERATE)
 
     def ker(*args, backend="numpy"):
@@ -180,7 +180,7 @@ def _check_model(model, text, rng, numba, oracle, continuity) -> list[str]:
             for got, want, what in ((f12, k12, "K(x1,x2)"), (fg, gram, "Gram")):
                 if not np.isfinite(got[name]).all():
                     out.append(f"non-finite: numba {name} {what} has NaN/Inf")
-                elif (e := _err(got[name], want[name])) > TOL_BACKEND:
+                elif (e := _err(got[name], want[name])) > backend_tol:
                     out.append(f"backend: numba vs numpy {name} {what} off by {e:.3g} (rel)")
     fn = oracle_function() if oracle else None
     if fn is not None:
