@@ -86,18 +86,37 @@ def test_edge_cases(text):
     assert unexpected(check_syntax(text, LIMIT)) == []
 
 
-# Open findings, as non-strict xfails: once one XPASSes on main, move it to test_edge_cases
-# (and drop its KNOWN entry).
-OPEN = {
-    "cancelling_lincomb": "network t\ninput x : vector[2]\ng = dense(x)\nr = g - g\noutput r\n",
-    "zero_coefficient": "network t\ninput x : vector[2]\ng = dense(x)\nr = 0 * g\noutput r\n",
-    "huge_literal": "network t\ninput x : vector[2]\ng = dense(x, w_std=1e99999)\noutput g\n",
+# Findings of the syntax campaigns that are fixed: exactly no violation.
+FIXED = {
     "deep_parens": "network t\nnonlin f(z) = " + "(" * 400 + "z" + ")" * 400
     + "\ninput x : vector[2]\ng = dense(x)\nh = f(g)\noutput h\n",
     "long_sum": "network t\nnonlin f(z) = " + " + ".join(["z"] * 400)
     + "\ninput x : vector[2]\ng = dense(x)\nh = f(g)\noutput h\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIXED))
+def test_fixed_finding(name):
+    assert check_syntax(FIXED[name], LIMIT) == []
+
+
+# Open findings, as non-strict xfails: once one XPASSes on main, move it to FIXED (and drop
+# its KNOWN entry when no campaign finds the class any more).
+OPEN = {
+    "cancelling_lincomb": "network t\ninput x : vector[2]\ng = dense(x)\nr = g - g\noutput r\n",
+    "cancelling_input": "network t\ninput x : vector[4]\nr = x - x\noutput x\n",
+    "zero_coefficient": "network t\ninput x : vector[2]\ng = dense(x)\nr = 0 * g\noutput r\n",
+    "huge_literal": "network t\ninput x : vector[2]\ng = dense(x, w_std=1e99999)\noutput g\n",
+    "huge_stride": "network t\ninput x : sequence[5, 3]\ng = conv(x, filter=[3], "
+    "stride=[3.4e+38])\nf = flatten(g)\ny = dense(f)\noutput y\n",
     "huge_exponent": "network t\nnonlin f(z) = z^1e99999\ninput x : vector[2]\ng = dense(x)\n"
     "output g\n",
+    "huge_input": "network t\ninput x : sequence[2147483648, 3]\ng = conv(x, filter=[2])\n"
+    "f = global_avg_pool(g)\ny = dense(f)\noutput y\n",
+    "deeper_parens": "network t\nnonlin f(z) = " + "(" * 2000 + "z" + ")" * 2000
+    + "\ninput x : vector[2]\ng = dense(x)\nh = f(g)\noutput h\n",
+    "nested_exp": "network t\nnonlin f(z) = " + "exp(" * 200 + "z" + ")" * 200
+    + "\ninput x : vector[2]\ng = dense(x)\nh = f(g)\noutput h\n",
 }
 
 
