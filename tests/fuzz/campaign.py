@@ -279,6 +279,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-shrink", dest="shrink", action="store_false")
     ap.add_argument("--shrink-s", type=float, default=60.0)
     ap.add_argument("--report-every", type=int, default=50)
+    ap.add_argument("--memory-gb", type=float, default=4.0,
+                    help="data-size limit of a syntax-only campaign (0: none)")
     ap.add_argument("--no-zero-inputs", dest="zero_inputs", action="store_false",
                     help="skip the zero-input check")
     args = ap.parse_args(argv)
@@ -301,6 +303,11 @@ def main(argv=None) -> int:
         result["kernel"] = kernel_campaign(args, findings, saver("kernel"))
         print("kernel campaign:", json.dumps(result["kernel"]["counts"]), flush=True)
     if args.syntax:
+        if args.memory_gb and not args.programs:  # huge sizes in mutated specs: MemoryError
+            import resource
+
+            cap = int(args.memory_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
         result["syntax"] = syntax_campaign(args, findings, saver("syntax"))
         print("syntax campaign:", json.dumps(result["syntax"]["counts"]), flush=True)
     result["reproducers"] = {sig: text for sig, text in findings.seen.items()}
