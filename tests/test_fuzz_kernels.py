@@ -210,7 +210,20 @@ output y""", "sequence[6, 1]"),
 
 
 # Open findings, as non-strict xfails: once one XPASSes on main, move it into REGRESSIONS.
-OPEN: dict[str, str] = {}
+OPEN: dict[str, str] = {
+    # ntkc (not the oracle; Monte Carlo agrees with the oracle) drops the delta in sign' in
+    # the Stein cross term E[g·sign(g')]: 35% off. Same for rectified_monomial degree 0.
+    "sign_plus_its_gaussian": _net("""
+g1 = dense(x, b_std=0.5)
+h2 = sign(g1)
+r3 = h2 + 0.3 * g1
+output r3""", "vector[2]"),
+    "step_plus_its_gaussian": _net("""
+g1 = dense(x, b_std=0.5)
+h2 = rectified_monomial(g1, degree=0)
+r3 = h2 + 0.3 * g1
+output r3""", "vector[2]"),
+}
 
 
 @pytest.mark.parametrize("name", sorted(OPEN))
