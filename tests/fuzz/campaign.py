@@ -178,6 +178,8 @@ def kernel_campaign(args, findings: Findings, save=lambda partial: None) -> dict
             by_sig[sig] += 1
             if cls in NOT_FINDINGS:
                 continue
+            if cls not in EXACT:  # a numeric class: its message says little; once per commit
+                sig = f"{sig} @ {findings.head}"
             if findings.new(sig) and args.shrink:
                 def still(cand, cls=cls, sig=sig, seed=seed, numba=numba):
                     got = _limited_check(cand, seed, numba, args.time_limit)
