@@ -25,7 +25,8 @@ from ntkc.errors import SpecError
 # "refused" is no violation: a generated kernel's documented refusal of inputs beyond its
 # quadrature's accurate range (ValueError naming QUAD_TOL); campaigns count it.
 CLASSES = ("refused", "rejected", "traceback", "non-finite", "asymmetric", "inconsistent", "non-psd",
-           "backend", "oracle", "continuity", "hang", "oracle-error", "zero-input")
+           "backend", "oracle", "continuity", "hang", "oracle-error", "zero-input", "params",
+           "float32", "tiles")
 
 # Tolerances, relative to max |K| of the matrix compared.
 TOL_BACKEND = 1e-10
@@ -33,6 +34,8 @@ TOL_SYMMETRY = 1e-12
 TOL_PSD = 1e-10
 TOL_ORACLE = 1e-8
 TOL_CONTINUITY = 1e-6
+TOL_PARAMS = 1e-12  # kernel(params=...) against the spec with that default
+TOL_FLOAT32 = 1e-5  # float32 inputs against float64 (README, "Backends")
 STEP = 1e-9  # relative perturbation of one w_std/b_std literal
 # Quadrature (user nonlins without a closed form) is symmetric by construction, but its
 # error (QUAD_TOL = 1e-6 in the generated kernels) separates it from the oracle's own rule.
@@ -174,6 +177,7 @@ def _check_model(model, text, rng, numba, oracle, continuity) -> list[str]:
                 if (e := _err(kp[name], k12[name])) > TOL_CONTINUITY:
                     out.append(f"continuity: {name} moved by {e:.3g} (rel) for a {STEP:g} "
                                "relative change of one w_std/b_std literal")
+    out += _check_runtime_options(model, text, x1, x2, xs, k12, gram, rng)
     if numba:
         f12, fg = ker(x1, x2, backend="numba"), ker(xs, backend="numba")
         for name in ("nngp", "ntk"):
@@ -191,6 +195,40 @@ def _check_model(model, text, rng, numba, oracle, continuity) -> list[str]:
         for name in ("nngp", "ntk"):
             if (e := _err(np.asarray(ref[name]), k12[name])) > oracle_tol:
                 out.append(f"oracle: {name} K(x1,x2) off the oracle by {e:.3g} (rel)")
+    return out
+
+
+_PARAM = re.compile(r"^param\s+(\w+)\s*=\s*(\S+)\s*$", re.MULTILINE)
+
+
+def _check_runtime_options(model, text, x1, x2, xs, k12, gram, rng) -> list[str]:
+    """Params are runtime arguments (kernel(params=...) equals the spec with that default),
+    float32 inputs track float64 (README: 1e-5), host tiles change nothing."""
+    out = []
+    params = _PARAM.findall(text)
+    if params:
+        name, value = params[int(rng.integers(len(params)))]
+        new = float(value) * 1.1
+        got = model.kernel(x1, x2, params={name: new}, backend="numpy")
+        edited = _PARAM.sub(lambda m: f"param {name} = {new!r}" if m.group(1) == name
+                            else m.group(0), text)
+        want = _kernels_of(edited, x1, x2)
+        for key in ("nngp", "ntk"):
+            if (e := _err(np.asarray(getattr(got, key)), want[key])) > TOL_PARAMS:
+                out.append(f"params: {key} with params={{{name!r}: {new:.4g}}} is {e:.3g} (rel) "
+                           "off the spec with that default")
+    if model.input_shape[-1] > 1:  # one channel: correlation ±1, see TOL_DEGENERATE
+        k32 = model.kernel(x1.astype(np.float32), x2.astype(np.float32), backend="numpy")
+        for key in ("nngp", "ntk"):
+            got = np.asarray(getattr(k32, key))
+            if got.dtype != np.float32:
+                out.append(f"float32: {key} of float32 inputs is {got.dtype}")
+            elif (e := _err(got.astype(np.float64), k12[key])) > TOL_FLOAT32:
+                out.append(f"float32: {key} {e:.3g} (rel) off float64")
+    tiled = model.kernel(xs, tile=3, backend="numpy")
+    for key in ("nngp", "ntk"):
+        if (e := _err(np.asarray(getattr(tiled, key)), gram[key])) > TOL_SYMMETRY:
+            out.append(f"tiles: {key} Gram in 3-row tiles {e:.3g} (rel) off the whole one")
     return out
 
 
