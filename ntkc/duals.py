@@ -91,6 +91,15 @@ class DualActivation:
     variance: Callable[[Expr], Expr]  # k -> E[φ(u)²]
     mean: Callable[[Expr], Expr] | None = None  # k -> E[φ(u)]
     mean_slope: Callable[[Expr], Expr] | None = None  # k -> E[φ'(u)]
+    # k -> E[u·φ(u)]/k, Stein's E[φ'(u)] with φ' in the sense of distributions: the same as
+    # mean_slope for a continuous φ, but a jump (sign, step) adds its δ here, while the
+    # NTK factors keep NT's φ' = 0 almost everywhere. None: mean_slope.
+    jump_slope: Callable[[Expr], Expr] | None = None
+
+    def stein_slope(self, k: Expr) -> Expr | None:
+        """E[u·φ(u)]/k, the factor of Cov(u, v) in E[v·φ(u)] (Stein's lemma)."""
+        f = self.jump_slope or self.mean_slope
+        return None if f is None else f(k)
 
 
 REQUIRED = object()  # sentinel: an argument without default

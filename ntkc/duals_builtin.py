@@ -112,6 +112,8 @@ def rectified_monomial(degree: int) -> DualActivation:
         variance=lambda k: sympy.factorial2(2 * n - 1) * k**n / 2,
         mean=lambda k: _relu_moment(n, k),
         mean_slope=lambda k: n * _relu_moment(n - 1, k) if n else sympy.S.Zero,
+        # the step's jump at 0: E[u·step(u)]/k = E[δ(u)] = 1/sqrt(2πk)
+        jump_slope=None if n else (lambda k: 1 / sqrt(2 * pi * k)),
     )
 
 
@@ -125,6 +127,7 @@ def sign() -> DualActivation:
         variance=lambda k: sympy.S.One,
         mean=lambda k: sympy.S.Zero,
         mean_slope=lambda k: sympy.S.Zero,
+        jump_slope=lambda k: sqrt(2 / (pi * k)),  # E[u·sign(u)]/k = E[|u|]/k
     )
 
 

@@ -50,10 +50,11 @@ def _expectation(eng, a, b, p: int, q: int, derivative: bool) -> sympy.Expr:
         if k12 == 0 and slope_a is not None and slope_b is not None:
             return slope_a(k11) * slope_b(k22)
     else:
-        if ka == ("identity",) and slope_b is not None:  # Stein: E[u ψ(v)] = k12·E[ψ'(v)]
-            return k12 * slope_b(k22)
+        # Stein: E[u ψ(v)] = k12·E[ψ'(v)], ψ' with its jumps (sign's 2δ)
+        if ka == ("identity",) and slope_b is not None:
+            return k12 * db.stein_slope(k22)
         if kb == ("identity",) and slope_a is not None:
-            return k12 * slope_a(k11)
+            return k12 * da.stein_slope(k11)
         if k12 == 0 and da.mean is not None and db.mean is not None:
             return da.mean(k11) * db.mean(k22)
     return mixed_expectation(da, db, derivative, k11, k12, k22)
