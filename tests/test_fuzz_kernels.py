@@ -97,6 +97,50 @@ def test_generator_acceptance_and_coverage():
     assert ops <= covered, sorted(ops - covered)
 
 
+# -- every builtin's cross terms, systematically -------------------------------------------
+# The random programs meet E[φ(u)·v] and E[φ(u)ψ(v)] only by chance; this sweep found the
+# Stein-delta finding (sign + its own Gaussian). Refusals (QUAD_TOL) are allowed.
+CROSS_NL = {"relu": "relu({})", "leaky_relu": "leaky_relu({}, 0.2)",
+            "abrelu": "abrelu({}, -0.3, 0.7)", "abs": "abs({})", "erf": "erf({}, 1.2, 0.8, 0.1)",
+            "gelu": "gelu({})", "sin": "sin({}, 0.7, 1.1, 0.2)", "cos": "cos({}, 0.7, 1.1, 0.2)",
+            "exp": "exp({}, 0.8, 0.4)", "gaussian": "gaussian({}, 1.2, -0.7)",
+            "sign": "sign({})", "monomial": "monomial({}, 2)",
+            "step": "rectified_monomial({}, 0)", "rectified_monomial": "rectified_monomial({}, 2)",
+            "polynomial": "polynomial({}, [0.1, 0.5, -0.3])", "identity": "identity({})"}
+CROSS_OPEN = {"sign", "step"}  # OPEN sign_plus_its_gaussian / step_plus_its_gaussian
+
+
+def _cross(body: str) -> str:
+    return _net("g1 = dense(x, b_std=0.5)\n" + body, "vector[2]")
+
+
+@pytest.mark.parametrize("name", sorted(CROSS_NL))
+def test_builtin_cross_terms_with_gaussians(name):
+    phi = CROSS_NL[name]
+    programs = [_cross(f"h = {phi.format('g1')}\nr = h + 0.3 * g1\noutput r"),
+                _cross(f"g2 = dense(g1, b_std=0.2)\nh = {phi.format('g2')}\nr = h + 0.3 * g1\n"
+                       "output r"),
+                _cross(f"g2 = dense(x)\nh1 = {phi.format('g1')}\nh2 = gelu(g2)\nr = h1 + h2\n"
+                       "output r")]
+    for text in programs[1:] if name in CROSS_OPEN else programs:
+        violations = check_program(text, np.random.default_rng(0), continuity=False)
+        bad = [v for v in violations if violation_class(v) != "refused"]
+        assert not bad, "\n".join(bad) + "\n\n" + text
+
+
+@pytest.mark.slow
+def test_builtin_pairs_on_one_gaussian():
+    bad = []
+    names = sorted(CROSS_NL)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            text = _cross(f"h1 = {CROSS_NL[a].format('g1')}\nh2 = {CROSS_NL[b].format('g1')}\n"
+                          "r = h1 + h2\noutput r")
+            violations = check_program(text, np.random.default_rng(0), continuity=False)
+            bad += [f"{a} & {b}: {v}" for v in violations if violation_class(v) != "refused"]
+    assert not bad, "\n".join(bad)
+
+
 # -- reproducers found by fuzzing (see tests/fuzz/campaign.py) -------------------------------
 def _net(body: str, shape: str = "sequence[4, 1]") -> str:
     return f"network regress\ninput x : {shape}\n{body.strip()}\n"
