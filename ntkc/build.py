@@ -12,7 +12,7 @@ import sympy
 from . import ast
 from .duals import BUILTINS, as_expr, builtin_dual, polynomial_dual
 from .errors import Pos, Reporter
-from .expr import linear_terms, number, to_sympy
+from .expr import finite_real, linear_terms, nonlin_problem, number, to_sympy
 from .ir import Node, Param, Program, Shape
 from .quadrature import quadrature_dual
 from .rules import REQUIRED, RULES, Arg
@@ -21,6 +21,10 @@ CALLABLE_OPS = {"dense", "concat", "layer_norm", "conv", "avg_pool", "sum_pool",
                 "global_avg_pool", "global_sum_pool", "flatten"}
 INPUT_KINDS = {"vector": 1, "sequence": 2, "image": 3}
 RESERVED = set(CALLABLE_OPS) | set(BUILTINS)
+# Degrees beyond which the exact Gaussian moments (and rectified_monomial's arc-cosine
+# polynomials, solved for at compile time) cost more than any real use needs.
+MAX_DEGREE = {"monomial": 64, "polynomial": 64, "rectified_monomial": 16, "nonlin": 64}
+NONNEGATIVE = ("w_std", "b_std")
 
 
 def _suggest(name: str, options) -> str:
@@ -56,6 +60,8 @@ class Builder:
     def _scalar(self, e: ast.Expr, what: str) -> sympy.Expr:
         names = {k: p.symbol for k, p in self.params.items()}
         value = to_sympy(e, names, self.r, what)
+        if not finite_real(value):
+            raise self.r.fail(f"{what} must be a finite real number, got {value}", e.pos)
         self.used.update(s.name for s in value.free_symbols)
         return value
 
@@ -96,6 +102,9 @@ class Builder:
     def _ParamDecl(self, st: ast.ParamDecl) -> None:
         self._define(st.name, st.pos, "param")
         value = to_sympy(st.default, {}, self.r, f"the default of param '{st.name}'")
+        if not finite_real(value):
+            raise self.r.fail(f"the default of param '{st.name}' must be a finite real number, "
+                              f"got {value}", st.default.pos)
         self.params[st.name] = Param(st.name, sympy.Symbol(st.name, real=True), float(value),
                                      st.pos)
 
@@ -125,9 +134,16 @@ class Builder:
         if z not in body.free_symbols:
             raise self.r.fail(f"nonlin {st.name} does not depend on {st.var}", st.body.pos)
         if body.is_polynomial(z):
+            degree = _degree(body, z)
+            if degree > MAX_DEGREE["nonlin"]:
+                raise self.r.fail(f"nonlin {st.name} is a polynomial of degree {degree}; at "
+                                  f"most {MAX_DEGREE['nonlin']} is supported", st.body.pos)
             coefs = sympy.Poly(body, z).all_coeffs()[::-1]
             dual = polynomial_dual(st.name, coefs)
         else:
+            problem = nonlin_problem(body, z)
+            if problem is not None:
+                raise self.r.fail(f"nonlin {st.name}: {problem}", st.body.pos)
             dual = quadrature_dual(st.name, body, z)
         self.nonlins[st.name] = (dual, st.pos, body)
 
@@ -145,10 +161,16 @@ class Builder:
         else:
             terms = linear_terms(
                 v, lambda n: n in self.nodes, lambda e: self._scalar(e, "a coefficient"), self.r)
-            for name in terms:
+            for name, c in terms.items():
                 self._layer(ast.Name(name, st.pos), "a linear combination")
-            node = Node(st.target, "lincomb", tuple(terms),
-                        {"terms": tuple((c, n) for n, c in terms.items())}, st.pos)
+                if not finite_real(c):
+                    raise self.r.fail(f"the coefficient of '{name}' must be a finite real "
+                                      f"number, got {c}", v.pos)
+            nonzero = tuple((c, n) for n, c in terms.items() if c != 0)
+            if not nonzero:  # g - g, 0*g: the constant 0 (its shape is still its lines')
+                self.r.warn(f"'{st.target}' is identically zero: its coefficients cancel",
+                            st.pos)
+            node = Node(st.target, "lincomb", tuple(terms), {"terms": nonzero}, st.pos)
         self.nodes[st.target] = node
 
     # -- op calls -------------------------------------------------------------------------
@@ -217,10 +239,15 @@ class Builder:
             if isinstance(e, ast.Name) and e.id in self.nodes:
                 raise self.r.fail(f"{what} must be a number or a param, not the line '{e.id}'",
                                   e.pos)
-            return self._scalar(e, what)
+            value = self._scalar(e, what)
+            if a.name in NONNEGATIVE and value.is_number and value < 0:
+                raise self.r.fail(f"{what} must be ≥ 0, got {value}", e.pos)
+            return value
         if a.kind == "int":
             if not (isinstance(e, ast.Num) and number(e).is_integer and number(e) >= 0):
                 raise self.r.fail(f"{what} must be a non-negative integer", e.pos)
+            if a.name == "degree" and number(e) > MAX_DEGREE.get(op, number(e)):
+                raise self.r.fail(f"{what} is at most {MAX_DEGREE[op]}", e.pos)
             return int(number(e))
         if a.kind == "ints":
             items = e.items if isinstance(e, ast.ListLit) else []
@@ -236,8 +263,24 @@ class Builder:
         if a.kind == "number_list":
             if not isinstance(e, ast.ListLit) or not e.items:
                 raise self.r.fail(f"{what} must be a list of numbers, e.g. [0.1, 1.0]", e.pos)
+            if len(e.items) > MAX_DEGREE.get(op, len(e.items)) + 1:
+                raise self.r.fail(f"{what} has {len(e.items)} coefficients: at most degree "
+                                  f"{MAX_DEGREE[op]} is supported", e.pos)
             return [self._scalar(x, what) for x in e.items]
         raise AssertionError(a.kind)
+
+
+def _degree(e: sympy.Expr, z: sympy.Symbol) -> int:
+    """An upper bound on the degree of polynomial e in z, without expanding it."""
+    if not e.has(z):
+        return 0
+    if e.is_Add:
+        return max(_degree(a, z) for a in e.args)
+    if e.is_Mul:
+        return sum(_degree(a, z) for a in e.args)
+    if e.is_Pow:
+        return int(e.exp) * _degree(e.base, z)
+    return 1
 
 
 def build(module: ast.Module, filename: str, source: str, reporter: Reporter) -> Program:

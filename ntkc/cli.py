@@ -55,19 +55,50 @@ def _load_array(path: str, what: str) -> np.ndarray:
         raise ValueError(f"{what}: cannot read {path}: {e}") from None
 
 
+def _output_path(path: str, suffix: str, what: str) -> Path:
+    """-o checked before any work: the file is written exactly there, with ``suffix``."""
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"-o {path}: is a directory; name a file, e.g. {out / ('k' + suffix)}")
+    if out.suffix != suffix:
+        raise ValueError(f"-o {path}: {what} is written as a {suffix} file; name it "
+                         f"{out.with_suffix(suffix)}")
+    parent = out.parent
+    if not parent.is_dir():
+        raise ValueError(f"-o {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"-o {path}: directory {parent} is not writable")
+    return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _gram(args) -> int:
     from .runtime import load
 
+    get = ("nngp", "ntk") if args.get == "both" else args.get
+    # One kernel: K.npy; both: one K.npz archive with arrays nngp and ntk.
+    both = not isinstance(get, str)
+    out = _output_path(args.output, ".npz" if both else ".npy",
+                       "--get both (arrays nngp and ntk)" if both else f"the {get} kernel")
     model = load(args.spec)
     x1 = _load_array(args.x1, "--x1")
     x2 = _load_array(args.x2, "--x2") if args.x2 else None
-    get = ("nngp", "ntk") if args.get == "both" else args.get
     result = model.kernel(x1, x2, get=get, tile=args.tile, progress=True)
-    if isinstance(get, str):
-        np.save(args.output, result)
-    else:
-        np.savez(args.output, nngp=result.nngp, ntk=result.ntk)
-    print(f"wrote {args.output}")
+    with open(out, "wb") as f:  # a file object: numpy appends no second suffix
+        if both:
+            np.savez(f, nngp=result.nngp, ntk=result.ntk)
+        else:
+            np.save(f, result)
+    print(f"wrote {out}")
     return 0
 
 
@@ -76,11 +107,19 @@ def _predict(args) -> int:
     from .runtime import load
 
     def npz(path, what):
-        with np.load(path, allow_pickle=False) as f:
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            reason = "is a directory" if Path(path).is_dir() else str(e)
+            raise ValueError(f"{what}: cannot read {path}: {reason}") from None
+        if not hasattr(data, "files"):  # an .npy array, not an archive
+            raise ValueError(f"{what}: {path} is not an .npz archive with arrays 'x' and 'y'")
+        with data as f:
             if "x" not in f or "y" not in f:
                 raise ValueError(f"{what}: {path} needs arrays 'x' and 'y'")
             return f["x"], f["y"]
 
+    out = _output_path(args.output, ".npz", "the prediction") if args.output else None
     model = load(args.spec)
     x_train, y_train = npz(args.train, "--train")
     x_test, y_test = npz(args.test, "--test")
@@ -92,9 +131,10 @@ def _predict(args) -> int:
     if y_test.ndim == 2 and y_test.shape[1] > 1:
         acc = float(np.mean(mean.argmax(1) == y_test.argmax(1)))
         print(f"test accuracy: {acc:.4f}")
-    if args.output:
-        np.savez(args.output, mean=mean)
-        print(f"wrote {args.output}")
+    if out is not None:
+        with open(out, "wb") as f:
+            np.savez(f, mean=mean)
+        print(f"wrote {out}")
     return 0
 
 
@@ -137,8 +177,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--x1", required=True)
     g.add_argument("--x2")
     g.add_argument("--get", default="nngp", choices=["nngp", "ntk", "both"])
-    g.add_argument("--tile", type=int)
-    g.add_argument("-o", "--output", required=True)
+    g.add_argument("--tile", type=_positive_int, help="rows per tile (≥ 1)")
+    g.add_argument("-o", "--output", required=True,
+                   help="K.npy for one kernel; K.npz (arrays nngp, ntk) for --get both")
     g.set_defaults(func=_gram)
     p = sub.add_parser("predict", help="closed-form predictions from train/test .npz (x, y)")
     p.add_argument("spec")
@@ -147,7 +188,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", default="ntk", choices=["nngp", "ntk"])
     p.add_argument("--t", default=None, help="training time (default: infinite)")
     p.add_argument("--diag-reg", type=float, default=1e-4)
-    p.add_argument("-o", "--output")
+    p.add_argument("-o", "--output", help="MEAN.npz: the predicted mean (array 'mean')")
     p.set_defaults(func=_predict)
     b = sub.add_parser("bench", help="run the benchmarks (ntkc bench --help)")
     b.add_argument("rest", nargs=argparse.REMAINDER)
@@ -165,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         print(e.report(), file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, MemoryError) as e:
+    except (ValueError, OSError, MemoryError) as e:  # OSError: a missing file, a directory
         print(f"ntkc: error: {e}", file=sys.stderr)
         return 2
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib import resources
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.visitors import Transformer_NonRecursive
 
 from . import ast
 from .errors import Pos, Reporter
@@ -34,7 +35,7 @@ _BINOPS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "^"}
 
 
 @v_args(meta=True)
-class _ToAst(Transformer):
+class _ToAst(Transformer_NonRecursive):
     def start(self, meta, stmts):
         return ast.Module(list(stmts))
 
@@ -87,6 +88,99 @@ class _ToAst(Transformer):
         return super().__default__(data, children, meta)
 
 
+# Bounds on what one statement may hold, so that no spec can exhaust the compiler's
+# recursion, time or memory. Generous for real networks; each error says its limit.
+MAX_NAME = 64  # characters in a name
+MAX_NUMBER = 100  # characters in a number
+MAX_NESTING = 64  # calls, powers and negations inside each other
+# Function calls inside each other (a nonlin body): sympy's evaluation of nested
+# functions of a symbol without assumptions grows exponentially with this depth
+# (≈ 2× per level in code generation), so it is bounded far tighter.
+MAX_CALLS = 8
+MAX_TERMS = 256  # operands of one sum (+ -) or product (* /)
+MAX_DEPTH = 400  # levels of the whole expression tree (nesting and chains together)
+MAX_NODES = 4096  # operations and operands in one statement
+_CHAINS = {"add": "sum", "sub": "sum", "mul": "product", "div": "product"}
+_FLOAT_MAX = 1.7976931348623157e308
+
+
+def _tree_pos(t: Tree) -> Pos:
+    if not getattr(t.meta, "empty", True):
+        return _meta_pos(t.meta)
+    tok = next((x for x in t.scan_values(lambda v: isinstance(v, Token))), None)
+    return _pos(tok) if tok is not None else Pos(1, 1)
+
+
+def _check_number(tok: Token) -> str | None:
+    text = str(tok)
+    if len(text) > MAX_NUMBER:  # Fraction(text) would refuse or crawl
+        return f"number too long ({len(text)} characters; at most {MAX_NUMBER})"
+    if tok.type == "INT":
+        return None
+    mantissa, _, exponent = text.lower().partition("e")
+    nonzero = any(c in "123456789" for c in mantissa)
+    if exponent and abs(int(exponent)) > 400:  # Fraction(text) would hang: 10**exponent
+        value = float("inf") if int(exponent) > 0 and nonzero else 0.0
+    else:
+        value = float(text)
+    if value > _FLOAT_MAX or value == float("inf"):
+        return f"number {text} is too large: literals must fit float64 (at most ~1.8e308)"
+    if value == 0.0 and nonzero:
+        return f"number {text} is too small: it underflows float64 (at least ~4.9e-324)"
+    return None
+
+
+def check_limits(tree: Tree, reporter: Reporter) -> None:
+    """Names, literals and expression sizes within the bounds above (an iterative walk)."""
+    for stmt in tree.children:
+        if not isinstance(stmt, Tree):
+            continue
+        nodes = 0
+        # (node, nesting, calls, depth, chain kind of the parent, id of the chain it continues)
+        stack = [(stmt, 0, 0, 0, None, None)]
+        chains: dict[int, list] = {}
+        while stack:
+            t, nesting, calls, depth, parent_chain, chain_id = stack.pop()
+            nodes += 1
+            if isinstance(t, Token):
+                if t.type == "NAME" and len(t) > MAX_NAME:
+                    raise reporter.fail(
+                        f"name too long ({len(t)} characters; at most {MAX_NAME})", _pos(t))
+                if t.type in ("NUMBER", "INT") and (msg := _check_number(t)):
+                    raise reporter.fail(msg, _pos(t))
+                continue
+            chain = _CHAINS.get(t.data)
+            if chain is not None and chain == parent_chain:
+                chains[chain_id][1] += 1
+            elif chain is not None:
+                chain_id = id(t)
+                chains[chain_id] = [t, 2, chain]
+            else:
+                chain_id = None
+            if chain is None or chain != parent_chain:
+                nesting += 1
+            calls += t.data == "call"
+            if calls > MAX_CALLS:
+                raise reporter.fail(f"function calls nested too deeply (more than {MAX_CALLS} "
+                                    "inside each other)", _tree_pos(t))
+            if nesting > MAX_NESTING:
+                raise reporter.fail(f"expression nested too deeply (more than {MAX_NESTING} "
+                                    "levels of calls, powers and signs)", _tree_pos(t))
+            if depth > MAX_DEPTH:
+                raise reporter.fail(f"expression too deep (more than {MAX_DEPTH} levels): "
+                                    "split it over several lines", _tree_pos(t))
+            if nodes > MAX_NODES:
+                raise reporter.fail(f"statement too large (more than {MAX_NODES} operations "
+                                    "and operands)", _tree_pos(stmt))
+            if chain is not None and chains[chain_id][1] > MAX_TERMS:
+                root, _, kind = chains[chain_id]
+                what = "terms in a sum" if kind == "sum" else "factors in a product"
+                raise reporter.fail(f"too many {what} (at most {MAX_TERMS})", _tree_pos(root))
+            for c in t.children:
+                if c is not None:
+                    stack.append((c, nesting, calls, depth + 1, chain, chain_id))
+
+
 def _describe(tok: Token) -> str:
     if tok.type == "_NL":
         return "end of line"
@@ -116,4 +210,5 @@ def parse(source: str, reporter: Reporter) -> ast.Module:
         line = getattr(e, "line", None)
         pos = Pos(line, getattr(e, "column", 1)) if isinstance(line, int) and line > 0 else None
         raise reporter.fail("syntax error: unexpected end of file", pos) from None
+    check_limits(tree, reporter)
     return _ToAst().transform(tree)

@@ -16,7 +16,11 @@ from . import Rule, register
 
 def derive_layer_norm(eng, kind: str, node, other: str, p: int, q: int) -> sympy.Expr:
     (g,) = node.inputs
-    scale = 1 / sympy.sqrt(eng.Q("K", g, g, p, p))
+    variance = eng.Q("K", g, g, p, p)
+    if variance == 0:
+        raise eng.fail(f"layer_norm of '{g}', whose variance is identically zero (its terms "
+                       "cancel or its weights are 0): there is nothing to normalise", node.name)
+    scale = 1 / sympy.sqrt(variance)
     if other == node.name:  # both sides normalised
         return eng.Q(kind, g, g, p, q) * scale / sympy.sqrt(eng.Q("K", g, g, q, q))
     return eng.Q(kind, g, other, p, q) * scale

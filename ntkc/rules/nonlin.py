@@ -30,12 +30,35 @@ def _activation(node):
     return IDENTITY, node.name, ("identity",)
 
 
+def _at_zero(eng, node, dual, derivative: bool) -> sympy.Expr:
+    """φ(0), or φ′(0) (sign′ = 0 as in NT): a zero-variance Gaussian is the constant 0."""
+    z = sympy.Dummy("z", real=True)
+    f = dual.phi(z)
+    if derivative:
+        f = sympy.diff(f, z).replace(sympy.DiracDelta, lambda *args: sympy.S.Zero)
+    value = f.subs(z, 0)
+    if value.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
+        raise eng.fail(f"{dual.name}{'′' if derivative else ''} is not finite at 0, the value of "
+                       f"the zero-variance line '{_activation(node)[1]}'", node.name)
+    return value
+
+
+def _mean(dual, k, derivative: bool) -> sympy.Expr | None:
+    f = dual.mean_slope if derivative else dual.mean
+    return None if f is None else f(k)
+
+
 def _expectation(eng, a, b, p: int, q: int, derivative: bool) -> sympy.Expr:
     da, u, ka = _activation(a)
     db, v, kb = _activation(b)
     k11 = eng.Q("K", u, u, p, p)
     k22 = eng.Q("K", v, v, q, q)
     k12 = eng.Q("K", u, v, p, q)
+    if k11 == 0 or k22 == 0:  # g - g, 0·g: the constant 0, so E[φ(0)ψ(v)] = φ(0)·E[ψ(v)]
+        fa = _at_zero(eng, a, da, derivative) if k11 == 0 else _mean(da, k11, derivative)
+        fb = _at_zero(eng, b, db, derivative) if k22 == 0 else _mean(db, k22, derivative)
+        if fa is not None and fb is not None:
+            return fa * fb
     if ka == kb and u == v:
         if p == q:
             return da.ntk_factor(k11, k11, k11) if derivative else da.variance(k11)
