@@ -25,6 +25,7 @@ RESERVED = set(CALLABLE_OPS) | set(BUILTINS)
 # polynomials, solved for at compile time) cost more than any real use needs.
 MAX_DEGREE = {"monomial": 64, "polynomial": 64, "rectified_monomial": 16, "nonlin": 64}
 NONNEGATIVE = ("w_std", "b_std")
+MAX_INT = 2**31 - 1  # sizes, strides, widths: past it numpy's index arithmetic overflows
 
 
 def _suggest(name: str, options) -> str:
@@ -246,6 +247,8 @@ class Builder:
         if a.kind == "int":
             if not (isinstance(e, ast.Num) and number(e).is_integer and number(e) >= 0):
                 raise self.r.fail(f"{what} must be a non-negative integer", e.pos)
+            if number(e) > MAX_INT:
+                raise self.r.fail(f"{what} is at most {MAX_INT}", e.pos)
             if a.name == "degree" and number(e) > MAX_DEGREE.get(op, number(e)):
                 raise self.r.fail(f"{what} is at most {MAX_DEGREE[op]}", e.pos)
             return int(number(e))
@@ -255,6 +258,9 @@ class Builder:
                                     and number(x) >= 1 for x in items):
                 raise self.r.fail(f"{what} must be a list of positive integers, e.g. [3, 3]",
                                   e.pos)
+            big = next((x for x in items if number(x) > MAX_INT), None)
+            if big is not None:
+                raise self.r.fail(f"{what}: each entry is at most {MAX_INT}", big.pos)
             return [int(number(x)) for x in items]
         if a.kind == "choice":
             if not (isinstance(e, ast.Name) and e.id in a.choices):

@@ -159,6 +159,8 @@ LIMITS = [
     ("param w = (-2)^0.5\n" + HEAD + "output g\n", "1:11", "not a real number"),
     (HEAD + "r = 2^0.5 * g + (-1)^0.5 * g\noutput r\n", "3:17", "not a real number"),
     (HEAD + "a" * 65 + " = relu(g)\noutput g\n", "3:1", "name too long (65 characters; at most 64)"),
+    ("input x : sequence[5, 3]\ng = conv(x, filter=[3], stride=[3.4e+38])\nf = flatten(g)\n"
+     + "y = dense(f)\noutput y\n", "2:33", "conv's stride: each entry is at most 2147483647"),
 ]
 
 
