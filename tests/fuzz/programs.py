@@ -18,8 +18,9 @@ tests/test_spec_errors.py):
   combinations and layer_norms of them, pools/flatten of Gaussian lines;
 - dense needs a vector, conv/pools need a sequence/image; a conv net ends in a vector;
 - under parameterization standard, dense/conv need the channels of their input (width=);
-- a pool line is combined (sum, concat) only with the same pool of other lines, and the
-  raw input only with fresh affine lines (the derivation refuses other cross covariances);
+- a pool line is combined (sum, concat) only with the same pool of other lines, and lines
+  linear in the raw input never with nonlinearity outputs (the derivation refuses those
+  cross covariances);
 - spatial networks: no nonlinearity without a closed form, no mixed expectation of two
   different nonlinearities of correlated Gaussians (both would need quadrature), no
   constant covariance under a spatial op (monomial degree 0 before a conv).
@@ -86,6 +87,7 @@ class Line:
     act: tuple | None = None  # (nonlin key, its Gaussian input) for nonlin outputs
     acts: frozenset = frozenset()  # nonlin outputs this line is linear in
     constant: bool = False  # its covariance is constant (monomial degree 0 …)
+    raw: bool = False  # linear in the raw input (which has no correlation with a φ(g))
 
 
 @dataclass
@@ -217,7 +219,8 @@ class _Gen:
         self.ops.add(f"pool-{pad}")
         sig = (op, args, src.spatial, src.channels)
         line = Line(self.fresh("p"), out, src.channels, src.gaussian, "linear", src.roots, sig,
-                    acts=src.acts | ({src.name} if src.act else set()), constant=src.constant)
+                    acts=src.acts | ({src.name} if src.act else set()), constant=src.constant,
+                    raw=src.raw or src.kind == "input")
         return self.add(line, f"{op}({src.name}, {args})")
 
     def reduce(self, src: Line) -> Line:
@@ -229,7 +232,8 @@ class _Gen:
         ch = None if src.channels is None else src.channels * (P if op == "flatten" else 1)
         sig = (op, "", src.spatial, src.channels)
         line = Line(self.fresh("f"), None, ch, src.gaussian, "linear", src.roots, sig,
-                    acts=src.acts | ({src.name} if src.act else set()), constant=src.constant)
+                    acts=src.acts | ({src.name} if src.act else set()), constant=src.constant,
+                    raw=src.raw or src.kind == "input")
         return self.add(line, f"{op}({src.name})")
 
     def nonlin(self, src: Line) -> Line:
@@ -298,9 +302,9 @@ class _Gen:
             return False
         if len({t.pool for t in terms}) > 1:
             return False
-        if any(t.kind == "input" for t in terms) and not all(
-                t.kind in ("input", "affine") for t in terms):
-            return False
+        raw = any(t.raw or t.kind == "input" for t in terms)
+        if raw and any(t.act or t.acts for t in terms):
+            return False  # a φ(g) would need its correlation with the raw input
         if self.spatial_net:
             acts = set()
             for t in terms:
@@ -333,7 +337,8 @@ class _Gen:
         acts = frozenset().union(*(t.acts | ({t.name} if t.act else set()) for t in terms))
         line = Line(self.fresh("r"), terms[0].spatial, chans.pop() if chans else None, gaussian,
                     "linear", roots, terms[0].pool, acts=acts,
-                    constant=all(t.constant for t in terms))
+                    constant=all(t.constant for t in terms),
+                    raw=any(t.raw or t.kind == "input" for t in terms))
         return self.add(line, "".join(parts))
 
     def concat(self, terms: list[Line]) -> Line | None:
@@ -344,7 +349,7 @@ class _Gen:
         acts = frozenset().union(*(t.acts | ({t.name} if t.act else set()) for t in terms))
         line = Line(self.fresh("c"), terms[0].spatial, None if None in chans else sum(chans),
                     False, "concat", frozenset().union(*(t.roots for t in terms)),
-                    terms[0].pool, acts=acts)
+                    terms[0].pool, acts=acts, raw=any(t.raw or t.kind == "input" for t in terms))
         return self.add(line, f"concat({', '.join(t.name for t in terms)})")
 
     # -- the program -----------------------------------------------------------------------
