@@ -23,15 +23,21 @@ finest level the error grows again: the generated module estimates it at run tim
 per-input variance of each level present, and refuses (ValueError) variances where
 the estimate exceeds QUAD_TOL relative to E|φ(u)ψ(v)|. README "Accuracy of
 quadrature" has the measured errors.
+
+Integrands with kinks or steps, all at 0 (relu, abs, sign, max(z, 0)...: Integrand.polar),
+converge only like h² in this rule: they get the polar rule of ntkc.quadrature_polar
+instead (Gauss–Legendre on the arcs between the kinks, Gauss in the radius), guarded alike.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import sympy
 
+from . import quadrature_polar as polar_rule
 from .duals import DualActivation
 
 DEFAULT_DEGREE = 32  # nodes per axis at pre-activation variance <= K_REF
@@ -53,6 +59,11 @@ class Integrand:
     @property
     def dims(self) -> int:
         return 1 if self.g is None else 2
+
+    @cached_property
+    def polar(self) -> bool:
+        """Kinks or steps, all at 0: the polar rule (ntkc.quadrature_polar)."""
+        return polar_rule.polar_applies(self.z, *(e for e in (self.f, self.g) if e is not None))
 
 
 class GaussExpectation(sympy.Function):
@@ -209,22 +220,26 @@ def {name}(k11, k12, k22, params):
     return acc"""
 
 
-def scalar_helper(name: str, dims: int, fu: str, gv: str | None) -> list[str]:
+def scalar_helper(name: str, it: Integrand, fu: str, gv: str | None) -> list[str]:
     """The scalar helper ``name`` (no decorator); fu, gv: f(u), g(v) printed."""
+    dims = it.dims
+    if it.polar:
+        return polar_rule.scalar_helper(name, dims, fu, gv)
     if dims == 1:
         return _SCALAR_1D.format(name=name, level=_LEVEL.format(k="k"), fu=fu).splitlines()
     level = _LEVEL.format(k="max(k11, k22)")
     return _SCALAR_2D.format(name=name, level=level, fu=fu, gv=gv).splitlines()
 
 
-def numpy_helper(name: str, dims: int, fu: str, gv: str | None) -> list[str]:
+def numpy_helper(name: str, it: Integrand, fu: str, gv: str | None) -> list[str]:
     """The numpy reference of helper ``name``: the same rule, vectorised."""
-    if dims == 1:
+    q = "_qp" if it.polar else "_q"
+    if it.dims == 1:
         return [f"def {name}_f(u, params):", f"    return ({fu}) * (u * 0 + 1)", "", "",
-                f"def {name}_np(k, params):", f"    return _q1_np({name}_f, k, params)", ""]
+                f"def {name}_np(k, params):", f"    return {q}1_np({name}_f, k, params)", ""]
     return [f"def {name}_f(u, v, params):", f"    return ({fu}) * ({gv}) * (u * 0 + 1)", "", "",
             f"def {name}_np(k11, k12, k22, params):",
-            f"    return _q2_np({name}_f, k11, k12, k22, params)", ""]
+            f"    return {q}2_np({name}_f, k11, k12, k22, params)", ""]
 
 
 _NUMPY = '''
@@ -302,7 +317,9 @@ def quadrature_error(name, k, params):
     (at most to the top of its level; the error grows with k within a level)."""
     if not math.isfinite(k):
         return math.inf, k
-    f, dims = _Q_HELPERS[name]
+    f, dims, polar = _Q_HELPERS[name]
+    if polar:  # level m against level m + 1 (ntkc.quadrature_polar)
+        return _qp_quadrature_error(name, f, dims, k, params)
     m = int(_q_levels(numpy.array([k]))[0])
     k = 2.0 ** (math.ceil(8.0 * math.log2(max(k, 1e-300))) / 8.0)
     if m < _Q_LEVELS:
@@ -332,7 +349,7 @@ def quadrature_error(name, k, params):
 def _check_quadrature(p, params):
     for slot, name, where in _Q_CHECKS:
         k = numpy.where(numpy.isnan(p[:, slot]), numpy.inf, p[:, slot])
-        lev = _q_levels(k)
+        lev = (_qp_levels if _Q_HELPERS[name][2] else _q_levels)(k)
         for m in numpy.unique(lev):
             i = int(numpy.flatnonzero(lev == m)[numpy.argmax(k[lev == m])])
             err, at = quadrature_error(name, float(k[i]), params)
@@ -344,7 +361,8 @@ def _check_quadrature(p, params):
                     f"{QUAD_TOL:g}: recompile with a larger --quad-degree, or rescale the "
                     "inputs or weights to smaller pre-activation variances (the rule refines "
                     f"itself up to variance {_Q_KREF * _Q_LEVELS ** 2:g}). A nonlinearity with "
-                    "kinks or steps converges slowly at every variance: to accept its error, "
+                    "kinks or steps away from 0 converges slowly at every variance: to accept "
+                    "its error, "
                     "raise QUAD_TOL (a global of the generated module, model.module.QUAD_TOL)")
     return p
 '''
@@ -354,9 +372,11 @@ def _floats(xs: np.ndarray) -> str:
     return "np.array([" + ", ".join(repr(float(v)) for v in xs) + "])"
 
 
-def module_text(n0: int) -> list[str]:
-    """Tables, constants, the numpy rule and the guard (before the helpers)."""
+def module_text(n0: int, helpers: dict | None = None) -> list[str]:
+    """Tables, constants, the numpy rules and the guard (before the helpers); the polar
+    rule's only where one of ``helpers`` (expectation class -> name) uses it."""
     s, w, w1 = table(n0)
+    polar = any(t.integrand.polar for t in helpers or ())
     return [
         f"# Quadrature (ntkc.quadrature): trapezoidal rule, {n0} nodes per axis at variance",
         f"# <= {K_REF:g}, refined m-fold (m = ceil(sqrt(k / {K_REF:g})) <= {levels(n0)}) above.",
@@ -369,13 +389,15 @@ def module_text(n0: int) -> list[str]:
         f"_Q_W = {_floats(w)}",
         f"_Q_W1 = {_floats(w1)}  # the 1-D rule: the 2-D weights' marginals",
         *_NUMPY.splitlines(), *_GUARD.splitlines(), "",
+        *(polar_rule.module_text(n0) if polar else []),
     ]
 
 
 def guard_text(helpers: dict[type, str], checks: list[tuple[int, str, str]]) -> list[str]:
     """After the helpers: which helper each run-time check uses, and the checks
     ((point slot of a per-input variance, helper, where in the spec))."""
-    table_ = ", ".join(f"{n!r}: ({n}_f, {t.integrand.dims})" for t, n in helpers.items())
+    table_ = ", ".join(f"{n!r}: ({n}_f, {t.integrand.dims}, {t.integrand.polar})"
+                       for t, n in helpers.items())
     return [f"_Q_HELPERS = {{{table_}}}", f"_Q_CHECKS = {tuple(checks)!r}", ""]
 
 

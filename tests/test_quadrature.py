@@ -2,7 +2,9 @@
 examples/tanh_mlp.ntk: both backends give the same numbers, the rule is symmetric under
 x ↔ x' by construction (to the bit), duplicate inputs give a PSD matrix, the rule and the
 whole kernel agree with scipy's dblquad (independent, adaptive) where the run-time guard
-accepts the variances, and the guard refuses the variances where it does not.
+accepts the variances, and the guard refuses the variances where it does not. The polar rule
+(kinks and steps at 0, ntkc.quadrature_polar): closed forms, split dblquad, symmetry to the
+bit, ρ → 1, and whole kernels of programs that mix two nonlinearities of one line.
 
 Errors are relative to E|φ(u)ψ(v)| (for φ = ψ: to sqrt(K(x,x)·K(x',x'))), the scale the
 guard uses (QUAD_TOL = 1e-6)."""
@@ -14,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import integrate
+import sympy
+from scipy import integrate, special
 
 import ntkc
+from ntkc import quadrature
+from ntkc.codegen.printers import ArrayPrinter, NumbaPrinter
 
 # scipy's quad reports round-off where it reaches ~1e-14 instead of the 1e-12 asked for.
 pytestmark = pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
@@ -179,21 +184,204 @@ def test_guard_estimate_is_honest(model):
     assert 0.3 * true <= estimate <= 3 * true
 
 
-def test_kinked_nonlinearity_refused_unless_accepted(tmp_path):
-    # Kinks converge like h²: ~3e-3 at every variance (scale invariance), so the default
-    # tolerance refuses them; a user who accepts the error raises the module's QUAD_TOL.
+def test_kink_away_from_zero_refused_unless_accepted(tmp_path):
+    # A kink away from 0 keeps the trapezoidal rule (the polar rule splits at 0 only), which
+    # converges like h² there (1e-3 to 1e-1 relative), so the default tolerance refuses it;
+    # a user who accepts the error raises the module's QUAD_TOL.
     spec = tmp_path / "kinked.ntk"
-    spec.write_text("network kinked\ninput x : vector[3]\nnonlin f(z) = max(z, 0) + "
+    spec.write_text("network kinked\ninput x : vector[3]\nnonlin f(z) = max(z, 0.5) + "
                     "min(z, 0.5*z)\ng = dense(x, w_std=1.2, b_std=0.1)\nh = f(g)\n"
                     "y = dense(h)\noutput y\n")
     model = ntkc.load(spec)
     x = np.random.default_rng(9).standard_normal((6, 3))
     with pytest.raises(ValueError, match="kinks or steps.*raise QUAD_TOL"):
         model.kernel(x)
-    model.module.QUAD_TOL = 1e-2
+    model.module.QUAD_TOL = 1.0
     fast, ref = model.kernel(x, x[:4]), model.kernel(x, x[:4], backend="numpy")
     for a, b in zip(fast, ref):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * np.abs(b).max())
+
+
+# ---------------------------------------------------------------- the polar rule
+# Integrands whose kinks and steps are all at 0 (ntkc.quadrature_polar). The rule is exact
+# for piecewise polynomials up to rounding, so the closed forms are asserted at 1e-13 of
+# E|f g|; against dblquad (split at the kinks, epsrel 1e-12: its own error is ~1e-12) at
+# 1e-10, which also bounds the polar rule's error for smooth factors (erf, tanh: at most
+# ~1e-12 up to variance 50, README).
+
+Z = sympy.Symbol("z", real=True)
+RELU, ABS, SQ = sympy.Max(Z, 0), sympy.Abs(Z), Z**2
+
+
+def _relu(z):
+    return max(z, 0.0)
+
+
+def _rule(f, g=None, n0=32):
+    """The generated helpers of E[f(u) g(v)] (E[f(u)]): pure-Python scalar and numpy."""
+    it = quadrature.Integrand("t", Z, f, g)
+    assert it.polar
+    u, v = sympy.Symbol("u"), sympy.Symbol("v")
+    src = quadrature.module_text(n0, {type("T", (), {"integrand": it}): "h"})
+    for printer, emit in ((NumbaPrinter, quadrature.scalar_helper),
+                          (ArrayPrinter, quadrature.numpy_helper)):
+        pr = printer({u: "u", v: "v"}, {})
+        gv = None if g is None else pr.doprint(g.xreplace({Z: v}))
+        src += emit("h", it, pr.doprint(f.xreplace({Z: u})), gv)
+    ns = {"math": math, "numpy": np, "np": np, "_np_erf": special.erf}
+    exec("\n".join(src), ns)  # noqa: S102 - ntkc's own generated text
+    return ns
+
+
+def _split_dblquad(f, g, k11, k12, k22) -> tuple[float, float]:
+    """(E[f(u) g(v)], E|f(u) g(v)|), u = √k11·s, v = c·s + d·t: split at s = 0, t = −c·s/d."""
+    c, d = k12 / math.sqrt(k11), math.sqrt(max(k22 - k12 * k12 / k11, 0.0))
+    opts = {"epsabs": 1e-15, "epsrel": 1e-12, "limit": 200}
+    if d == 0.0:  # ρ = ±1: v = c·s
+        return tuple(sum(integrate.quad(
+            lambda s, a=absolute: (abs if a else float)(f(math.sqrt(k11) * s) * g(c * s)) * _pdf(s),
+            lo, hi, **opts)[0] for lo, hi in ((-13, 0), (0, 13))) for absolute in (False, True))
+
+    def outer(absolute):
+        def inner(s):
+            fs = f(math.sqrt(k11) * s)
+            if fs == 0.0:
+                return 0.0
+            h = (lambda t: abs(g(c * s + d * t)) * _pdf(t)) if absolute else \
+                (lambda t: g(c * s + d * t) * _pdf(t))
+            t0 = min(max(-c * s / d, -13.0), 13.0)
+            return (abs(fs) if absolute else fs) * _pdf(s) * (
+                integrate.quad(h, -13, t0, **opts)[0] + integrate.quad(h, t0, 13, **opts)[0])
+        return sum(integrate.quad(inner, a, b, **opts)[0] for a, b in ((-13, 0), (0, 13)))
+
+    return outer(False), outer(True)
+
+
+def test_polar_detection():
+    def polar(f, g=None):
+        return quadrature.Integrand("t", Z, f, g).polar
+
+    assert polar(RELU, sympy.erf(Z)) and polar(ABS, SQ) and polar(sympy.sign(Z), sympy.tanh(Z))
+    assert polar(sympy.Max(Z, 0) + sympy.Min(Z, Z / 2)) and polar(sympy.Heaviside(Z))
+    assert polar(sympy.Piecewise((Z**3, Z > 0), (0, True)), sympy.tanh(RELU))
+    assert not polar(sympy.tanh(Z), sympy.erf(Z))  # smooth: the trapezoidal rule
+    assert not polar(RELU, sympy.Max(Z, 1)) and not polar(sympy.Abs(Z**2 - 1))
+
+
+ARC_POINTS = [(1.0, 0.3, 2.0), (0.5, -0.5, 0.5), (50.0, 49.9, 50.0), (50.0, -49.99, 50.0),
+              (3.0, 0.0, 12.0), (0.2, 0.2 * math.sqrt(30) * (1 - 1e-12), 30.0),
+              (40.0, 1e-3, 0.01), (7.0, -7.0 * (1 - 1e-9), 7.0)]
+
+
+@pytest.mark.parametrize("k11,k12,k22", ARC_POINTS)
+def test_polar_closed_forms(k11, k12, k22):
+    rho = max(-1.0, min(1.0, k12 / math.sqrt(k11 * k22)))
+    s = math.sqrt(k11 * k22)
+    theta = math.acos(rho)
+    for f, g, exact, scale in (
+            (RELU, RELU, s * (math.sin(theta) + (math.pi - theta) * rho) / (2 * math.pi), s),
+            (RELU, Z, k12 / 2, s),  # Stein
+            (ABS, ABS, 2 / math.pi * s * (math.sqrt(1 - rho * rho) + rho * math.asin(rho)), s),
+            (ABS, sympy.sign(Z), 0.0, s ** 0.5)):  # odd in v: exactly 0 by the θ+π pairing
+        h = _rule(f, g)
+        for value in (h["h"](k11, k12, k22, ()), h["h_np"](k11, k12, k22, ())):
+            assert abs(value - exact) <= 1e-13 * scale, (f, g, value, exact)
+
+
+@pytest.mark.parametrize("f,g,fs,gs", [
+    (RELU, sympy.erf(Z), _relu, math.erf),
+    (ABS, SQ, abs, lambda z: z * z),
+    (sympy.sign(Z), sympy.tanh(Z), lambda z: math.copysign(1.0, z) if z else 0.0, math.tanh),
+])
+def test_polar_rule_against_dblquad(f, g, fs, gs):
+    h = _rule(f, g)
+    for k11, k12, k22 in [(0.5, 0.2, 1.0), (5.0, -4.9, 5.0), (50.0, 45.0, 45.0),
+                          (30.0, 3.0, 2.0), (12.0, 12.0 * (1 - 1e-6), 12.0)]:
+        ref, size = _split_dblquad(fs, gs, k11, k12, k22)
+        assert abs(h["h"](k11, k12, k22, ()) - ref) <= 1e-10 * size, (k11, k12, k22)
+        # swapping x and x' swaps f and g too: the same value to the bit
+        assert h["h"](k11, k12, k22, ()) == _rule(g, f)["h"](k22, k12, k11, ())
+
+
+def test_polar_rule_at_correlation_one():
+    """Continuous as ρ → 1, where it is (to rounding) the 1-D rule of E[f(u) g(u)]."""
+    h, h1 = _rule(RELU, sympy.erf(Z)), _rule(RELU * sympy.erf(Z))
+    k = 4.0
+    at_one = h["h"](k, k, k, ())
+    assert abs(at_one - h1["h"](k, ())) <= 1e-14
+    for eps in (1e-4, 1e-8, 1e-12, 1e-16):
+        assert abs(h["h"](k, k * (1 - eps), k, ()) - at_one) <= 2 * math.sqrt(eps) + 1e-15
+    assert h["h"](k, k * (1 + 1e-12), k, ()) == at_one  # clipped to ρ = 1
+    relu2 = _rule(RELU, RELU)["h"]
+    assert abs(relu2(2.0, 3.0, 4.5, ()) - _rule(RELU**2)["h"](3.0, ())) <= 1e-15 * 3
+    assert abs(_rule(RELU**2)["h_np"](np.array([3.0]), ())[0] - 1.5) <= 1e-15
+
+
+MIXED = {  # name: (nonlinearity lines, r(z), r'(z) for the reference)
+    "relu_erf": ("a = relu(g)\nb = erf(g)\nr = 0.5*a + b",
+                 lambda z: 0.5 * _relu(z) + math.erf(z),
+                 lambda z: 0.5 * (z > 0) + 2 / math.sqrt(math.pi) * math.exp(-z * z)),
+    "abs_square": ("a = abs(g)\nb = monomial(g, degree=2)\nr = a + b",
+                   lambda z: abs(z) + z * z, lambda z: math.copysign(1.0, z) + 2 * z),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MIXED))
+def mixed(request, tmp_path_factory):
+    lines, r, dr = MIXED[request.param]
+    spec = tmp_path_factory.mktemp("mixed") / f"{request.param}.ntk"
+    spec.write_text(f"network {request.param}\ninput x : vector[3]\n"
+                    f"g = dense(x, w_std=1.2, b_std=0.1)\n{lines}\ny = dense(r)\noutput y\n")
+    return ntkc.load(spec), r, dr
+
+
+def test_mixed_kinked_programs(mixed):
+    """Two nonlinearities of one line (E[relu(u)·erf(v)], E[|u|·v²]): accepted, both
+    backends agree, symmetric, and the last layer matches scipy (dblquad, split)."""
+    model, r, dr = mixed
+    rng = np.random.default_rng(11)
+    x1, x2 = rng.standard_normal((7, 3)), 2.5 * rng.standard_normal((4, 3))
+    k12, k21 = model.kernel(x1, x2), model.kernel(x2, x1)
+    for a, b, c in zip(k12, model.kernel(x1, x2, backend="numpy"), k21):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * np.abs(b).max())
+        np.testing.assert_allclose(a, c.T, rtol=0, atol=1e-14 * np.abs(a).max())
+    for i, j in ((0, 0), (1, 3), (6, 2)):
+        k11, k12_, k22 = (1.44 * float(a @ b) / 3 + 0.01
+                          for a, b in ((x1[i], x1[i]), (x1[i], x2[j]), (x2[j], x2[j])))
+        e, size = _split_dblquad(r, r, k11, k12_, k22)
+        d = _split_dblquad(dr, dr, k11, k12_, k22)[0]
+        assert abs(k12.nngp[i, j] - e) <= 1e-10 * size
+        assert abs(k12.ntk[i, j] - (e + d * k12_)) <= 1e-10 * (size + abs(d * k12_))
+
+
+def test_user_leaky_relu_matches_builtin(tmp_path):
+    """max(z, 0) + min(z, 0)/2: the polar rule in every expectation (pair, φ'·φ',
+    variance), against the closed form of leaky_relu(alpha=0.5), over variances 0.1–200."""
+    x = np.random.default_rng(12).standard_normal((6, 3)) * np.array([0.3, 3, 10, 1, 1, 1])[:, None]
+    kernels = []
+    for decl, call in (("nonlin f(z) = max(z, 0) + min(z, 0)/2\n", "f({})"),
+                       ("", "leaky_relu({}, alpha=0.5)")):
+        spec = tmp_path / f"n{len(decl)}.ntk"
+        spec.write_text(f"network n{len(decl)}\ninput x : vector[3]\n{decl}"
+                        f"g = dense(x, w_std=1.2, b_std=0.1)\nh = {call.format('g')}\n"
+                        f"g2 = dense(h)\nh2 = {call.format('g2')}\ny = dense(h2)\noutput y\n")
+        kernels.append(ntkc.load(spec).kernel(x))
+    for a, b in zip(*kernels):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-13 * np.abs(b).max())
+
+
+def test_polar_guard_sound():
+    """Beyond its finest level the polar rule's error grows (smooth factors sharpen):
+    the guard's estimate tracks it and refuses it."""
+    ns = _rule(RELU, sympy.erf(Z))
+    ns["_Q_HELPERS"] = {"h": (ns["h_f"], 2, True)}
+    ns["_Q_ERRORS"] = {}
+    for k, refused in ((50.0, False), (5000.0, True)):
+        est, at = ns["quadrature_error"]("h", k, ())
+        assert (est > 1e-6) == refused, (k, est)
+        true = max(abs(ns["h"](at, rho * at, at, ()) - ref) / size for rho in (0.5, 0.9, 0.99)
+                   for ref, size in [_split_dblquad(_relu, math.erf, at, rho * at, at)])
+        assert true <= 10 * est + 1e-13 and (not refused or est <= 30 * true), (k, est, true)
 
 
 def _error_table(degrees=(16, 32, 64), ks=(0.5, 2, 5, 30, 50, 100, 300)) -> None:
@@ -215,8 +403,33 @@ def _error_table(degrees=(16, 32, 64), ks=(0.5, 2, 5, 30, 50, 100, 300)) -> None
             print(f"n = {n} {label}: " + " | ".join(f"k={k}: {c}" for k, c in zip(ks, cells)))
 
 
+def _polar_table(ks=(0.5, 2, 5, 30, 50, 128, 500, 2000)) -> None:
+    """README's polar table: error against split dblquad (guard's estimate; R: refused)."""
+    def sgn(z):
+        return math.copysign(1.0, z) if z else 0.0
+
+    derf = 2 / sympy.sqrt(sympy.pi) * sympy.exp(-Z**2)
+    for label, f, g, fs, gs in (
+            ("relu·relu", RELU, RELU, _relu, _relu), ("abs·z²", ABS, SQ, abs, lambda z: z * z),
+            ("relu·erf", RELU, sympy.erf(Z), _relu, math.erf),
+            ("sign·tanh", sympy.sign(Z), sympy.tanh(Z), sgn, math.tanh),
+            ("step·erf'", sympy.Heaviside(Z), derf, lambda z: float(z > 0),
+             lambda z: 2 / math.sqrt(math.pi) * math.exp(-z * z))):
+        ns = _rule(f, g)
+        ns.update(_Q_HELPERS={"h": (ns["h_f"], 2, True)}, _Q_ERRORS={})
+        cells = []
+        for k in ks:
+            err = max(abs(ns["h_np"](k, rho * k, k, ())[()] - ref) / size
+                      for rho in (-0.5, 0.3, 0.9, 0.99)
+                      for ref, size in [_split_dblquad(fs, gs, k, rho * k, k)])
+            est = ns["quadrature_error"]("h", k, ())[0]
+            cells.append(f"{err:.0e} ({est:.0e}){' R' if est > 1e-6 else ''}")
+        print(label + ": " + " | ".join(f"k={k}: {c}" for k, c in zip(ks, cells)))
+
+
 if __name__ == "__main__":
     import warnings
 
     warnings.simplefilter("ignore", integrate.IntegrationWarning)
     _error_table()
+    _polar_table()

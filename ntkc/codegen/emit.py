@@ -55,7 +55,7 @@ def _quad_printed(t: type, printer) -> tuple[str, str | None]:
 def quad_scalar(name: str, t: type, printer) -> list[str]:
     """A scalar quadrature helper (no decorator): the same text serves @numba.njit
     and @cuda.jit(device=True), so the CPU and GPU kernels integrate identically."""
-    return quadrature.scalar_helper(name, t.integrand.dims, *_quad_printed(t, printer))
+    return quadrature.scalar_helper(name, t.integrand, *_quad_printed(t, printer))
 
 
 class ModuleWriter:
@@ -128,14 +128,14 @@ class ModuleWriter:
         and one numpy helper per expectation (ntkc.quadrature)."""
         if not self.helpers:
             return []
-        src = quadrature.module_text(self.quad_degree)
+        src = quadrature.module_text(self.quad_degree, self.helpers)
         for t, name in self.helpers.items():
             _, npy = self._printers()
             # The scalar helper's text is shared with the cuda target: libm's acos there.
             nb = NumbaPrinter(dict(self.names), dict(self.helpers))
             src += [f"# {t.__name__}: Gaussian expectation by quadrature",
                     "@numba.njit(cache=True)", *quad_scalar(name, t, nb), "", ""]
-            src += quadrature.numpy_helper(name, t.integrand.dims, *_quad_printed(t, npy)) + [""]
+            src += quadrature.numpy_helper(name, t.integrand, *_quad_printed(t, npy)) + [""]
         return src + quadrature.guard_text(self.helpers, self.quad_checks)
 
     # -- point and pair phases -------------------------------------------------------------
