@@ -324,11 +324,16 @@ class _Gen:
         chans = {t.channels for t in terms if t.channels is not None}
         if len(chans) > 1:
             return None
-        parts = []
+        parts, totals = [], {}
         for i, t in enumerate(terms):
             coef = "" if self.c.chance(0.3) else f"{self.scalar(0.2, 1.5)} * "
             sign = " - " if i and self.c.chance(0.2) else " + "
             parts.append((sign if i else "") + coef + t.name)
+            value = self.params[coef[:-3]][0] if coef[:-3] in self.params else (
+                float(coef[:-3]) if coef else 1.0)
+            totals[t.name] = totals.get(t.name, 0.0) + (-value if sign == " - " else value)
+        # Terms that cancel (`g - g`) give a zero line: no layer_norm or φ of it below.
+        cancels = all(abs(v) < 1e-12 for v in totals.values())
         self.ops.add("lincomb")
         if len(terms) > len({t.name for t in terms}):
             self.ops.add("lincomb-same-line")
@@ -337,8 +342,10 @@ class _Gen:
         acts = frozenset().union(*(t.acts | ({t.name} if t.act else set()) for t in terms))
         line = Line(self.fresh("r"), terms[0].spatial, chans.pop() if chans else None, gaussian,
                     "linear", roots, terms[0].pool, acts=acts,
-                    constant=all(t.constant for t in terms),
+                    constant=cancels or all(t.constant for t in terms),
                     raw=any(t.raw or t.kind == "input" for t in terms))
+        if cancels:
+            self.ops.add("lincomb-cancelling")
         return self.add(line, "".join(parts))
 
     def concat(self, terms: list[Line]) -> Line | None:
