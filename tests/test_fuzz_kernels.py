@@ -37,6 +37,8 @@ KNOWN = [
     # The oracle's own refusals (not ntkc's): e.g. "a nonlinearity's correlation with the
     # raw input" where ntkc never needs it (concat against concat pairs aligned parts).
     ("oracle-error", "", ""),
+    # `ntkc show --latex` of relu networks: Clip1._latex() got an unexpected keyword 'exp'.
+    ("traceback", "_latex", ""),
 ]
 
 SETTINGS = {"derandomize": True, "deadline": None, "database": None,
@@ -269,6 +271,12 @@ output r3""", "vector[2]"),
 })
 
 OPEN: dict[str, str] = {
+    # `ntkc show --latex`: TypeError Clip1._latex() got an unexpected keyword argument 'exp'.
+    "show_latex_relu": _net("""
+g1 = dense(x)
+h2 = relu(g1)
+g3 = dense(h2)
+output g3""", "vector[4]"),
     # A constant covariance folded into exact huge integers: numpy.sqrt(5411907…001) is an
     # object, TypeError in the numpy backend.
     "constant_variance_exact_ints": _net("""

@@ -117,6 +117,13 @@ def check_program(text: str, rng: np.random.Generator, numba: bool = False,
     except Exception:  # noqa: BLE001 - any other exception is the finding
         return ["traceback: compile: " + _last(traceback.format_exc())]
     try:
+        from ntkc.show import show
+
+        for style in ("text", "latex", "sympy"):  # `ntkc show` of every valid program
+            show(model.compiled.recursion, style, structure=style == "text")
+    except Exception:  # noqa: BLE001 - any exception is the finding
+        return ["traceback: show: " + _last(traceback.format_exc())]
+    try:
         out = _check_model(model, text, rng, numba, oracle, continuity)
         if zero_inputs and not out:
             out += _check_zero_inputs(model, text, rng, numba)
