@@ -29,10 +29,8 @@ from fuzz.syntax import (
 LIMIT = 20  # seconds per input
 
 # Open findings: crashes that match these fragments are known (see the issue) and do not
-# fail CI until their fix lands; remove an entry then.
-KNOWN = [
-    "RecursionError",  # deep nesting in a nonlin body: not yet a positioned SpecError
-]
+# fail CI until their fix lands; remove an entry then. (None open at the moment.)
+KNOWN: list[str] = []
 
 
 def unexpected(violations: list[str]) -> list[str]:
@@ -86,7 +84,7 @@ def test_edge_cases(text):
     assert unexpected(check_syntax(text, LIMIT)) == []
 
 
-# Findings of the syntax campaigns that are fixed: exactly no violation.
+# Findings of the syntax campaigns, all fixed: exactly no violation now.
 FIXED = {
     "deep_parens": "network t\nnonlin f(z) = " + "(" * 400 + "z" + ")" * 400
     + "\ninput x : vector[2]\ng = dense(x)\nh = f(g)\noutput h\n",
@@ -94,17 +92,8 @@ FIXED = {
     + "\ninput x : vector[2]\ng = dense(x)\nh = f(g)\noutput h\n",
     "deeper_parens": "network t\nnonlin f(z) = " + "(" * 2000 + "z" + ")" * 2000
     + "\ninput x : vector[2]\ng = dense(x)\nh = f(g)\noutput h\n",
-}
-
-
-@pytest.mark.parametrize("name", sorted(FIXED))
-def test_fixed_finding(name):
-    assert check_syntax(FIXED[name], LIMIT) == []
-
-
-# Open findings, as non-strict xfails: once one XPASSes on main, move it to FIXED (and drop
-# its KNOWN entry when no campaign finds the class any more).
-OPEN = {
+    "nested_exp": "network t\nnonlin f(z) = " + "exp(" * 200 + "z" + ")" * 200
+    + "\ninput x : vector[2]\ng = dense(x)\nh = f(g)\noutput h\n",
     "cancelling_lincomb": "network t\ninput x : vector[2]\ng = dense(x)\nr = g - g\noutput r\n",
     "cancelling_input": "network t\ninput x : vector[4]\nr = x - x\noutput x\n",
     "zero_coefficient": "network t\ninput x : vector[2]\ng = dense(x)\nr = 0 * g\noutput r\n",
@@ -113,15 +102,12 @@ OPEN = {
     "stride=[3.4e+38])\nf = flatten(g)\ny = dense(f)\noutput y\n",
     "huge_exponent": "network t\nnonlin f(z) = z^1e99999\ninput x : vector[2]\ng = dense(x)\n"
     "output g\n",
-    "nested_exp": "network t\nnonlin f(z) = " + "exp(" * 200 + "z" + ")" * 200
-    + "\ninput x : vector[2]\ng = dense(x)\nh = f(g)\noutput h\n",
 }
 
 
-@pytest.mark.parametrize("name", sorted(OPEN))
-@pytest.mark.xfail(strict=False, reason="open fuzzing finding")
-def test_open_finding(name):
-    assert check_syntax(OPEN[name], 5) == []
+@pytest.mark.parametrize("name", sorted(FIXED))
+def test_fixed_finding(name):
+    assert check_syntax(FIXED[name], LIMIT) == []
 
 
 def test_ten_thousand_lines():
