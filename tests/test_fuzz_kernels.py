@@ -31,9 +31,6 @@ from ntkc.errors import SpecError
 KNOWN = [
     # Not a violation: the quadrature's documented refusal of large variances (QUAD_TOL).
     ("refused", "", ""),
-    # A linear combination that cancels (`r = h - h`): IndexError in shape_lincomb
-    # (test_fuzz_syntax.py OPEN cancelling_lincomb).
-    ("traceback", "shape_lincomb", ""),
     # The oracle's own refusals (not ntkc's): e.g. "a nonlinearity's correlation with the
     # raw input" where ntkc never needs it (concat against concat pairs aligned parts).
     ("oracle-error", "", ""),
