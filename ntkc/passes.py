@@ -7,9 +7,19 @@ from .errors import Reporter
 from .ir import Program
 from .rules import RULES
 
+# Lines along the longest path from the input: the derivation recurses once per line
+# of it (Python's recursion limit is met near 200), and code generation grows fast
+# with depth. 128 is 64 dense + nonlinearity layers.
+MAX_CHAIN = 128
+
 
 def infer_shapes(program: Program, r: Reporter) -> None:
+    chain: dict[str, int] = {}
     for node in program.nodes.values():
+        chain[node.name] = 1 + max((chain[i] for i in node.inputs), default=0)
+        if chain[node.name] > MAX_CHAIN:
+            raise r.fail(f"network too deep: '{node.name}' is {chain[node.name]} lines from the "
+                         f"input along its longest path (at most {MAX_CHAIN})", node.pos)
         if node.op == "input":
             continue
         in_shapes = [program.nodes[i].shape for i in node.inputs]

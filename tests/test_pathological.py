@@ -164,6 +164,11 @@ LIMITS = [
 ]
 
 
+DEEP = "input x : vector[3]\nh0 = dense(x)\n" + "".join(
+    f"g{i} = dense(h{i - 1})\nh{i} = relu(g{i})\n" for i in range(1, 200)) + "output h199\n"
+LIMITS.append((DEEP, "129:7", "network too deep: 'g64' is 129 lines from the input"))
+
+
 @pytest.mark.parametrize("text,where,message", LIMITS,
                          ids=[f"limit{i}" for i in range(len(LIMITS))])
 def test_limits_are_positioned_errors(text, where, message):
