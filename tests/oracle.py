@@ -149,8 +149,11 @@ class Oracle:
 
     def _linear(self, kind, node, other):
         op = node.op
-        if op == "lincomb":
-            return sum(self.num(c) * self.cov(kind, u, other) for c, u in node.attrs["terms"])
+        if op == "lincomb":  # no terms: coefficients that cancel (g - g), the zero line
+            zero = np.zeros((len(self.z), self._positions(node.name), len(self.z),
+                             self._positions(other)))
+            return sum((self.num(c) * self.cov(kind, u, other) for c, u in node.attrs["terms"]),
+                       zero)
         if op == "concat":
             mine = self._parts(node)
             o = self.prog.nodes[other]

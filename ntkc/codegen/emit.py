@@ -46,7 +46,8 @@ def _block(outputs: list[sympy.Expr], printer, indent: str, tmp: str) -> tuple[l
 def _quad_printed(t: type, printer) -> tuple[str, str | None]:
     """f(u) and g(v) of an expectation class, printed."""
     it = t.integrand
-    u, v = sympy.Symbol("u"), sympy.Symbol("v")
+    # real, as the integrand's z: otherwise xreplace re-evaluates nested functions (2× per level)
+    u, v = sympy.Symbol("u", real=True), sympy.Symbol("v", real=True)
     printer.names[u], printer.names[v] = "u", "v"
     fu = printer.doprint(it.f.xreplace({it.z: u}))
     return fu, None if it.dims == 1 else printer.doprint(it.g.xreplace({it.z: v}))

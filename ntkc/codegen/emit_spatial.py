@@ -318,15 +318,22 @@ class SpatialWriter:
                 src += self._np_loop(targets, exprs, self.structure[run[0].symbol], phase)
         return src
 
-    def _np_loop(self, targets, exprs, loop: str, phase: str) -> list[str]:
+    def _np_loop(self, targets, exprs, loop: str, phase: str, spatial=None) -> list[str]:
         names = {s: self._ref_np(s, phase, loop) for e in exprs for s in e.free_symbols}
         src, outs = _cse(exprs, ArrayPrinter(names, {}), "    ")
+        if spatial is not None and loop != SCALAR:
+            # a constant array (layer_norm's variance, φ of a zero line) is an array all
+            # the same: the stencils below read it with its batch and position axes
+            batch = "x2.shape[0]" if phase == "pair" else "x.shape[0]"
+            shape = f"({batch}, {spatial[0]}" + (f", {spatial[1]})" if loop == FULL else ")")
+            outs = [f"numpy.full({shape}, {o})" if e.is_Number else o
+                    for e, o in zip(exprs, outs)]
         return src + [f"    {self._np_target(t, phase)} = {o}" for t, o in zip(targets, outs)]
 
     def _np_local(self, run, phase: str, slots) -> list[str]:
         loop = self.structure[run[0].symbol]
         targets, exprs = self._local_exprs(run)
-        src = self._np_loop(targets, exprs, loop, phase)
+        src = self._np_loop(targets, exprs, loop, phase, run[0].spatial)
         for a in run:
             if phase == "point" and a.diag is not None and loop == FULL:
                 name = self.rec.code_names[a.symbol]
