@@ -4,6 +4,7 @@ signature, and build the sympy values (params, coefficients, nonlinearities)."""
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 
@@ -26,6 +27,7 @@ RESERVED = set(CALLABLE_OPS) | set(BUILTINS)
 MAX_DEGREE = {"monomial": 64, "polynomial": 64, "rectified_monomial": 16, "nonlin": 64}
 NONNEGATIVE = ("w_std", "b_std")
 MAX_INT = 2**31 - 1  # sizes, strides, widths: past it numpy's index arithmetic overflows
+MAX_POSITIONS = 2**20  # positions of a sequence or image input (1024 × 1024)
 
 
 def _suggest(name: str, options) -> str:
@@ -120,6 +122,10 @@ class Builder:
                               f"got {len(st.dims)}", st.kind_pos)
         if 0 in st.dims:
             raise self.r.fail("input sizes must be positive", st.kind_pos)
+        if math.prod(st.dims[:-1]) > MAX_POSITIONS:
+            # the tap tables alone (positions × taps) would not fit in memory
+            raise self.r.fail(f"an input has at most {MAX_POSITIONS} positions "
+                              f"({' × '.join(map(str, st.dims[:-1]))} given)", st.kind_pos)
         self._define(st.name, st.pos, "input")
         shape = Shape(st.kind, tuple(st.dims[:-1]), st.dims[-1])
         self.nodes[st.name] = Node(st.name, "input", (), {}, st.pos, shape)

@@ -78,8 +78,10 @@ class Clip1(sympy.Function):
             return f"{hi}({lo}({arg}, -1.0), 1.0)"
         return f"min(max({arg}, -1.0), 1.0)"
 
-    def _latex(self, printer) -> str:
-        return r"\operatorname{clip}_{[-1,1]}\left(" + printer._print(self.args[0]) + r"\right)"
+    def _latex(self, printer, exp: str | None = None) -> str:
+        # exp: the LaTeX printer passes the power when Clip1(...) is raised to one
+        out = r"\operatorname{clip}_{[-1,1]}\left(" + printer._print(self.args[0]) + r"\right)"
+        return out if exp is None else f"{out}^{{{exp}}}"
 
 
 @dataclass(frozen=True)

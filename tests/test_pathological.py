@@ -263,3 +263,12 @@ def test_cli_gram_writes_exactly_the_named_file(cli_dir):
     with np.load(cli_dir / "k.npz") as f:
         np.testing.assert_allclose(np.load(cli_dir / "k.npy"), f["nngp"], rtol=1e-12)
     assert not list(cli_dir.glob("*.npy.np*")) and not list(cli_dir.glob("*.npz.np*"))
+
+
+def test_input_positions_bounded():
+    # 2^31 positions once allocated 16 GiB of tap tables before any error (fuzzing)
+    start = time.perf_counter()
+    msg = error_of("network t\ninput x : sequence[2147483648, 3]\ng = conv(x, filter=[3])\n"
+                   "p = flatten(g)\ny = dense(p)\noutput y\n")
+    assert "at most 1048576 positions" in msg and "t.ntk:2:11" in msg, msg
+    assert time.perf_counter() - start < 5

@@ -28,6 +28,10 @@ class _Names:
     def doprint(self, expr, *args, **kwargs):
         # k/|k| (a dual at x = x'): a zero variance gives 0 there, not 0/0 (see hoist.TINY)
         if isinstance(expr, sympy.Basic):
+            # exact constants folded past 2^53 (a layer_norm'd variance squared...) would
+            # print as Python ints that numpy.sqrt cannot take: print them as floats
+            expr = expr.xreplace({n: sympy.Float(n, 17) for n in expr.atoms(sympy.Rational)
+                                  if max(abs(n.p), n.q) > 2**53})
             expr = expr.replace(
                 lambda e: e.is_Pow and isinstance(e.base, sympy.Abs) and e.exp.is_negative,
                 lambda e: sympy.Max(e.base, TINY) ** e.exp)
