@@ -250,7 +250,6 @@ output y""", "sequence[6, 1]"),
 })
 
 
-# Open findings, as non-strict xfails: once one XPASSes on main, move it into REGRESSIONS.
 REGRESSIONS.update({
     # ntkc dropped the delta in sign' in the Stein cross term E[g·sign(g')]: 35% off the
     # oracle and Monte Carlo. Same for rectified_monomial degree 0 (fixed in c10b09c).
