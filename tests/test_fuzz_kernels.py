@@ -276,6 +276,13 @@ g3 = dense(h2)
 output g3""", "vector[4]"),
     # A constant covariance folded into exact huge integers: numpy.sqrt(5411907…001) was an
     # object, TypeError in the numpy backend (constants past 2^53 now print as floats).
+    # Zero inputs through a one-position SAME conv and rectified_monomial: cse lifted |k|
+    # out of the k/max(|k|, tiny) guard, so numba's point phase divided 0 by 0 (SystemError).
+    "zero_input_cse_abs": _net("""
+g2 = conv(x, filter=[2], padding=same)
+h3 = rectified_monomial(g2, degree=2)
+f4 = global_avg_pool(h3)
+output f4""", "sequence[1, 2]"),
     "constant_variance_exact_ints": _net("""
 g2 = dense(x)
 n4 = layer_norm(g2)
@@ -296,6 +303,7 @@ def test_regression_numpy(name):
 
 # The numba kernels of the reproducers whose bug was in generated code (each costs a compile).
 NUMBA_REGRESSIONS = ["blank_positions_conv_relu", "conv_flatten_relu", "conv_relu_flatten",
+                     "zero_input_cse_abs",
                      "strided_valid_gsum_sign", "strided_valid_same_gap_erf", "vector1_monomial",
                      "zero_input_dense_relu"]
 

@@ -20,7 +20,7 @@ from ..quadrature import DEFAULT_DEGREE, GaussExpectation
 from .driver_template import DRIVER, comment, module_prologue
 from .fast_acos import ACOS_SOURCE
 from .hoist import hoist_roots
-from .printers import ArrayPrinter, CpuPrinter, NumbaPrinter
+from .printers import ArrayPrinter, CpuPrinter, NumbaPrinter, cse_block
 
 # What `--target` asks for → the device kernels the module gets. The point phase
 # (numba, CPU) and the numpy reference are in every module.
@@ -34,13 +34,6 @@ def _substituted(assignments, extra: dict) -> dict[sympy.Symbol, sympy.Expr]:
     return full
 
 
-def _block(outputs: list[sympy.Expr], printer, indent: str, tmp: str) -> tuple[list[str], list[str]]:
-    """cse the outputs: (statements, printed output expressions)."""
-    reps, reduced = sympy.cse(outputs, symbols=sympy.numbered_symbols(tmp), order="none")
-    for s, _ in reps:
-        printer.names[s] = str(s)
-    lines = [f"{indent}{s} = {printer.doprint(e)}" for s, e in reps]
-    return lines, [printer.doprint(e) for e in reduced]
 
 
 def _quad_printed(t: type, printer) -> tuple[str, str | None]:
@@ -142,7 +135,7 @@ class ModuleWriter:
     # -- point and pair phases -------------------------------------------------------------
     def point_phase(self) -> list[str]:
         nb, npy = self._printers()
-        body, outs = _block(self.point_outputs, nb, " " * 8, "t")
+        body, outs = cse_block(self.point_outputs, nb, " " * 8, "t")
         # With quadratures, both point phases end in the guard (_check_quadrature).
         kernel = "_point_numba_kernel" if self.helpers else "_point_numba"
         src = ["@numba.njit(parallel=True, cache=True)", f"def {kernel}(sqs, params, out):",
@@ -151,7 +144,7 @@ class ModuleWriter:
         if self.helpers:
             src += ["", "", "def _point_numba(sqs, params, out):",
                     f"    {kernel}(sqs, params, out)", "    _check_quadrature(out, params)"]
-        body_np, outs_np = _block(self.point_outputs, npy, "    ", "t")
+        body_np, outs_np = cse_block(self.point_outputs, npy, "    ", "t")
         src += ["", "", "def _point_numpy(sq, params):",
                 "    out = numpy.empty((sq.shape[0], N_POINT))"]
         src += body_np + [f"    out[:, {k}] = {o}" for k, o in enumerate(outs_np)]
@@ -179,7 +172,7 @@ class ModuleWriter:
 
     def pair_phase(self, name: str, outputs: list[sympy.Expr]) -> list[str]:
         nb, _ = self._printers()
-        body, outs = _block(outputs, nb, " " * 16, "t")
+        body, outs = cse_block(outputs, nb, " " * 16, "t")
         args = "G, P1, P2T, params, ntk, symmetric" if len(outputs) == 2 else \
             "G, P1, P2T, params, symmetric"
         src = [
@@ -213,7 +206,7 @@ class ModuleWriter:
         src = ["def _pairs_numpy(G, P1, P2, params):", "    dot = G"]
         src += ["    " + ln for ln in self._loads(outputs, npy, 1, "", "[:, None]")]
         src += ["    " + ln for ln in self._loads(outputs, npy, 2, "", "[None, :]")]
-        body, outs = _block(outputs, npy, "    ", "t")
+        body, outs = cse_block(outputs, npy, "    ", "t")
         src += body
         src += [f"    nngp = numpy.zeros(G.shape) + ({outs[0]})",
                 f"    ntk = numpy.zeros(G.shape) + ({outs[1]})",

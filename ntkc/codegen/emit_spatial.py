@@ -17,7 +17,6 @@ from __future__ import annotations
 from itertools import groupby
 
 import numpy as np
-import sympy
 
 from ..derive import Recursion
 from ..quadrature import GaussExpectation
@@ -26,7 +25,7 @@ from .conv_loops import conv_loops
 from .emit import TARGETS
 from .fast_acos import ACOS_SOURCE
 from .hoist import hoist_roots
-from .printers import ArrayPrinter, CpuPrinter
+from .printers import ArrayPrinter, CpuPrinter, cse_block
 from .spatial_driver import SPATIAL_DRIVER, module_head, pairs_driver
 from .spatial_stages import (
     NUMPY_STENCILS,
@@ -184,7 +183,7 @@ class SpatialWriter:
         names = {s: self._ref_nb(s, phase, loop)
                  for e in exprs for s in e.free_symbols}
         printer = CpuPrinter(names, {})
-        body, outs = _cse(exprs, printer, ind)
+        body, outs = cse_block(exprs, printer, ind)
         src += body
         for t, o in zip(targets, outs):
             slot = slots[t]
@@ -320,7 +319,7 @@ class SpatialWriter:
 
     def _np_loop(self, targets, exprs, loop: str, phase: str, spatial=None) -> list[str]:
         names = {s: self._ref_np(s, phase, loop) for e in exprs for s in e.free_symbols}
-        src, outs = _cse(exprs, ArrayPrinter(names, {}), "    ")
+        src, outs = cse_block(exprs, ArrayPrinter(names, {}), "    ")
         if spatial is not None and loop != SCALAR:
             # a constant array (layer_norm's variance, φ of a zero line) is an array all
             # the same: the stencils below read it with its batch and position axes
@@ -410,14 +409,6 @@ def _np_slice(array: str, row: str, slot) -> str:
     if slot.storage == SCALAR:
         return f"{array}[{row}, {slot.offset}]"
     return f"{array}[{row}, {slot.offset}:{slot.offset + slot.rows}]"
-
-
-def _cse(exprs, printer, indent: str) -> tuple[list[str], list[str]]:
-    reps, reduced = sympy.cse(exprs, symbols=sympy.numbered_symbols("t"), order="none")
-    for s, _ in reps:
-        printer.names[s] = str(s)
-    return ([f"{indent}{s} = {printer.doprint(e)}" for s, e in reps],
-            [printer.doprint(e) for e in reduced])
 
 
 __all__ = ["SpatialWriter", "np"]

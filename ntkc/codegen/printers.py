@@ -14,6 +14,25 @@ from sympy.printing.pycode import PythonCodePrinter
 from .hoist import TINY
 
 
+def guard_zero_variance(expr: sympy.Expr) -> sympy.Expr:
+    """k/|k| (a dual at x = x') as k/max(|k|, TINY): a zero variance gives 0, not 0/0
+    (see hoist.TINY). Applied before cse too, which would otherwise lift |k| out of reach."""
+    return expr.replace(
+        lambda e: e.is_Pow and isinstance(e.base, sympy.Abs) and e.exp.is_negative,
+        lambda e: sympy.Max(e.base, TINY) ** e.exp)
+
+
+def cse_block(exprs: list, printer, indent: str, tmp: str = "t") -> tuple[list[str], list[str]]:
+    """The expressions with common subexpressions eliminated: (statements, printed
+    expressions)."""
+    exprs = [guard_zero_variance(e) if isinstance(e, sympy.Basic) else e for e in exprs]
+    reps, reduced = sympy.cse(exprs, symbols=sympy.numbered_symbols(tmp), order="none")
+    for s, _ in reps:
+        printer.names[s] = str(s)
+    return ([f"{indent}{s} = {printer.doprint(e)}" for s, e in reps],
+            [printer.doprint(e) for e in reduced])
+
+
 class _Names:
     """Shared naming for both backends."""
 
@@ -26,15 +45,12 @@ class _Names:
         return self.names.get(s) or super()._print_Symbol(s)
 
     def doprint(self, expr, *args, **kwargs):
-        # k/|k| (a dual at x = x'): a zero variance gives 0 there, not 0/0 (see hoist.TINY)
         if isinstance(expr, sympy.Basic):
             # exact constants folded past 2^53 (a layer_norm'd variance squared...) would
             # print as Python ints that numpy.sqrt cannot take: print them as floats
-            expr = expr.xreplace({n: sympy.Float(n, 17) for n in expr.atoms(sympy.Rational)
-                                  if max(abs(n.p), n.q) > 2**53})
-            expr = expr.replace(
-                lambda e: e.is_Pow and isinstance(e.base, sympy.Abs) and e.exp.is_negative,
-                lambda e: sympy.Max(e.base, TINY) ** e.exp)
+            expr = guard_zero_variance(expr.xreplace(
+                {n: sympy.Float(n, 17) for n in expr.atoms(sympy.Rational)
+                 if max(abs(n.p), n.q) > 2**53}))
         return super().doprint(expr, *args, **kwargs)
 
     def _print_Function(self, e):
