@@ -84,7 +84,7 @@ DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)
 _np_erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
-@numba.njit(inline="always", error_model="numpy")
+@numba.njit(error_model="numpy")
 def _acos(x):
     # fdlibm's acos with selects instead of branches; x in [-1, 1] (clipped by the caller).
     ax = abs(x)
@@ -104,130 +104,151 @@ def _acos(x):
              if x < 0.0 else 2.0 * (s + w))
     return large if big else small
 
+@numba.njit(cache=True)
+def _point_one(sq, params, out, i):
+    V1_0_x = sq
+    t0 = params[1]**2
+    t1 = params[0]**2
+    V1_1_g1 = V1_0_x*t1 + t0
+    t2 = 2*V1_1_g1
+    t3 = 1/math.pi
+    t4 = 2*t3
+    V1_2_h1 = t4*math.asin(t2/(t2 + 1))
+    V1_3_g2 = V1_2_h1*t1 + t0
+    t5 = 2*V1_3_g2
+    V1_4_h2 = t4*math.asin(t5/(t5 + 1))
+    V1_5_y = V1_4_h2*t1 + t0
+    t6 = 4*V1_1_g1
+    U1_2_h1 = t3*t6/math.sqrt(t6 + 1)
+    U1_3_g2 = V1_3_g2 + t1*U1_2_h1
+    U1_4_h2 = 4*t3*U1_3_g2/math.sqrt(4*V1_3_g2 + 1)
+    U1_5_y = V1_5_y + t1*U1_4_h2
+    out[i, 0] = V1_0_x
+    out[i, 1] = V1_1_g1
+    out[i, 2] = V1_2_h1
+    out[i, 3] = V1_3_g2
+    out[i, 4] = V1_4_h2
+    out[i, 5] = V1_5_y
+    out[i, 6] = U1_2_h1
+    out[i, 7] = U1_3_g2
+    out[i, 8] = U1_4_h2
+    out[i, 9] = U1_5_y
+    out[i, 10] = V1_5_y
+    out[i, 11] = U1_5_y
+
+
 @numba.njit(parallel=True, cache=True)
 def _point_numba(sqs, params, out):
     for i in numba.prange(sqs.shape[0]):
-        sq = sqs[i]
-        t0 = params[1]**2
-        t1 = params[0]**2
-        t2 = t1*sq
-        t3 = t0 + t2
-        t4 = 2*t0 + 1
-        t5 = math.asin(2*t3/(2*t2 + t4))
-        t6 = 1/math.pi
-        t7 = 2*t6
-        t8 = t5*t7
-        t9 = t0 + t1*t8
-        t10 = 4*t6
-        t11 = t1*t5
-        t12 = t7*math.asin(2*t9/(t10*t11 + t4))
-        t13 = t0 + t1*t12
-        t14 = 4*t0 + 1
-        t15 = t10*t3/math.sqrt(t14 + 4*t2)
-        t16 = t1*t15 + t9
-        t17 = t10*t16/math.sqrt(8*t11*t6 + t14)
-        t18 = t1*t17 + t13
-        out[i, 0] = sq
-        out[i, 1] = t3
-        out[i, 2] = t8
-        out[i, 3] = t9
-        out[i, 4] = t12
-        out[i, 5] = t13
-        out[i, 6] = t15
-        out[i, 7] = t16
-        out[i, 8] = t17
-        out[i, 9] = t18
-        out[i, 10] = t13
-        out[i, 11] = t18
+        _point_one(sqs[i], params, out, i)
 
 
 def _point_numpy(sq, params):
     out = numpy.empty((sq.shape[0], N_POINT))
+    V1_0_x = sq
     t0 = params[1]**2
     t1 = params[0]**2
-    t2 = t1*sq
-    t3 = t0 + t2
-    t4 = 2*t0 + 1
-    t5 = numpy.arcsin(2*t3/(2*t2 + t4))
-    t6 = numpy.pi**(-1.0)
-    t7 = 2*t6
-    t8 = t5*t7
-    t9 = t0 + t1*t8
-    t10 = 4*t6
-    t11 = t1*t5
-    t12 = t7*numpy.arcsin(2*t9/(t10*t11 + t4))
-    t13 = t0 + t1*t12
-    t14 = 4*t0 + 1
-    t15 = t10*t3/numpy.sqrt(t14 + 4*t2)
-    t16 = t1*t15 + t9
-    t17 = t10*t16/numpy.sqrt(8*t11*t6 + t14)
-    t18 = t1*t17 + t13
-    out[:, 0] = sq
-    out[:, 1] = t3
-    out[:, 2] = t8
-    out[:, 3] = t9
-    out[:, 4] = t12
-    out[:, 5] = t13
-    out[:, 6] = t15
-    out[:, 7] = t16
-    out[:, 8] = t17
-    out[:, 9] = t18
-    out[:, 10] = t13
-    out[:, 11] = t18
+    V1_1_g1 = V1_0_x*t1 + t0
+    t2 = 2*V1_1_g1
+    t3 = numpy.pi**(-1.0)
+    t4 = 2*t3
+    V1_2_h1 = t4*numpy.arcsin(t2/(t2 + 1))
+    V1_3_g2 = V1_2_h1*t1 + t0
+    t5 = 2*V1_3_g2
+    V1_4_h2 = t4*numpy.arcsin(t5/(t5 + 1))
+    V1_5_y = V1_4_h2*t1 + t0
+    t6 = 4*V1_1_g1
+    U1_2_h1 = t3*t6/numpy.sqrt(t6 + 1)
+    U1_3_g2 = V1_3_g2 + t1*U1_2_h1
+    U1_4_h2 = 4*t3*U1_3_g2/numpy.sqrt(4*V1_3_g2 + 1)
+    U1_5_y = V1_5_y + t1*U1_4_h2
+    out[:, 0] = V1_0_x
+    out[:, 1] = V1_1_g1
+    out[:, 2] = V1_2_h1
+    out[:, 3] = V1_3_g2
+    out[:, 4] = V1_4_h2
+    out[:, 5] = V1_5_y
+    out[:, 6] = U1_2_h1
+    out[:, 7] = U1_3_g2
+    out[:, 8] = U1_4_h2
+    out[:, 9] = U1_5_y
+    out[:, 10] = V1_5_y
+    out[:, 11] = U1_5_y
     return out
+
+@numba.njit(cache=True)
+def _pairs_nngp_row(i, G, P1, P2T, params, symmetric):
+    n2 = G.shape[1]
+    V1_1_g1 = P1[i, 1]
+    V1_3_g2 = P1[i, 3]
+    j0 = max(i, 0) if symmetric else 0
+    Gi = G[i]
+    for k in range(n2 - j0):
+        j = j0 + k
+        dot = Gi[j]
+        V2_1_g1 = P2T[1, j]
+        V2_3_g2 = P2T[3, j]
+        t0 = params[1]**2
+        t1 = params[0]**2
+        K_1_g1 = t0 + t1*dot
+        t2 = 2/math.pi
+        K_2_h1 = t2*math.asin(2*K_1_g1/(math.sqrt(2*V2_1_g1 + 1)*math.sqrt(2*V1_1_g1 + 1)))
+        K_3_g2 = K_2_h1*t1 + t0
+        K_4_h2 = t2*math.asin(2*K_3_g2/(math.sqrt(2*V2_3_g2 + 1)*math.sqrt(2*V1_3_g2 + 1)))
+        K_5_y = K_4_h2*t1 + t0
+        Gi[j] = K_5_y
+
 
 @numba.njit(parallel=True, cache=True)
 def _pairs_nngp(G, P1, P2T, params, symmetric):
-    n1, n2 = G.shape
+    n1 = G.shape[0]
     # rows t and n1-1-t go to the same task: balanced work on the triangle
     for task in numba.prange((n1 + 1) // 2):
         for half in range(2 if 2 * task + 1 < n1 else 1):
-            i = task + half * (n1 - 1 - 2 * task)
-            V1_1_g1 = P1[i, 1]
-            V1_3_g2 = P1[i, 3]
-            j0 = max(i, 0) if symmetric else 0
-            Gi = G[i]
-            for k in range(n2 - j0):
-                j = j0 + k
-                dot = Gi[j]
-                V2_1_g1 = P2T[1, j]
-                V2_3_g2 = P2T[3, j]
-                t0 = params[1]**2
-                t1 = params[0]**2
-                t2 = 2*t1/math.pi
-                Gi[j] = t0 + t2*math.asin(2*(t0 + t2*math.asin(2*(t0 + t1*dot)/(math.sqrt(2*V2_1_g1 + 1)*math.sqrt(2*V1_1_g1 + 1))))/(math.sqrt(2*V2_3_g2 + 1)*math.sqrt(2*V1_3_g2 + 1)))
+            _pairs_nngp_row(task + half * (n1 - 1 - 2 * task), G, P1, P2T, params, symmetric)
+
+@numba.njit(cache=True)
+def _pairs_both_row(i, G, P1, P2T, params, ntk, symmetric):
+    n2 = G.shape[1]
+    V1_1_g1 = P1[i, 1]
+    V1_3_g2 = P1[i, 3]
+    j0 = max(i, 0) if symmetric else 0
+    Gi = G[i]
+    Ti = ntk[i]
+    for k in range(n2 - j0):
+        j = j0 + k
+        dot = Gi[j]
+        V2_1_g1 = P2T[1, j]
+        V2_3_g2 = P2T[3, j]
+        t0 = params[1]**2
+        t1 = params[0]**2
+        K_1_g1 = t0 + t1*dot
+        t2 = 2*V2_1_g1 + 1
+        t3 = 2*V1_1_g1
+        t4 = 1/math.pi
+        t5 = 2*t4
+        K_2_h1 = t5*math.asin(2*K_1_g1/(math.sqrt(t2)*math.sqrt(t3 + 1)))
+        K_3_g2 = K_2_h1*t1 + t0
+        t6 = 2*V2_3_g2 + 1
+        t7 = 2*V1_3_g2
+        K_4_h2 = t5*math.asin(2*K_3_g2/(math.sqrt(t6)*math.sqrt(t7 + 1)))
+        K_5_y = K_4_h2*t1 + t0
+        t8 = 4*t4
+        T_2_h1 = K_1_g1*t8/math.sqrt(4*V2_1_g1*V1_1_g1 - 4*K_1_g1**2 + t2 + t3)
+        T_3_g2 = K_3_g2 + t1*T_2_h1
+        T_4_h2 = t8*T_3_g2/math.sqrt(4*V2_3_g2*V1_3_g2 - 4*K_3_g2**2 + t6 + t7)
+        T_5_y = K_5_y + t1*T_4_h2
+        Gi[j] = K_5_y
+        Ti[j] = T_5_y
+
 
 @numba.njit(parallel=True, cache=True)
 def _pairs_both(G, P1, P2T, params, ntk, symmetric):
-    n1, n2 = G.shape
+    n1 = G.shape[0]
     # rows t and n1-1-t go to the same task: balanced work on the triangle
     for task in numba.prange((n1 + 1) // 2):
         for half in range(2 if 2 * task + 1 < n1 else 1):
-            i = task + half * (n1 - 1 - 2 * task)
-            V1_1_g1 = P1[i, 1]
-            V1_3_g2 = P1[i, 3]
-            j0 = max(i, 0) if symmetric else 0
-            Gi = G[i]
-            Ti = ntk[i]
-            for k in range(n2 - j0):
-                j = j0 + k
-                dot = Gi[j]
-                V2_1_g1 = P2T[1, j]
-                V2_3_g2 = P2T[3, j]
-                t0 = params[1]**2
-                t1 = 2*V2_3_g2 + 1
-                t2 = 2*V1_3_g2
-                t3 = 2*V2_1_g1 + 1
-                t4 = 2*V1_1_g1
-                t5 = params[0]**2
-                t6 = t0 + t5*dot
-                t7 = t5/math.pi
-                t8 = 2*t7
-                t9 = t0 + t8*math.asin(2*t6/(math.sqrt(t3)*math.sqrt(t4 + 1)))
-                t10 = t0 + t8*math.asin(2*t9/(math.sqrt(t1)*math.sqrt(t2 + 1)))
-                t11 = 4*t7
-                Gi[j] = t10
-                Ti[j] = t10 + t11*(t11*t6/math.sqrt(4*V2_1_g1*V1_1_g1 + t3 + t4 - 4*t6**2) + t9)/math.sqrt(4*V2_3_g2*V1_3_g2 + t1 + t2 - 4*t9**2)
+            _pairs_both_row(task + half * (n1 - 1 - 2 * task), G, P1, P2T, params, ntk, symmetric)
 
 def _pairs_numpy(G, P1, P2, params):
     dot = G
@@ -236,19 +257,25 @@ def _pairs_numpy(G, P1, P2, params):
     V2_1_g1 = P2[:, 1][None, :]
     V2_3_g2 = P2[:, 3][None, :]
     t0 = params[1]**2
-    t1 = 2*V2_3_g2 + 1
-    t2 = 2*V1_3_g2
-    t3 = 2*V2_1_g1 + 1
-    t4 = 2*V1_1_g1
-    t5 = params[0]**2
-    t6 = t0 + t5*dot
-    t7 = t5/numpy.pi
-    t8 = 2*t7
-    t9 = t0 + t8*numpy.arcsin(2*t6/(numpy.sqrt(t3)*numpy.sqrt(t4 + 1)))
-    t10 = t0 + t8*numpy.arcsin(2*t9/(numpy.sqrt(t1)*numpy.sqrt(t2 + 1)))
-    t11 = 4*t7
-    nngp = numpy.zeros(G.shape) + (t10)
-    ntk = numpy.zeros(G.shape) + (t10 + t11*(t11*t6/numpy.sqrt(4*V2_1_g1*V1_1_g1 + t3 + t4 - 4*t6**2) + t9)/numpy.sqrt(4*V2_3_g2*V1_3_g2 + t1 + t2 - 4*t9**2))
+    t1 = params[0]**2
+    K_1_g1 = t0 + t1*dot
+    t2 = 2*V2_1_g1 + 1
+    t3 = 2*V1_1_g1
+    t4 = numpy.pi**(-1.0)
+    t5 = 2*t4
+    K_2_h1 = t5*numpy.arcsin(2*K_1_g1/(numpy.sqrt(t2)*numpy.sqrt(t3 + 1)))
+    K_3_g2 = K_2_h1*t1 + t0
+    t6 = 2*V2_3_g2 + 1
+    t7 = 2*V1_3_g2
+    K_4_h2 = t5*numpy.arcsin(2*K_3_g2/(numpy.sqrt(t6)*numpy.sqrt(t7 + 1)))
+    K_5_y = K_4_h2*t1 + t0
+    t8 = 4*t4
+    T_2_h1 = K_1_g1*t8/numpy.sqrt(4*V2_1_g1*V1_1_g1 - 4*K_1_g1**2 + t2 + t3)
+    T_3_g2 = K_3_g2 + t1*T_2_h1
+    T_4_h2 = t8*T_3_g2/numpy.sqrt(4*V2_3_g2*V1_3_g2 - 4*K_3_g2**2 + t6 + t7)
+    T_5_y = K_5_y + t1*T_4_h2
+    nngp = numpy.zeros(G.shape) + (K_5_y)
+    ntk = numpy.zeros(G.shape) + (T_5_y)
     return nngp, ntk
 
 def _check_inputs(name, x):
@@ -487,8 +514,13 @@ def _cuda():
         V2_3_g2 = P2[gj, 3]
         t0 = params[1]**2
         t1 = params[0]**2
-        t2 = 2*t1/math.pi
-        G[i, j] = t0 + t2*math.asin(2*(t0 + t2*math.asin(2*(t0 + t1*dot)/(math.sqrt(2*V2_1_g1 + 1)*math.sqrt(2*V1_1_g1 + 1))))/(math.sqrt(2*V2_3_g2 + 1)*math.sqrt(2*V1_3_g2 + 1)))
+        K_1_g1 = t0 + t1*dot
+        t2 = 2/math.pi
+        K_2_h1 = t2*math.asin(2*K_1_g1/(math.sqrt(2*V2_1_g1 + 1)*math.sqrt(2*V1_1_g1 + 1)))
+        K_3_g2 = K_2_h1*t1 + t0
+        K_4_h2 = t2*math.asin(2*K_3_g2/(math.sqrt(2*V2_3_g2 + 1)*math.sqrt(2*V1_3_g2 + 1)))
+        K_5_y = K_4_h2*t1 + t0
+        G[i, j] = K_5_y
 
     @cuda.jit
     def _pairs_both_cuda(A, B, P1, P2, params, G, ntk, i0, j0, symmetric):
@@ -524,19 +556,25 @@ def _cuda():
         V2_1_g1 = P2[gj, 1]
         V2_3_g2 = P2[gj, 3]
         t0 = params[1]**2
-        t1 = 2*V2_3_g2 + 1
-        t2 = 2*V1_3_g2
-        t3 = 2*V2_1_g1 + 1
-        t4 = 2*V1_1_g1
-        t5 = params[0]**2
-        t6 = t0 + t5*dot
-        t7 = t5/math.pi
-        t8 = 2*t7
-        t9 = t0 + t8*math.asin(2*t6/(math.sqrt(t3)*math.sqrt(t4 + 1)))
-        t10 = t0 + t8*math.asin(2*t9/(math.sqrt(t1)*math.sqrt(t2 + 1)))
-        t11 = 4*t7
-        G[i, j] = t10
-        ntk[i, j] = t10 + t11*(t11*t6/math.sqrt(4*V2_1_g1*V1_1_g1 + t3 + t4 - 4*t6**2) + t9)/math.sqrt(4*V2_3_g2*V1_3_g2 + t1 + t2 - 4*t9**2)
+        t1 = params[0]**2
+        K_1_g1 = t0 + t1*dot
+        t2 = 2*V2_1_g1 + 1
+        t3 = 2*V1_1_g1
+        t4 = 1/math.pi
+        t5 = 2*t4
+        K_2_h1 = t5*math.asin(2*K_1_g1/(math.sqrt(t2)*math.sqrt(t3 + 1)))
+        K_3_g2 = K_2_h1*t1 + t0
+        t6 = 2*V2_3_g2 + 1
+        t7 = 2*V1_3_g2
+        K_4_h2 = t5*math.asin(2*K_3_g2/(math.sqrt(t6)*math.sqrt(t7 + 1)))
+        K_5_y = K_4_h2*t1 + t0
+        t8 = 4*t4
+        T_2_h1 = K_1_g1*t8/math.sqrt(4*V2_1_g1*V1_1_g1 - 4*K_1_g1**2 + t2 + t3)
+        T_3_g2 = K_3_g2 + t1*T_2_h1
+        T_4_h2 = t8*T_3_g2/math.sqrt(4*V2_3_g2*V1_3_g2 - 4*K_3_g2**2 + t6 + t7)
+        T_5_y = K_5_y + t1*T_4_h2
+        G[i, j] = K_5_y
+        ntk[i, j] = T_5_y
 
     _CUDA_READY = True
     return cuda

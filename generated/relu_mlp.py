@@ -105,7 +105,7 @@ DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)
 _np_erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
-@numba.njit(inline="always", error_model="numpy")
+@numba.njit(error_model="numpy")
 def _acos(x):
     # fdlibm's acos with selects instead of branches; x in [-1, 1] (clipped by the caller).
     ax = abs(x)
@@ -125,204 +125,251 @@ def _acos(x):
              if x < 0.0 else 2.0 * (s + w))
     return large if big else small
 
+@numba.njit(cache=True)
+def _point_one(sq, params, out, i):
+    V1_0_x = (1/64)*sq
+    t0 = params[1]**2
+    t1 = params[0]**2
+    V1_1_g1 = V1_0_x*t1 + t0
+    V1_2_h1 = (1/2)*V1_1_g1
+    V1_3_g2 = V1_2_h1*t1 + t0
+    V1_4_h2 = (1/2)*V1_3_g2
+    V1_5_g3 = V1_4_h2*t1 + t0
+    V1_6_h3 = (1/2)*V1_5_g3
+    V1_7_g4 = V1_6_h3*t1 + t0
+    V1_8_h4 = (1/2)*V1_7_g4
+    V1_9_y = V1_8_h4*t1 + t0
+    t2 = (1/2)/math.pi
+    U1_2_h1 = V1_1_g1*(-t2*_acos(min(max(V1_1_g1/max(1.0e-300, abs(V1_1_g1)), -1.0), 1.0)) + 1/2)
+    U1_3_g2 = V1_3_g2 + t1*U1_2_h1
+    U1_4_h2 = U1_3_g2*(-t2*_acos(min(max(V1_3_g2/max(1.0e-300, abs(V1_3_g2)), -1.0), 1.0)) + 1/2)
+    U1_5_g3 = V1_5_g3 + t1*U1_4_h2
+    U1_6_h3 = U1_5_g3*(-t2*_acos(min(max(V1_5_g3/max(1.0e-300, abs(V1_5_g3)), -1.0), 1.0)) + 1/2)
+    U1_7_g4 = V1_7_g4 + t1*U1_6_h3
+    U1_8_h4 = U1_7_g4*(-t2*_acos(min(max(V1_7_g4/max(1.0e-300, abs(V1_7_g4)), -1.0), 1.0)) + 1/2)
+    U1_9_y = V1_9_y + t1*U1_8_h4
+    QV1_1_g1 = 1/math.sqrt(max(1.0e-300, V1_1_g1))
+    RV1_1_g1 = math.sqrt(V1_1_g1)
+    QV1_3_g2 = 1/math.sqrt(max(1.0e-300, V1_3_g2))
+    RV1_3_g2 = math.sqrt(V1_3_g2)
+    QV1_5_g3 = 1/math.sqrt(max(1.0e-300, V1_5_g3))
+    RV1_5_g3 = math.sqrt(V1_5_g3)
+    QV1_7_g4 = 1/math.sqrt(max(1.0e-300, V1_7_g4))
+    RV1_7_g4 = math.sqrt(V1_7_g4)
+    out[i, 0] = V1_0_x
+    out[i, 1] = V1_1_g1
+    out[i, 2] = V1_2_h1
+    out[i, 3] = V1_3_g2
+    out[i, 4] = V1_4_h2
+    out[i, 5] = V1_5_g3
+    out[i, 6] = V1_6_h3
+    out[i, 7] = V1_7_g4
+    out[i, 8] = V1_8_h4
+    out[i, 9] = V1_9_y
+    out[i, 10] = U1_2_h1
+    out[i, 11] = U1_3_g2
+    out[i, 12] = U1_4_h2
+    out[i, 13] = U1_5_g3
+    out[i, 14] = U1_6_h3
+    out[i, 15] = U1_7_g4
+    out[i, 16] = U1_8_h4
+    out[i, 17] = U1_9_y
+    out[i, 18] = QV1_1_g1
+    out[i, 19] = RV1_1_g1
+    out[i, 20] = QV1_3_g2
+    out[i, 21] = RV1_3_g2
+    out[i, 22] = QV1_5_g3
+    out[i, 23] = RV1_5_g3
+    out[i, 24] = QV1_7_g4
+    out[i, 25] = RV1_7_g4
+    out[i, 26] = V1_9_y
+    out[i, 27] = U1_9_y
+
+
 @numba.njit(parallel=True, cache=True)
 def _point_numba(sqs, params, out):
     for i in numba.prange(sqs.shape[0]):
-        sq = sqs[i]
-        t0 = (1/64)*sq
-        t1 = params[1]**2
-        t2 = params[0]**2
-        t3 = t0*t2 + t1
-        t4 = (1/2)*t1
-        t5 = (1/128)*t2*sq + t4
-        t6 = t2*t5
-        t7 = t1 + t6
-        t8 = t4 + (1/2)*t6
-        t9 = t2*t8
-        t10 = t1 + t9
-        t11 = t4 + (1/2)*t9
-        t12 = t11*t2
-        t13 = t1 + t12
-        t14 = (1/2)*t12 + t4
-        t15 = t1 + t14*t2
-        t16 = t4 + t6
-        t17 = t16*t2
-        t18 = t11 + (1/2)*t17
-        t19 = t18*t2
-        t20 = t14 + (1/2)*t19
-        t21 = t15 + t2*t20
-        out[i, 0] = t0
-        out[i, 1] = t3
-        out[i, 2] = t5
-        out[i, 3] = t7
-        out[i, 4] = t8
-        out[i, 5] = t10
-        out[i, 6] = t11
-        out[i, 7] = t13
-        out[i, 8] = t14
-        out[i, 9] = t15
-        out[i, 10] = t5
-        out[i, 11] = t1 + 2*t6
-        out[i, 12] = t16
-        out[i, 13] = t10 + t17
-        out[i, 14] = t18
-        out[i, 15] = t13 + t19
-        out[i, 16] = t20
-        out[i, 17] = t21
-        out[i, 18] = 1/math.sqrt(max(1.0e-300, t3))
-        out[i, 19] = math.sqrt(t3)
-        out[i, 20] = 1/math.sqrt(max(1.0e-300, t7))
-        out[i, 21] = math.sqrt(t7)
-        out[i, 22] = 1/math.sqrt(max(1.0e-300, t10))
-        out[i, 23] = math.sqrt(t10)
-        out[i, 24] = 1/math.sqrt(max(1.0e-300, t13))
-        out[i, 25] = math.sqrt(t13)
-        out[i, 26] = t15
-        out[i, 27] = t21
+        _point_one(sqs[i], params, out, i)
 
 
 def _point_numpy(sq, params):
     out = numpy.empty((sq.shape[0], N_POINT))
-    t0 = (1/64)*sq
-    t1 = params[1]**2
-    t2 = params[0]**2
-    t3 = t0*t2 + t1
-    t4 = (1/2)*t1
-    t5 = (1/128)*t2*sq + t4
-    t6 = t2*t5
-    t7 = t1 + t6
-    t8 = t4 + (1/2)*t6
-    t9 = t2*t8
-    t10 = t1 + t9
-    t11 = t4 + (1/2)*t9
-    t12 = t11*t2
-    t13 = t1 + t12
-    t14 = (1/2)*t12 + t4
-    t15 = t1 + t14*t2
-    t16 = t4 + t6
-    t17 = t16*t2
-    t18 = t11 + (1/2)*t17
-    t19 = t18*t2
-    t20 = t14 + (1/2)*t19
-    t21 = t15 + t2*t20
-    out[:, 0] = t0
-    out[:, 1] = t3
-    out[:, 2] = t5
-    out[:, 3] = t7
-    out[:, 4] = t8
-    out[:, 5] = t10
-    out[:, 6] = t11
-    out[:, 7] = t13
-    out[:, 8] = t14
-    out[:, 9] = t15
-    out[:, 10] = t5
-    out[:, 11] = t1 + 2*t6
-    out[:, 12] = t16
-    out[:, 13] = t10 + t17
-    out[:, 14] = t18
-    out[:, 15] = t13 + t19
-    out[:, 16] = t20
-    out[:, 17] = t21
-    out[:, 18] = 1/numpy.sqrt(numpy.maximum(1.0e-300, t3))
-    out[:, 19] = numpy.sqrt(t3)
-    out[:, 20] = 1/numpy.sqrt(numpy.maximum(1.0e-300, t7))
-    out[:, 21] = numpy.sqrt(t7)
-    out[:, 22] = 1/numpy.sqrt(numpy.maximum(1.0e-300, t10))
-    out[:, 23] = numpy.sqrt(t10)
-    out[:, 24] = 1/numpy.sqrt(numpy.maximum(1.0e-300, t13))
-    out[:, 25] = numpy.sqrt(t13)
-    out[:, 26] = t15
-    out[:, 27] = t21
+    V1_0_x = (1/64)*sq
+    t0 = params[1]**2
+    t1 = params[0]**2
+    V1_1_g1 = V1_0_x*t1 + t0
+    V1_2_h1 = (1/2)*V1_1_g1
+    V1_3_g2 = V1_2_h1*t1 + t0
+    V1_4_h2 = (1/2)*V1_3_g2
+    V1_5_g3 = V1_4_h2*t1 + t0
+    V1_6_h3 = (1/2)*V1_5_g3
+    V1_7_g4 = V1_6_h3*t1 + t0
+    V1_8_h4 = (1/2)*V1_7_g4
+    V1_9_y = V1_8_h4*t1 + t0
+    t2 = (1/2)/numpy.pi
+    U1_2_h1 = V1_1_g1*(-t2*numpy.arccos(numpy.clip(V1_1_g1/numpy.maximum(1.0e-300, abs(V1_1_g1)), -1.0, 1.0)) + 1/2)
+    U1_3_g2 = V1_3_g2 + t1*U1_2_h1
+    U1_4_h2 = U1_3_g2*(-t2*numpy.arccos(numpy.clip(V1_3_g2/numpy.maximum(1.0e-300, abs(V1_3_g2)), -1.0, 1.0)) + 1/2)
+    U1_5_g3 = V1_5_g3 + t1*U1_4_h2
+    U1_6_h3 = U1_5_g3*(-t2*numpy.arccos(numpy.clip(V1_5_g3/numpy.maximum(1.0e-300, abs(V1_5_g3)), -1.0, 1.0)) + 1/2)
+    U1_7_g4 = V1_7_g4 + t1*U1_6_h3
+    U1_8_h4 = U1_7_g4*(-t2*numpy.arccos(numpy.clip(V1_7_g4/numpy.maximum(1.0e-300, abs(V1_7_g4)), -1.0, 1.0)) + 1/2)
+    U1_9_y = V1_9_y + t1*U1_8_h4
+    QV1_1_g1 = 1/numpy.sqrt(numpy.maximum(1.0e-300, V1_1_g1))
+    RV1_1_g1 = numpy.sqrt(V1_1_g1)
+    QV1_3_g2 = 1/numpy.sqrt(numpy.maximum(1.0e-300, V1_3_g2))
+    RV1_3_g2 = numpy.sqrt(V1_3_g2)
+    QV1_5_g3 = 1/numpy.sqrt(numpy.maximum(1.0e-300, V1_5_g3))
+    RV1_5_g3 = numpy.sqrt(V1_5_g3)
+    QV1_7_g4 = 1/numpy.sqrt(numpy.maximum(1.0e-300, V1_7_g4))
+    RV1_7_g4 = numpy.sqrt(V1_7_g4)
+    out[:, 0] = V1_0_x
+    out[:, 1] = V1_1_g1
+    out[:, 2] = V1_2_h1
+    out[:, 3] = V1_3_g2
+    out[:, 4] = V1_4_h2
+    out[:, 5] = V1_5_g3
+    out[:, 6] = V1_6_h3
+    out[:, 7] = V1_7_g4
+    out[:, 8] = V1_8_h4
+    out[:, 9] = V1_9_y
+    out[:, 10] = U1_2_h1
+    out[:, 11] = U1_3_g2
+    out[:, 12] = U1_4_h2
+    out[:, 13] = U1_5_g3
+    out[:, 14] = U1_6_h3
+    out[:, 15] = U1_7_g4
+    out[:, 16] = U1_8_h4
+    out[:, 17] = U1_9_y
+    out[:, 18] = QV1_1_g1
+    out[:, 19] = RV1_1_g1
+    out[:, 20] = QV1_3_g2
+    out[:, 21] = RV1_3_g2
+    out[:, 22] = QV1_5_g3
+    out[:, 23] = RV1_5_g3
+    out[:, 24] = QV1_7_g4
+    out[:, 25] = RV1_7_g4
+    out[:, 26] = V1_9_y
+    out[:, 27] = U1_9_y
     return out
+
+@numba.njit(cache=True)
+def _pairs_nngp_row(i, G, P1, P2T, params, symmetric):
+    n2 = G.shape[1]
+    QV1_1_g1 = P1[i, 18]
+    RV1_1_g1 = P1[i, 19]
+    QV1_3_g2 = P1[i, 20]
+    RV1_3_g2 = P1[i, 21]
+    QV1_5_g3 = P1[i, 22]
+    RV1_5_g3 = P1[i, 23]
+    QV1_7_g4 = P1[i, 24]
+    RV1_7_g4 = P1[i, 25]
+    j0 = max(i, 0) if symmetric else 0
+    Gi = G[i]
+    for k in range(n2 - j0):
+        j = j0 + k
+        dot = Gi[j]
+        QV2_1_g1 = P2T[18, j]
+        RV2_1_g1 = P2T[19, j]
+        QV2_3_g2 = P2T[20, j]
+        RV2_3_g2 = P2T[21, j]
+        QV2_5_g3 = P2T[22, j]
+        RV2_5_g3 = P2T[23, j]
+        QV2_7_g4 = P2T[24, j]
+        RV2_7_g4 = P2T[25, j]
+        K_0_x = (1/64)*dot
+        t0 = params[1]**2
+        t1 = params[0]**2
+        K_1_g1 = K_0_x*t1 + t0
+        t2 = min(max(QV2_1_g1*QV1_1_g1*K_1_g1, -1.0), 1.0)
+        t3 = (1/2)/math.pi
+        K_2_h1 = K_1_g1*(-t3*_acos(t2) + 1/2) + t3*RV2_1_g1*RV1_1_g1*math.sqrt(1 - t2**2)
+        K_3_g2 = K_2_h1*t1 + t0
+        t4 = min(max(QV2_3_g2*QV1_3_g2*K_3_g2, -1.0), 1.0)
+        K_4_h2 = K_3_g2*(-t3*_acos(t4) + 1/2) + t3*RV2_3_g2*RV1_3_g2*math.sqrt(1 - t4**2)
+        K_5_g3 = K_4_h2*t1 + t0
+        t5 = min(max(QV2_5_g3*QV1_5_g3*K_5_g3, -1.0), 1.0)
+        K_6_h3 = K_5_g3*(-t3*_acos(t5) + 1/2) + t3*RV2_5_g3*RV1_5_g3*math.sqrt(1 - t5**2)
+        K_7_g4 = K_6_h3*t1 + t0
+        t6 = min(max(QV2_7_g4*QV1_7_g4*K_7_g4, -1.0), 1.0)
+        K_8_h4 = K_7_g4*(-t3*_acos(t6) + 1/2) + t3*RV2_7_g4*RV1_7_g4*math.sqrt(1 - t6**2)
+        K_9_y = K_8_h4*t1 + t0
+        Gi[j] = K_9_y
+
 
 @numba.njit(parallel=True, cache=True)
 def _pairs_nngp(G, P1, P2T, params, symmetric):
-    n1, n2 = G.shape
+    n1 = G.shape[0]
     # rows t and n1-1-t go to the same task: balanced work on the triangle
     for task in numba.prange((n1 + 1) // 2):
         for half in range(2 if 2 * task + 1 < n1 else 1):
-            i = task + half * (n1 - 1 - 2 * task)
-            QV1_1_g1 = P1[i, 18]
-            RV1_1_g1 = P1[i, 19]
-            QV1_3_g2 = P1[i, 20]
-            RV1_3_g2 = P1[i, 21]
-            QV1_5_g3 = P1[i, 22]
-            RV1_5_g3 = P1[i, 23]
-            QV1_7_g4 = P1[i, 24]
-            RV1_7_g4 = P1[i, 25]
-            j0 = max(i, 0) if symmetric else 0
-            Gi = G[i]
-            for k in range(n2 - j0):
-                j = j0 + k
-                dot = Gi[j]
-                QV2_1_g1 = P2T[18, j]
-                RV2_1_g1 = P2T[19, j]
-                QV2_3_g2 = P2T[20, j]
-                RV2_3_g2 = P2T[21, j]
-                QV2_5_g3 = P2T[22, j]
-                RV2_5_g3 = P2T[23, j]
-                QV2_7_g4 = P2T[24, j]
-                RV2_7_g4 = P2T[25, j]
-                t0 = params[1]**2
-                t1 = params[0]**2
-                t2 = t0 + (1/64)*t1*dot
-                t3 = min(max(QV2_1_g1*QV1_1_g1*t2, -1.0), 1.0)
-                t4 = (1/2)/math.pi
-                t5 = t0 + t1*(t2*(-t4*_acos(t3) + 1/2) + t4*RV2_1_g1*RV1_1_g1*math.sqrt(1 - t3**2))
-                t6 = min(max(QV2_3_g2*QV1_3_g2*t5, -1.0), 1.0)
-                t7 = t0 + t1*(t4*RV2_3_g2*RV1_3_g2*math.sqrt(1 - t6**2) + t5*(-t4*_acos(t6) + 1/2))
-                t8 = min(max(QV2_5_g3*QV1_5_g3*t7, -1.0), 1.0)
-                t9 = t0 + t1*(t4*RV2_5_g3*RV1_5_g3*math.sqrt(1 - t8**2) + t7*(-t4*_acos(t8) + 1/2))
-                t10 = min(max(QV2_7_g4*QV1_7_g4*t9, -1.0), 1.0)
-                Gi[j] = t0 + t1*(t4*RV2_7_g4*RV1_7_g4*math.sqrt(1 - t10**2) + t9*(-t4*_acos(t10) + 1/2))
+            _pairs_nngp_row(task + half * (n1 - 1 - 2 * task), G, P1, P2T, params, symmetric)
+
+@numba.njit(cache=True)
+def _pairs_both_row(i, G, P1, P2T, params, ntk, symmetric):
+    n2 = G.shape[1]
+    QV1_1_g1 = P1[i, 18]
+    RV1_1_g1 = P1[i, 19]
+    QV1_3_g2 = P1[i, 20]
+    RV1_3_g2 = P1[i, 21]
+    QV1_5_g3 = P1[i, 22]
+    RV1_5_g3 = P1[i, 23]
+    QV1_7_g4 = P1[i, 24]
+    RV1_7_g4 = P1[i, 25]
+    j0 = max(i, 0) if symmetric else 0
+    Gi = G[i]
+    Ti = ntk[i]
+    for k in range(n2 - j0):
+        j = j0 + k
+        dot = Gi[j]
+        QV2_1_g1 = P2T[18, j]
+        RV2_1_g1 = P2T[19, j]
+        QV2_3_g2 = P2T[20, j]
+        RV2_3_g2 = P2T[21, j]
+        QV2_5_g3 = P2T[22, j]
+        RV2_5_g3 = P2T[23, j]
+        QV2_7_g4 = P2T[24, j]
+        RV2_7_g4 = P2T[25, j]
+        K_0_x = (1/64)*dot
+        t0 = params[1]**2
+        t1 = params[0]**2
+        K_1_g1 = K_0_x*t1 + t0
+        t2 = min(max(QV2_1_g1*QV1_1_g1*K_1_g1, -1.0), 1.0)
+        t3 = (1/2)/math.pi
+        t4 = K_1_g1*(-t3*_acos(t2) + 1/2)
+        K_2_h1 = t3*RV2_1_g1*RV1_1_g1*math.sqrt(1 - t2**2) + t4
+        K_3_g2 = K_2_h1*t1 + t0
+        t5 = min(max(QV2_3_g2*QV1_3_g2*K_3_g2, -1.0), 1.0)
+        t6 = -t3*_acos(t5) + 1/2
+        K_4_h2 = K_3_g2*t6 + t3*RV2_3_g2*RV1_3_g2*math.sqrt(1 - t5**2)
+        K_5_g3 = K_4_h2*t1 + t0
+        t7 = min(max(QV2_5_g3*QV1_5_g3*K_5_g3, -1.0), 1.0)
+        t8 = -t3*_acos(t7) + 1/2
+        K_6_h3 = K_5_g3*t8 + t3*RV2_5_g3*RV1_5_g3*math.sqrt(1 - t7**2)
+        K_7_g4 = K_6_h3*t1 + t0
+        t9 = min(max(QV2_7_g4*QV1_7_g4*K_7_g4, -1.0), 1.0)
+        t10 = -t3*_acos(t9) + 1/2
+        K_8_h4 = K_7_g4*t10 + t3*RV2_7_g4*RV1_7_g4*math.sqrt(1 - t9**2)
+        K_9_y = K_8_h4*t1 + t0
+        T_2_h1 = t4
+        T_3_g2 = K_3_g2 + t1*T_2_h1
+        T_4_h2 = t6*T_3_g2
+        T_5_g3 = K_5_g3 + t1*T_4_h2
+        T_6_h3 = t8*T_5_g3
+        T_7_g4 = K_7_g4 + t1*T_6_h3
+        T_8_h4 = t10*T_7_g4
+        T_9_y = K_9_y + t1*T_8_h4
+        Gi[j] = K_9_y
+        Ti[j] = T_9_y
+
 
 @numba.njit(parallel=True, cache=True)
 def _pairs_both(G, P1, P2T, params, ntk, symmetric):
-    n1, n2 = G.shape
+    n1 = G.shape[0]
     # rows t and n1-1-t go to the same task: balanced work on the triangle
     for task in numba.prange((n1 + 1) // 2):
         for half in range(2 if 2 * task + 1 < n1 else 1):
-            i = task + half * (n1 - 1 - 2 * task)
-            QV1_1_g1 = P1[i, 18]
-            RV1_1_g1 = P1[i, 19]
-            QV1_3_g2 = P1[i, 20]
-            RV1_3_g2 = P1[i, 21]
-            QV1_5_g3 = P1[i, 22]
-            RV1_5_g3 = P1[i, 23]
-            QV1_7_g4 = P1[i, 24]
-            RV1_7_g4 = P1[i, 25]
-            j0 = max(i, 0) if symmetric else 0
-            Gi = G[i]
-            Ti = ntk[i]
-            for k in range(n2 - j0):
-                j = j0 + k
-                dot = Gi[j]
-                QV2_1_g1 = P2T[18, j]
-                RV2_1_g1 = P2T[19, j]
-                QV2_3_g2 = P2T[20, j]
-                RV2_3_g2 = P2T[21, j]
-                QV2_5_g3 = P2T[22, j]
-                RV2_5_g3 = P2T[23, j]
-                QV2_7_g4 = P2T[24, j]
-                RV2_7_g4 = P2T[25, j]
-                t0 = params[1]**2
-                t1 = params[0]**2
-                t2 = t0 + (1/64)*t1*dot
-                t3 = min(max(QV2_1_g1*QV1_1_g1*t2, -1.0), 1.0)
-                t4 = (1/2)/math.pi
-                t5 = t2*(-t4*_acos(t3) + 1/2)
-                t6 = t0 + t1*(t4*RV2_1_g1*RV1_1_g1*math.sqrt(1 - t3**2) + t5)
-                t7 = min(max(QV2_3_g2*QV1_3_g2*t6, -1.0), 1.0)
-                t8 = -t4*_acos(t7) + 1/2
-                t9 = t0 + t1*(t4*RV2_3_g2*RV1_3_g2*math.sqrt(1 - t7**2) + t6*t8)
-                t10 = min(max(QV2_5_g3*QV1_5_g3*t9, -1.0), 1.0)
-                t11 = -t4*_acos(t10) + 1/2
-                t12 = t0 + t1*(t11*t9 + t4*RV2_5_g3*RV1_5_g3*math.sqrt(1 - t10**2))
-                t13 = min(max(QV2_7_g4*QV1_7_g4*t12, -1.0), 1.0)
-                t14 = -t4*_acos(t13) + 1/2
-                t15 = t0 + t1*(t12*t14 + t4*RV2_7_g4*RV1_7_g4*math.sqrt(1 - t13**2))
-                Gi[j] = t15
-                Ti[j] = t1*t14*(t1*t11*(t1*t8*(t1*t5 + t6) + t9) + t12) + t15
+            _pairs_both_row(task + half * (n1 - 1 - 2 * task), G, P1, P2T, params, ntk, symmetric)
 
 def _pairs_numpy(G, P1, P2, params):
     dot = G
@@ -342,24 +389,37 @@ def _pairs_numpy(G, P1, P2, params):
     RV2_5_g3 = P2[:, 23][None, :]
     QV2_7_g4 = P2[:, 24][None, :]
     RV2_7_g4 = P2[:, 25][None, :]
+    K_0_x = (1/64)*dot
     t0 = params[1]**2
     t1 = params[0]**2
-    t2 = t0 + (1/64)*t1*dot
-    t3 = numpy.clip(QV2_1_g1*QV1_1_g1*t2, -1.0, 1.0)
-    t4 = (1/2)/numpy.pi
-    t5 = t2*(-t4*numpy.arccos(t3) + 1/2)
-    t6 = t0 + t1*(t4*RV2_1_g1*RV1_1_g1*numpy.sqrt(1 - t3**2) + t5)
-    t7 = numpy.clip(QV2_3_g2*QV1_3_g2*t6, -1.0, 1.0)
-    t8 = -t4*numpy.arccos(t7) + 1/2
-    t9 = t0 + t1*(t4*RV2_3_g2*RV1_3_g2*numpy.sqrt(1 - t7**2) + t6*t8)
-    t10 = numpy.clip(QV2_5_g3*QV1_5_g3*t9, -1.0, 1.0)
-    t11 = -t4*numpy.arccos(t10) + 1/2
-    t12 = t0 + t1*(t11*t9 + t4*RV2_5_g3*RV1_5_g3*numpy.sqrt(1 - t10**2))
-    t13 = numpy.clip(QV2_7_g4*QV1_7_g4*t12, -1.0, 1.0)
-    t14 = -t4*numpy.arccos(t13) + 1/2
-    t15 = t0 + t1*(t12*t14 + t4*RV2_7_g4*RV1_7_g4*numpy.sqrt(1 - t13**2))
-    nngp = numpy.zeros(G.shape) + (t15)
-    ntk = numpy.zeros(G.shape) + (t1*t14*(t1*t11*(t1*t8*(t1*t5 + t6) + t9) + t12) + t15)
+    K_1_g1 = K_0_x*t1 + t0
+    t2 = numpy.clip(QV2_1_g1*QV1_1_g1*K_1_g1, -1.0, 1.0)
+    t3 = (1/2)/numpy.pi
+    t4 = K_1_g1*(-t3*numpy.arccos(t2) + 1/2)
+    K_2_h1 = t3*RV2_1_g1*RV1_1_g1*numpy.sqrt(1 - t2**2) + t4
+    K_3_g2 = K_2_h1*t1 + t0
+    t5 = numpy.clip(QV2_3_g2*QV1_3_g2*K_3_g2, -1.0, 1.0)
+    t6 = -t3*numpy.arccos(t5) + 1/2
+    K_4_h2 = K_3_g2*t6 + t3*RV2_3_g2*RV1_3_g2*numpy.sqrt(1 - t5**2)
+    K_5_g3 = K_4_h2*t1 + t0
+    t7 = numpy.clip(QV2_5_g3*QV1_5_g3*K_5_g3, -1.0, 1.0)
+    t8 = -t3*numpy.arccos(t7) + 1/2
+    K_6_h3 = K_5_g3*t8 + t3*RV2_5_g3*RV1_5_g3*numpy.sqrt(1 - t7**2)
+    K_7_g4 = K_6_h3*t1 + t0
+    t9 = numpy.clip(QV2_7_g4*QV1_7_g4*K_7_g4, -1.0, 1.0)
+    t10 = -t3*numpy.arccos(t9) + 1/2
+    K_8_h4 = K_7_g4*t10 + t3*RV2_7_g4*RV1_7_g4*numpy.sqrt(1 - t9**2)
+    K_9_y = K_8_h4*t1 + t0
+    T_2_h1 = t4
+    T_3_g2 = K_3_g2 + t1*T_2_h1
+    T_4_h2 = t6*T_3_g2
+    T_5_g3 = K_5_g3 + t1*T_4_h2
+    T_6_h3 = t8*T_5_g3
+    T_7_g4 = K_7_g4 + t1*T_6_h3
+    T_8_h4 = t10*T_7_g4
+    T_9_y = K_9_y + t1*T_8_h4
+    nngp = numpy.zeros(G.shape) + (K_9_y)
+    ntk = numpy.zeros(G.shape) + (T_9_y)
     return nngp, ntk
 
 def _check_inputs(name, x):
@@ -608,18 +668,24 @@ def _cuda():
         RV2_5_g3 = P2[gj, 23]
         QV2_7_g4 = P2[gj, 24]
         RV2_7_g4 = P2[gj, 25]
+        K_0_x = (1/64)*dot
         t0 = params[1]**2
         t1 = params[0]**2
-        t2 = t0 + (1/64)*t1*dot
-        t3 = min(max(QV2_1_g1*QV1_1_g1*t2, -1.0), 1.0)
-        t4 = (1/2)/math.pi
-        t5 = t0 + t1*(t2*(-t4*math.acos(t3) + 1/2) + t4*RV2_1_g1*RV1_1_g1*math.sqrt(1 - t3**2))
-        t6 = min(max(QV2_3_g2*QV1_3_g2*t5, -1.0), 1.0)
-        t7 = t0 + t1*(t4*RV2_3_g2*RV1_3_g2*math.sqrt(1 - t6**2) + t5*(-t4*math.acos(t6) + 1/2))
-        t8 = min(max(QV2_5_g3*QV1_5_g3*t7, -1.0), 1.0)
-        t9 = t0 + t1*(t4*RV2_5_g3*RV1_5_g3*math.sqrt(1 - t8**2) + t7*(-t4*math.acos(t8) + 1/2))
-        t10 = min(max(QV2_7_g4*QV1_7_g4*t9, -1.0), 1.0)
-        G[i, j] = t0 + t1*(t4*RV2_7_g4*RV1_7_g4*math.sqrt(1 - t10**2) + t9*(-t4*math.acos(t10) + 1/2))
+        K_1_g1 = K_0_x*t1 + t0
+        t2 = min(max(QV2_1_g1*QV1_1_g1*K_1_g1, -1.0), 1.0)
+        t3 = (1/2)/math.pi
+        K_2_h1 = K_1_g1*(-t3*math.acos(t2) + 1/2) + t3*RV2_1_g1*RV1_1_g1*math.sqrt(1 - t2**2)
+        K_3_g2 = K_2_h1*t1 + t0
+        t4 = min(max(QV2_3_g2*QV1_3_g2*K_3_g2, -1.0), 1.0)
+        K_4_h2 = K_3_g2*(-t3*math.acos(t4) + 1/2) + t3*RV2_3_g2*RV1_3_g2*math.sqrt(1 - t4**2)
+        K_5_g3 = K_4_h2*t1 + t0
+        t5 = min(max(QV2_5_g3*QV1_5_g3*K_5_g3, -1.0), 1.0)
+        K_6_h3 = K_5_g3*(-t3*math.acos(t5) + 1/2) + t3*RV2_5_g3*RV1_5_g3*math.sqrt(1 - t5**2)
+        K_7_g4 = K_6_h3*t1 + t0
+        t6 = min(max(QV2_7_g4*QV1_7_g4*K_7_g4, -1.0), 1.0)
+        K_8_h4 = K_7_g4*(-t3*math.acos(t6) + 1/2) + t3*RV2_7_g4*RV1_7_g4*math.sqrt(1 - t6**2)
+        K_9_y = K_8_h4*t1 + t0
+        G[i, j] = K_9_y
 
     @cuda.jit
     def _pairs_both_cuda(A, B, P1, P2, params, G, ntk, i0, j0, symmetric):
@@ -666,24 +732,37 @@ def _cuda():
         RV2_5_g3 = P2[gj, 23]
         QV2_7_g4 = P2[gj, 24]
         RV2_7_g4 = P2[gj, 25]
+        K_0_x = (1/64)*dot
         t0 = params[1]**2
         t1 = params[0]**2
-        t2 = t0 + (1/64)*t1*dot
-        t3 = min(max(QV2_1_g1*QV1_1_g1*t2, -1.0), 1.0)
-        t4 = (1/2)/math.pi
-        t5 = t2*(-t4*math.acos(t3) + 1/2)
-        t6 = t0 + t1*(t4*RV2_1_g1*RV1_1_g1*math.sqrt(1 - t3**2) + t5)
-        t7 = min(max(QV2_3_g2*QV1_3_g2*t6, -1.0), 1.0)
-        t8 = -t4*math.acos(t7) + 1/2
-        t9 = t0 + t1*(t4*RV2_3_g2*RV1_3_g2*math.sqrt(1 - t7**2) + t6*t8)
-        t10 = min(max(QV2_5_g3*QV1_5_g3*t9, -1.0), 1.0)
-        t11 = -t4*math.acos(t10) + 1/2
-        t12 = t0 + t1*(t11*t9 + t4*RV2_5_g3*RV1_5_g3*math.sqrt(1 - t10**2))
-        t13 = min(max(QV2_7_g4*QV1_7_g4*t12, -1.0), 1.0)
-        t14 = -t4*math.acos(t13) + 1/2
-        t15 = t0 + t1*(t12*t14 + t4*RV2_7_g4*RV1_7_g4*math.sqrt(1 - t13**2))
-        G[i, j] = t15
-        ntk[i, j] = t1*t14*(t1*t11*(t1*t8*(t1*t5 + t6) + t9) + t12) + t15
+        K_1_g1 = K_0_x*t1 + t0
+        t2 = min(max(QV2_1_g1*QV1_1_g1*K_1_g1, -1.0), 1.0)
+        t3 = (1/2)/math.pi
+        t4 = K_1_g1*(-t3*math.acos(t2) + 1/2)
+        K_2_h1 = t3*RV2_1_g1*RV1_1_g1*math.sqrt(1 - t2**2) + t4
+        K_3_g2 = K_2_h1*t1 + t0
+        t5 = min(max(QV2_3_g2*QV1_3_g2*K_3_g2, -1.0), 1.0)
+        t6 = -t3*math.acos(t5) + 1/2
+        K_4_h2 = K_3_g2*t6 + t3*RV2_3_g2*RV1_3_g2*math.sqrt(1 - t5**2)
+        K_5_g3 = K_4_h2*t1 + t0
+        t7 = min(max(QV2_5_g3*QV1_5_g3*K_5_g3, -1.0), 1.0)
+        t8 = -t3*math.acos(t7) + 1/2
+        K_6_h3 = K_5_g3*t8 + t3*RV2_5_g3*RV1_5_g3*math.sqrt(1 - t7**2)
+        K_7_g4 = K_6_h3*t1 + t0
+        t9 = min(max(QV2_7_g4*QV1_7_g4*K_7_g4, -1.0), 1.0)
+        t10 = -t3*math.acos(t9) + 1/2
+        K_8_h4 = K_7_g4*t10 + t3*RV2_7_g4*RV1_7_g4*math.sqrt(1 - t9**2)
+        K_9_y = K_8_h4*t1 + t0
+        T_2_h1 = t4
+        T_3_g2 = K_3_g2 + t1*T_2_h1
+        T_4_h2 = t6*T_3_g2
+        T_5_g3 = K_5_g3 + t1*T_4_h2
+        T_6_h3 = t8*T_5_g3
+        T_7_g4 = K_7_g4 + t1*T_6_h3
+        T_8_h4 = t10*T_7_g4
+        T_9_y = K_9_y + t1*T_8_h4
+        G[i, j] = K_9_y
+        ntk[i, j] = T_9_y
 
     _CUDA_READY = True
     return cuda

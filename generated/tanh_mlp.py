@@ -85,7 +85,7 @@ DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)
 _np_erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
-@numba.njit(inline="always", error_model="numpy")
+@numba.njit(error_model="numpy")
 def _acos(x):
     # fdlibm's acos with selects instead of branches; x in [-1, 1] (clipped by the caller).
     ax = abs(x)
@@ -357,34 +357,38 @@ def _quad2_np(k11, k12, k22, params):
 _Q_HELPERS = {'_quad0': (_quad0_f, 2, False), '_quad1': (_quad1_f, 1, False), '_quad2': (_quad2_f, 2, False)}
 _Q_CHECKS = ((1, '_quad1', 'line 15 (h1)'), (3, '_quad1', 'line 17 (h2)'), (1, '_quad0', 'line 15 (h1)'), (3, '_quad0', 'line 17 (h2)'), (1, '_quad2', 'line 15 (h1)'), (3, '_quad2', 'line 17 (h2)'))
 
+@numba.njit(cache=True)
+def _point_one(sq, params, out, i):
+    V1_0_x = (1/8)*sq
+    t0 = params[1]**2
+    t1 = params[0]**2
+    V1_1_g1 = V1_0_x*t1 + t0
+    V1_2_h1 = _quad1(V1_1_g1, params)
+    V1_3_g2 = V1_2_h1*t1 + t0
+    V1_4_h2 = _quad1(V1_3_g2, params)
+    V1_5_y = V1_4_h2*t1 + t0
+    U1_2_h1 = V1_1_g1*_quad0(V1_1_g1, V1_1_g1, V1_1_g1, params)
+    U1_3_g2 = V1_3_g2 + t1*U1_2_h1
+    U1_4_h2 = U1_3_g2*_quad0(V1_3_g2, V1_3_g2, V1_3_g2, params)
+    U1_5_y = V1_5_y + t1*U1_4_h2
+    out[i, 0] = V1_0_x
+    out[i, 1] = V1_1_g1
+    out[i, 2] = V1_2_h1
+    out[i, 3] = V1_3_g2
+    out[i, 4] = V1_4_h2
+    out[i, 5] = V1_5_y
+    out[i, 6] = U1_2_h1
+    out[i, 7] = U1_3_g2
+    out[i, 8] = U1_4_h2
+    out[i, 9] = U1_5_y
+    out[i, 10] = V1_5_y
+    out[i, 11] = U1_5_y
+
+
 @numba.njit(parallel=True, cache=True)
 def _point_numba_kernel(sqs, params, out):
     for i in numba.prange(sqs.shape[0]):
-        sq = sqs[i]
-        t0 = (1/8)*sq
-        t1 = params[1]**2
-        t2 = params[0]**2
-        t3 = t0*t2 + t1
-        t4 = _quad1(t3, params)
-        t5 = t1 + t2*t4
-        t6 = _quad1(t5, params)
-        t7 = t1 + t2*t6
-        t8 = t3*_quad0(t3, t3, t3, params)
-        t9 = t2*t8 + t5
-        t10 = t9*_quad0(t5, t5, t5, params)
-        t11 = t10*t2 + t7
-        out[i, 0] = t0
-        out[i, 1] = t3
-        out[i, 2] = t4
-        out[i, 3] = t5
-        out[i, 4] = t6
-        out[i, 5] = t7
-        out[i, 6] = t8
-        out[i, 7] = t9
-        out[i, 8] = t10
-        out[i, 9] = t11
-        out[i, 10] = t7
-        out[i, 11] = t11
+        _point_one(sqs[i], params, out, i)
 
 
 def _point_numba(sqs, params, out):
@@ -394,76 +398,99 @@ def _point_numba(sqs, params, out):
 
 def _point_numpy(sq, params):
     out = numpy.empty((sq.shape[0], N_POINT))
-    t0 = (1/8)*sq
-    t1 = params[1]**2
-    t2 = params[0]**2
-    t3 = t0*t2 + t1
-    t4 = _quad1_np(t3, params)
-    t5 = t1 + t2*t4
-    t6 = _quad1_np(t5, params)
-    t7 = t1 + t2*t6
-    t8 = t3*_quad0_np(t3, t3, t3, params)
-    t9 = t2*t8 + t5
-    t10 = t9*_quad0_np(t5, t5, t5, params)
-    t11 = t10*t2 + t7
-    out[:, 0] = t0
-    out[:, 1] = t3
-    out[:, 2] = t4
-    out[:, 3] = t5
-    out[:, 4] = t6
-    out[:, 5] = t7
-    out[:, 6] = t8
-    out[:, 7] = t9
-    out[:, 8] = t10
-    out[:, 9] = t11
-    out[:, 10] = t7
-    out[:, 11] = t11
+    V1_0_x = (1/8)*sq
+    t0 = params[1]**2
+    t1 = params[0]**2
+    V1_1_g1 = V1_0_x*t1 + t0
+    V1_2_h1 = _quad1_np(V1_1_g1, params)
+    V1_3_g2 = V1_2_h1*t1 + t0
+    V1_4_h2 = _quad1_np(V1_3_g2, params)
+    V1_5_y = V1_4_h2*t1 + t0
+    U1_2_h1 = V1_1_g1*_quad0_np(V1_1_g1, V1_1_g1, V1_1_g1, params)
+    U1_3_g2 = V1_3_g2 + t1*U1_2_h1
+    U1_4_h2 = U1_3_g2*_quad0_np(V1_3_g2, V1_3_g2, V1_3_g2, params)
+    U1_5_y = V1_5_y + t1*U1_4_h2
+    out[:, 0] = V1_0_x
+    out[:, 1] = V1_1_g1
+    out[:, 2] = V1_2_h1
+    out[:, 3] = V1_3_g2
+    out[:, 4] = V1_4_h2
+    out[:, 5] = V1_5_y
+    out[:, 6] = U1_2_h1
+    out[:, 7] = U1_3_g2
+    out[:, 8] = U1_4_h2
+    out[:, 9] = U1_5_y
+    out[:, 10] = V1_5_y
+    out[:, 11] = U1_5_y
     return _check_quadrature(out, params)
+
+@numba.njit(cache=True)
+def _pairs_nngp_row(i, G, P1, P2T, params, symmetric):
+    n2 = G.shape[1]
+    V1_1_g1 = P1[i, 1]
+    V1_3_g2 = P1[i, 3]
+    j0 = max(i, 0) if symmetric else 0
+    Gi = G[i]
+    for k in range(n2 - j0):
+        j = j0 + k
+        dot = Gi[j]
+        V2_1_g1 = P2T[1, j]
+        V2_3_g2 = P2T[3, j]
+        K_0_x = (1/8)*dot
+        t0 = params[1]**2
+        t1 = params[0]**2
+        K_1_g1 = K_0_x*t1 + t0
+        K_2_h1 = _quad2(V1_1_g1, K_1_g1, V2_1_g1, params)
+        K_3_g2 = K_2_h1*t1 + t0
+        K_4_h2 = _quad2(V1_3_g2, K_3_g2, V2_3_g2, params)
+        K_5_y = K_4_h2*t1 + t0
+        Gi[j] = K_5_y
+
 
 @numba.njit(parallel=True, cache=True)
 def _pairs_nngp(G, P1, P2T, params, symmetric):
-    n1, n2 = G.shape
+    n1 = G.shape[0]
     # rows t and n1-1-t go to the same task: balanced work on the triangle
     for task in numba.prange((n1 + 1) // 2):
         for half in range(2 if 2 * task + 1 < n1 else 1):
-            i = task + half * (n1 - 1 - 2 * task)
-            V1_1_g1 = P1[i, 1]
-            V1_3_g2 = P1[i, 3]
-            j0 = max(i, 0) if symmetric else 0
-            Gi = G[i]
-            for k in range(n2 - j0):
-                j = j0 + k
-                dot = Gi[j]
-                V2_1_g1 = P2T[1, j]
-                V2_3_g2 = P2T[3, j]
-                t0 = params[1]**2
-                t1 = params[0]**2
-                Gi[j] = t0 + t1*_quad2(V1_3_g2, t0 + t1*_quad2(V1_1_g1, t0 + (1/8)*t1*dot, V2_1_g1, params), V2_3_g2, params)
+            _pairs_nngp_row(task + half * (n1 - 1 - 2 * task), G, P1, P2T, params, symmetric)
+
+@numba.njit(cache=True)
+def _pairs_both_row(i, G, P1, P2T, params, ntk, symmetric):
+    n2 = G.shape[1]
+    V1_1_g1 = P1[i, 1]
+    V1_3_g2 = P1[i, 3]
+    j0 = max(i, 0) if symmetric else 0
+    Gi = G[i]
+    Ti = ntk[i]
+    for k in range(n2 - j0):
+        j = j0 + k
+        dot = Gi[j]
+        V2_1_g1 = P2T[1, j]
+        V2_3_g2 = P2T[3, j]
+        K_0_x = (1/8)*dot
+        t0 = params[1]**2
+        t1 = params[0]**2
+        K_1_g1 = K_0_x*t1 + t0
+        K_2_h1 = _quad2(V1_1_g1, K_1_g1, V2_1_g1, params)
+        K_3_g2 = K_2_h1*t1 + t0
+        K_4_h2 = _quad2(V1_3_g2, K_3_g2, V2_3_g2, params)
+        K_5_y = K_4_h2*t1 + t0
+        T_2_h1 = K_1_g1*_quad0(V1_1_g1, K_1_g1, V2_1_g1, params)
+        T_3_g2 = K_3_g2 + t1*T_2_h1
+        T_4_h2 = T_3_g2*_quad0(V1_3_g2, K_3_g2, V2_3_g2, params)
+        T_5_y = K_5_y + t1*T_4_h2
+        Gi[j] = K_5_y
+        Ti[j] = T_5_y
+
 
 @numba.njit(parallel=True, cache=True)
 def _pairs_both(G, P1, P2T, params, ntk, symmetric):
-    n1, n2 = G.shape
+    n1 = G.shape[0]
     # rows t and n1-1-t go to the same task: balanced work on the triangle
     for task in numba.prange((n1 + 1) // 2):
         for half in range(2 if 2 * task + 1 < n1 else 1):
-            i = task + half * (n1 - 1 - 2 * task)
-            V1_1_g1 = P1[i, 1]
-            V1_3_g2 = P1[i, 3]
-            j0 = max(i, 0) if symmetric else 0
-            Gi = G[i]
-            Ti = ntk[i]
-            for k in range(n2 - j0):
-                j = j0 + k
-                dot = Gi[j]
-                V2_1_g1 = P2T[1, j]
-                V2_3_g2 = P2T[3, j]
-                t0 = params[1]**2
-                t1 = params[0]**2
-                t2 = t0 + (1/8)*t1*dot
-                t3 = t0 + t1*_quad2(V1_1_g1, t2, V2_1_g1, params)
-                t4 = t0 + t1*_quad2(V1_3_g2, t3, V2_3_g2, params)
-                Gi[j] = t4
-                Ti[j] = t1*(t1*t2*_quad0(V1_1_g1, t2, V2_1_g1, params) + t3)*_quad0(V1_3_g2, t3, V2_3_g2, params) + t4
+            _pairs_both_row(task + half * (n1 - 1 - 2 * task), G, P1, P2T, params, ntk, symmetric)
 
 def _pairs_numpy(G, P1, P2, params):
     dot = G
@@ -471,13 +498,20 @@ def _pairs_numpy(G, P1, P2, params):
     V1_3_g2 = P1[:, 3][:, None]
     V2_1_g1 = P2[:, 1][None, :]
     V2_3_g2 = P2[:, 3][None, :]
+    K_0_x = (1/8)*dot
     t0 = params[1]**2
     t1 = params[0]**2
-    t2 = t0 + (1/8)*t1*dot
-    t3 = t0 + t1*_quad2_np(V1_1_g1, t2, V2_1_g1, params)
-    t4 = t0 + t1*_quad2_np(V1_3_g2, t3, V2_3_g2, params)
-    nngp = numpy.zeros(G.shape) + (t4)
-    ntk = numpy.zeros(G.shape) + (t1*(t1*t2*_quad0_np(V1_1_g1, t2, V2_1_g1, params) + t3)*_quad0_np(V1_3_g2, t3, V2_3_g2, params) + t4)
+    K_1_g1 = K_0_x*t1 + t0
+    K_2_h1 = _quad2_np(V1_1_g1, K_1_g1, V2_1_g1, params)
+    K_3_g2 = K_2_h1*t1 + t0
+    K_4_h2 = _quad2_np(V1_3_g2, K_3_g2, V2_3_g2, params)
+    K_5_y = K_4_h2*t1 + t0
+    T_2_h1 = K_1_g1*_quad0_np(V1_1_g1, K_1_g1, V2_1_g1, params)
+    T_3_g2 = K_3_g2 + t1*T_2_h1
+    T_4_h2 = T_3_g2*_quad0_np(V1_3_g2, K_3_g2, V2_3_g2, params)
+    T_5_y = K_5_y + t1*T_4_h2
+    nngp = numpy.zeros(G.shape) + (K_5_y)
+    ntk = numpy.zeros(G.shape) + (T_5_y)
     return nngp, ntk
 
 def _check_inputs(name, x):
@@ -804,9 +838,15 @@ def _cuda():
         V1_3_g2 = P1[gi, 3]
         V2_1_g1 = P2[gj, 1]
         V2_3_g2 = P2[gj, 3]
+        K_0_x = (1/8)*dot
         t0 = params[1]**2
         t1 = params[0]**2
-        G[i, j] = t0 + t1*_quad2_cuda(V1_3_g2, t0 + t1*_quad2_cuda(V1_1_g1, t0 + (1/8)*t1*dot, V2_1_g1, params), V2_3_g2, params)
+        K_1_g1 = K_0_x*t1 + t0
+        K_2_h1 = _quad2_cuda(V1_1_g1, K_1_g1, V2_1_g1, params)
+        K_3_g2 = K_2_h1*t1 + t0
+        K_4_h2 = _quad2_cuda(V1_3_g2, K_3_g2, V2_3_g2, params)
+        K_5_y = K_4_h2*t1 + t0
+        G[i, j] = K_5_y
 
     @cuda.jit
     def _pairs_both_cuda(A, B, P1, P2, params, G, ntk, i0, j0, symmetric):
@@ -841,13 +881,20 @@ def _cuda():
         V1_3_g2 = P1[gi, 3]
         V2_1_g1 = P2[gj, 1]
         V2_3_g2 = P2[gj, 3]
+        K_0_x = (1/8)*dot
         t0 = params[1]**2
         t1 = params[0]**2
-        t2 = t0 + (1/8)*t1*dot
-        t3 = t0 + t1*_quad2_cuda(V1_1_g1, t2, V2_1_g1, params)
-        t4 = t0 + t1*_quad2_cuda(V1_3_g2, t3, V2_3_g2, params)
-        G[i, j] = t4
-        ntk[i, j] = t1*(t1*t2*_quad0_cuda(V1_1_g1, t2, V2_1_g1, params) + t3)*_quad0_cuda(V1_3_g2, t3, V2_3_g2, params) + t4
+        K_1_g1 = K_0_x*t1 + t0
+        K_2_h1 = _quad2_cuda(V1_1_g1, K_1_g1, V2_1_g1, params)
+        K_3_g2 = K_2_h1*t1 + t0
+        K_4_h2 = _quad2_cuda(V1_3_g2, K_3_g2, V2_3_g2, params)
+        K_5_y = K_4_h2*t1 + t0
+        T_2_h1 = K_1_g1*_quad0_cuda(V1_1_g1, K_1_g1, V2_1_g1, params)
+        T_3_g2 = K_3_g2 + t1*T_2_h1
+        T_4_h2 = T_3_g2*_quad0_cuda(V1_3_g2, K_3_g2, V2_3_g2, params)
+        T_5_y = K_5_y + t1*T_4_h2
+        G[i, j] = K_5_y
+        ntk[i, j] = T_5_y
 
     _CUDA_READY = True
     return cuda

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import sympy
 
-from .emit import ModuleWriter, quad_scalar
+from .emit import ModuleWriter, needed_defs, quad_scalar
 from .printers import NumbaPrinter, cse_block
 
 CUDA_BLOCK = 16  # threads per block edge: 256 threads, one pair each
@@ -182,7 +182,7 @@ class CudaWriter:
     def kernel(self, name: str, outputs: list[sympy.Expr]) -> list[str]:
         """One thread per pair (gi, gj) of the Gram matrix, in a tile at (i0, j0)."""
         pr = self._printer()
-        body, outs = cse_block(outputs, pr, "    ", "t")
+        body, outs = cse_block(outputs, pr, "    ", "t", needed_defs(self.w.pair_defs, outputs))
         both = len(outputs) == 2
         out_args = "G, ntk" if both else "G"
         src = [

@@ -1,11 +1,17 @@
 """Code generation: a Recursion → the source of a self-contained module.
 
 The point phase (per input) and the pair phase (per pair of inputs) are each
-one straight-line block: the recursion is substituted into the outputs and
-common subexpressions are eliminated (sympy.cse), then printed as scalar code
-inside numba prange loops (target cpu), as vectorised numpy code for the
-reference backend (always), and as numba.cuda kernels (target cuda, see
-ntkc.codegen.cuda).
+one straight-line block: one statement per assignment of the recursion, in its
+order, each referring to earlier quantities by name, with common subexpressions
+eliminated over the block (sympy.cse), printed as scalar code inside numba prange
+loops (target cpu), as vectorised numpy code for the reference backend (always),
+and as numba.cuda kernels (target cuda, see ntkc.codegen.cuda).
+
+The recursion is never substituted into the outputs: a layer reads K and Θ of the
+layer below twice or more (relu's K[h] reads K[g] under acos and under sqrt), so the
+substituted tree doubles with every layer, and every walk over it (hoisting, cse,
+atoms) took time exponential in depth even though the printed code stayed small.
+Statement by statement, code size and compile time grow linearly with depth.
 """
 
 from __future__ import annotations
@@ -22,18 +28,32 @@ from .fast_acos import ACOS_SOURCE
 from .hoist import hoist_roots
 from .printers import ArrayPrinter, CpuPrinter, NumbaPrinter, cse_block
 
+# numba's inline="always" copies _acos's IR into every call site before typing: with one
+# call per relu layer and phase, numba's front end was most of the first call (65 s at
+# 50 layers). LLVM inlines the small function all the same (steady state unchanged,
+# measured), so the dense modules take it as a plain njit function.
+_ACOS_DENSE = ACOS_SOURCE.replace('@numba.njit(inline="always", error_model="numpy")',
+                                  '@numba.njit(error_model="numpy")')
+assert _ACOS_DENSE != ACOS_SOURCE, "fast_acos changed: update _ACOS_DENSE"
+
 # What `--target` asks for → the device kernels the module gets. The point phase
 # (numba, CPU) and the numpy reference are in every module.
 TARGETS = {"cpu": ("cpu",), "cuda": ("cuda",), "all": ("cpu", "cuda")}
 
 
-def _substituted(assignments, extra: dict) -> dict[sympy.Symbol, sympy.Expr]:
-    full = dict(extra)
-    for a in assignments:
-        full[a.symbol] = a.expr.xreplace(full)
-    return full
+Defs = list[tuple[sympy.Symbol, sympy.Expr]]  # (quantity, its formula) in order
 
 
+def needed_defs(defs: Defs, outputs: list[sympy.Expr]) -> Defs:
+    """The defs the outputs read, directly or through other defs, in their order: the
+    NNGP-only pair kernel computes no Θ."""
+    need = set().union(*(e.free_symbols for e in outputs))
+    out = []
+    for sym, e in reversed(defs):
+        if sym in need:
+            out.append((sym, e))
+            need |= e.free_symbols
+    return out[::-1]
 
 
 def _quad_printed(t: type, printer) -> tuple[str, str | None]:
@@ -63,40 +83,50 @@ class ModuleWriter:
         self.names = dict(rec.code_names)
         for i, p in enumerate(self.prog.params.values()):
             self.names[p.symbol] = f"params[{i}]"
-        self.slots = {a.symbol: k for k, a in enumerate(rec.point)}
-        point_full = _substituted(rec.point, {})
-        pair_full = _substituted(rec.pair, {})
-        diag = [rec.outputs[k].xreplace(point_full) for k in ("nngp_diag", "ntk_diag")]
-        self.point_outputs = [point_full[a.symbol] for a in rec.point] + diag
-        nngp = rec.outputs["nngp"].xreplace(pair_full)
-        ntk = rec.outputs["ntk"].xreplace(pair_full)
+        pair = {a.symbol: a.expr for a in rec.pair}
+        pair["nngp"], pair["ntk"] = rec.outputs["nngp"], rec.outputs["ntk"]
         # sqrt(K(x,x)·K(x',x')) → per-input roots, computed in the point phase.
         twins = {2: dict(rec.twins)}
-        hoisted, self.roots = hoist_roots({"nngp": nngp, "ntk": ntk},
-                                          {a.symbol for a in rec.point}, twins, self.names)
-        self.nngp, self.ntk = hoisted["nngp"], hoisted["ntk"]
+        hoisted, self.roots = hoist_roots(pair, {a.symbol for a in rec.point}, twins,
+                                          self.names)
+        self.nngp, self.ntk = hoisted.pop("nngp"), hoisted.pop("ntk")
+        self.pair_defs: Defs = [(a.symbol, hoisted[a.symbol]) for a in rec.pair]
         self.twins = twins[2]
-        self.point_symbols = [a.symbol for a in rec.point] + [r.symbol for r in self.roots]
+        self.point_defs: Defs = [(a.symbol, a.expr) for a in rec.point] + [
+            (r.symbol, r.value(r.base)) for r in self.roots]
+        self.point_symbols = [s for s, _ in self.point_defs]
         self.slots = {sym: k for k, sym in enumerate(self.point_symbols)}
-        self.point_outputs[len(rec.point):len(rec.point)] = [
-            r.value(point_full[r.base]) for r in self.roots]
-        exprs = self.point_outputs + [self.nngp, self.ntk]
+        # One point slot per quantity and root, then the checked variances that are no
+        # quantity (see _quad_checks), then K(x,x) and Θ(x,x).
+        self.point_outputs: list[sympy.Expr] = list(self.point_symbols) + [
+            rec.outputs["nngp_diag"], rec.outputs["ntk_diag"]]
+        exprs = [e for _, e in self.point_defs + self.pair_defs] + [self.nngp, self.ntk]
         quads = sorted({type(q) for e in exprs for q in e.atoms(GaussExpectation)},
                        key=lambda t: t.__name__)
         self.helpers = {t: f"_quad{i}" for i, t in enumerate(quads)}
-        self.quad_checks = self._quad_checks(point_full, pair_full)
+        self.quad_checks = self._quad_checks()
 
-    def _quad_checks(self, point_full, pair_full) -> list[tuple[int, str, str]]:
-        """The run-time guard's checks: (point slot, helper, where). A variance that is
-        no point quantity yet becomes an extra point output (before the diagonal)."""
-        known = {point_full[a.symbol]: self.slots[a.symbol] for a in self.rec.point}
-        checks = []
-        for t, expr, line in quadrature.variance_checks(self.rec, point_full, pair_full):
-            if expr not in known:
-                known[expr] = len(self.point_outputs) - 2
-                self.point_outputs.insert(len(self.point_outputs) - 2, expr)
-            node = self.prog.nodes[line]
-            checks.append((known[expr], self.helpers[t], f"line {node.pos.line} ({line})"))
+    def _quad_checks(self) -> list[tuple[int, str, str]]:
+        """The run-time guard's checks: (point slot, helper, where), one per variance
+        an expectation is evaluated at, in both phases. A variance that is no point
+        quantity yet becomes an extra point output (before the diagonal)."""
+        back = {v: k for k, v in self.rec.twins.items()}
+        per_input = {*self.point_symbols, self.rec.sq, *self.rec.param_symbols}
+        known = dict(self.slots)
+        checks, seen = [], set()
+        for a in self.rec.point + self.rec.pair:
+            for q in sorted(a.expr.atoms(GaussExpectation), key=sympy.default_sort_key):
+                for var in (q.args[:1] if len(q.args) == 1 else (q.args[0], q.args[2])):
+                    e = var.xreplace(back)  # the variance at x' is the same quantity at x
+                    if not e.free_symbols <= per_input or (type(q), e) in seen:
+                        continue
+                    seen.add((type(q), e))
+                    if e not in known:
+                        known[e] = len(self.point_outputs) - 2
+                        self.point_outputs.insert(len(self.point_outputs) - 2, e)
+                    node = self.prog.nodes[a.line]
+                    checks.append((known[e], self.helpers[type(q)],
+                                   f"line {node.pos.line} ({a.line})"))
         return checks
 
     def _printers(self):
@@ -135,16 +165,22 @@ class ModuleWriter:
     # -- point and pair phases -------------------------------------------------------------
     def point_phase(self) -> list[str]:
         nb, npy = self._printers()
-        body, outs = cse_block(self.point_outputs, nb, " " * 8, "t")
+        body, outs = cse_block(self.point_outputs, nb, " " * 4, "t", self.point_defs)
         # With quadratures, both point phases end in the guard (_check_quadrature).
         kernel = "_point_numba_kernel" if self.helpers else "_point_numba"
-        src = ["@numba.njit(parallel=True, cache=True)", f"def {kernel}(sqs, params, out):",
-               "    for i in numba.prange(sqs.shape[0]):", "        sq = sqs[i]"]
-        src += body + [f"        out[i, {k}] = {o}" for k, o in enumerate(outs)]
+        # The formulas are a serial function of one input, called from the prange loop:
+        # numba's parfor passes cost time superlinear in the statements of a parallel
+        # loop's body (3× the serial compile at 50 layers), and the call is per input.
+        src = ["@numba.njit(cache=True)", "def _point_one(sq, params, out, i):"]
+        src += body + [f"    out[i, {k}] = {o}" for k, o in enumerate(outs)]
+        src += ["", "", "@numba.njit(parallel=True, cache=True)",
+                f"def {kernel}(sqs, params, out):",
+                "    for i in numba.prange(sqs.shape[0]):",
+                "        _point_one(sqs[i], params, out, i)"]
         if self.helpers:
             src += ["", "", "def _point_numba(sqs, params, out):",
                     f"    {kernel}(sqs, params, out)", "    _check_quadrature(out, params)"]
-        body_np, outs_np = cse_block(self.point_outputs, npy, "    ", "t")
+        body_np, outs_np = cse_block(self.point_outputs, npy, "    ", "t", self.point_defs)
         src += ["", "", "def _point_numpy(sq, params):",
                 "    out = numpy.empty((sq.shape[0], N_POINT))"]
         src += body_np + [f"    out[:, {k}] = {o}" for k, o in enumerate(outs_np)]
@@ -153,9 +189,11 @@ class ModuleWriter:
 
     def _loads(self, exprs, printer, which: int, row: str, vec: str | None,
                transposed: bool = False) -> list[str]:
-        """Loads of the point quantities the exprs use. transposed: x' quantities from
-        P2T (slot, point), contiguous along the pair loop, so it vectorises."""
-        syms = set().union(*(e.free_symbols for e in exprs))
+        """Loads of the point quantities the exprs use (through the pair defs too).
+        transposed: x' quantities from P2T (slot, point), contiguous along the pair
+        loop, so it vectorises."""
+        used = list(exprs) + [e for _, e in needed_defs(self.pair_defs, exprs)]
+        syms = set().union(*(e.free_symbols for e in used))
         lines = []
         for s1 in self.point_symbols:
             sym = s1 if which == 1 else self.twins[s1]
@@ -172,33 +210,33 @@ class ModuleWriter:
 
     def pair_phase(self, name: str, outputs: list[sympy.Expr]) -> list[str]:
         nb, _ = self._printers()
-        body, outs = cse_block(outputs, nb, " " * 16, "t")
-        args = "G, P1, P2T, params, ntk, symmetric" if len(outputs) == 2 else \
-            "G, P1, P2T, params, symmetric"
-        src = [
+        body, outs = cse_block(outputs, nb, " " * 8, "t", needed_defs(self.pair_defs, outputs))
+        both = len(outputs) == 2
+        args = "G, P1, P2T, params, ntk, symmetric" if both else "G, P1, P2T, params, symmetric"
+        # One row of pairs per call of a serial function (see point_phase: numba's parfor
+        # passes are superlinear in the loop body); its loop over j still vectorises.
+        src = ["@numba.njit(cache=True)", f"def {name}_row(i, {args}):", "    n2 = G.shape[1]"]
+        src += ["    " + ln for ln in self._loads(outputs, nb, 1, "i", None)]
+        # Row views and a loop counter from 0 on a start known to be >= 0: numba can
+        # drop its negative-index checks and LLVM vectorises the loop over j.
+        src += ["    j0 = max(i, 0) if symmetric else 0", "    Gi = G[i]"]
+        if both:
+            src.append("    Ti = ntk[i]")
+        src += ["    for k in range(n2 - j0):", "        j = j0 + k", "        dot = Gi[j]"]
+        src += ["        " + ln for ln in self._loads(outputs, nb, 2, "j", None, True)]
+        src += body + [f"        Gi[j] = {outs[0]}"]
+        if both:
+            src.append(f"        Ti[j] = {outs[1]}")
+        return src + [
+            "", "",
             "@numba.njit(parallel=True, cache=True)",
             f"def {name}({args}):",
-            "    n1, n2 = G.shape",
+            "    n1 = G.shape[0]",
             "    # rows t and n1-1-t go to the same task: balanced work on the triangle",
             "    for task in numba.prange((n1 + 1) // 2):",
             "        for half in range(2 if 2 * task + 1 < n1 else 1):",
-            "            i = task + half * (n1 - 1 - 2 * task)",
+            f"            {name}_row(task + half * (n1 - 1 - 2 * task), {args})",
         ]
-        src += ["            " + ln for ln in self._loads(outputs, nb, 1, "i", None)]
-        # Row views and a loop counter from 0 on a start known to be >= 0: numba can
-        # drop its negative-index checks and LLVM vectorises the loop over j.
-        src += ["            j0 = max(i, 0) if symmetric else 0",
-                "            Gi = G[i]"]
-        if len(outputs) == 2:
-            src.append("            Ti = ntk[i]")
-        src += ["            for k in range(n2 - j0):",
-                "                j = j0 + k",
-                "                dot = Gi[j]"]
-        src += ["                " + ln for ln in self._loads(outputs, nb, 2, "j", None, True)]
-        src += body + [f"                Gi[j] = {outs[0]}"]
-        if len(outputs) == 2:
-            src.append(f"                Ti[j] = {outs[1]}")
-        return src
 
     def pair_numpy(self) -> list[str]:
         _, npy = self._printers()
@@ -206,7 +244,7 @@ class ModuleWriter:
         src = ["def _pairs_numpy(G, P1, P2, params):", "    dot = G"]
         src += ["    " + ln for ln in self._loads(outputs, npy, 1, "", "[:, None]")]
         src += ["    " + ln for ln in self._loads(outputs, npy, 2, "", "[None, :]")]
-        body, outs = cse_block(outputs, npy, "    ", "t")
+        body, outs = cse_block(outputs, npy, "    ", "t", needed_defs(self.pair_defs, outputs))
         src += body
         src += [f"    nngp = numpy.zeros(G.shape) + ({outs[0]})",
                 f"    ntk = numpy.zeros(G.shape) + ({outs[1]})",
@@ -238,7 +276,7 @@ class ModuleWriter:
             "_np_erf = np.vectorize(math.erf, otypes=[np.float64])",
             "",
         ]
-        parts = [head, ACOS_SOURCE.splitlines(), self.quadrature(), self.point_phase(), [""]]
+        parts = [head, _ACOS_DENSE.splitlines(), self.quadrature(), self.point_phase(), [""]]
         if "cpu" in self.targets:
             parts += [self.pair_phase("_pairs_nngp", [self.nngp]), [""],
                       self.pair_phase("_pairs_both", [self.nngp, self.ntk]), [""]]

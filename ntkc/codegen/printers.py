@@ -22,15 +22,43 @@ def guard_zero_variance(expr: sympy.Expr) -> sympy.Expr:
         lambda e: sympy.Max(e.base, TINY) ** e.exp)
 
 
-def cse_block(exprs: list, printer, indent: str, tmp: str = "t") -> tuple[list[str], list[str]]:
+def cse_block(exprs: list, printer, indent: str, tmp: str = "t",
+              defs: list[tuple[sympy.Symbol, sympy.Expr]] = ()) -> tuple[list[str], list[str]]:
     """The expressions with common subexpressions eliminated: (statements, printed
-    expressions)."""
-    exprs = [guard_zero_variance(e) if isinstance(e, sympy.Basic) else e for e in exprs]
-    reps, reduced = sympy.cse(exprs, symbols=sympy.numbered_symbols(tmp), order="none")
+    expressions).
+
+    defs: assignments (symbol, formula), in order, that the expressions and later defs
+    read by symbol (the recursion, one statement per quantity). They share one cse
+    with the expressions; each is printed as ``name = formula`` right after the
+    temporaries it needs, so a temporary that reads a def comes after it."""
+    guard = [guard_zero_variance(e) if isinstance(e, sympy.Basic) else e
+             for e in [e for _, e in defs] + list(exprs)]
+    reps, reduced = sympy.cse(guard, symbols=sympy.numbered_symbols(tmp), order="none")
     for s, _ in reps:
         printer.names[s] = str(s)
-    return ([f"{indent}{s} = {printer.doprint(e)}" for s, e in reps],
-            [printer.doprint(e) for e in reduced])
+    index = {s: k for k, (s, _) in enumerate(reps)}
+    done: set[int] = set()
+    lines: list[str] = []
+
+    def emit_needed(e) -> None:
+        # the temporaries e reads, with the ones they read; cse lists them in order
+        todo = [index[f] for f in getattr(e, "free_symbols", ()) if f in index]
+        need: set[int] = set()
+        while todo:
+            k = todo.pop()
+            if k not in done and k not in need:
+                need.add(k)
+                todo += [index[f] for f in reps[k][1].free_symbols if f in index]
+        for k in sorted(need):
+            lines.append(f"{indent}{reps[k][0]} = {printer.doprint(reps[k][1])}")
+        done.update(need)
+
+    for (sym, _), e in zip(defs, reduced):
+        emit_needed(e)
+        lines.append(f"{indent}{printer.doprint(sym)} = {printer.doprint(e)}")
+    # the rest in cse's order (all of them when there are no defs: the emitters' old text)
+    emit_needed(sympy.Tuple(*[s for k, (s, _) in enumerate(reps) if k not in done]))
+    return lines, [printer.doprint(e) for e in reduced[len(defs):]]
 
 
 class _Names:
