@@ -19,9 +19,11 @@ quantities of (x, x) itself, point 3 standing for a second copy of x.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import sympy
@@ -287,8 +289,34 @@ class Derivation:
         )
 
 
+# Python frames per line along the longest path: the derivation recurses once per line
+# (Q → _define → _open → a rule → Q: 4 to 6 frames); 10 leaves room for any rule.
+FRAMES_PER_LINE = 10
+
+
+@contextlib.contextmanager
+def _recursion_room(program: Program) -> Iterator[None]:
+    """Python's recursion limit raised, while deriving, by the frames the longest path
+    needs: the default (1000) was met near 200 lines. The recursion is plain Python
+    calls, so the C stack is not what bounds it."""
+    chain: dict[str, int] = {}
+    for node in program.nodes.values():
+        chain[node.name] = 1 + max((chain[i] for i in node.inputs), default=0)
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(old + FRAMES_PER_LINE * max(chain.values(), default=0))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
 def derive(program: Program) -> Recursion:
     """Derive K and Θ of the program's output at (x, x')."""
+    with _recursion_room(program):
+        return _derive(program)
+
+
+def _derive(program: Program) -> Recursion:
     d = Derivation(program)
     out = program.output
     outputs = {"nngp": d.Q("K", out, out, 1, 2), "ntk": d.Q("T", out, out, 1, 2),

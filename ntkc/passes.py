@@ -7,10 +7,12 @@ from .errors import Reporter
 from .ir import Program
 from .rules import RULES
 
-# Lines along the longest path from the input: the derivation recurses once per line
-# of it (Python's recursion limit is met near 200), and code generation grows fast
-# with depth. 128 is 64 dense + nonlinearity layers.
-MAX_CHAIN = 128
+# Lines along the longest path from the input. The derivation recurses once per line of
+# it (ntkc.derive raises Python's recursion limit to fit) and the time to the first
+# kernel grows linearly with it (about 0.45 s per dense + relu layer on 2 cores: `ntkc
+# bench --case mlp-depth`), so this bounds the work a spec can ask for, not the
+# algorithm. 1024 is 512 dense + nonlinearity layers.
+MAX_CHAIN = 1024
 
 
 def infer_shapes(program: Program, r: Reporter) -> None:

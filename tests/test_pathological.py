@@ -165,8 +165,8 @@ LIMITS = [
 
 
 DEEP = "input x : vector[3]\nh0 = dense(x)\n" + "".join(
-    f"g{i} = dense(h{i - 1})\nh{i} = relu(g{i})\n" for i in range(1, 200)) + "output h199\n"
-LIMITS.append((DEEP, "129:7", "network too deep: 'g64' is 129 lines from the input"))
+    f"g{i} = dense(h{i - 1})\nh{i} = relu(g{i})\n" for i in range(1, 600)) + "output h599\n"
+LIMITS.append((DEEP, "1025:8", "network too deep: 'g512' is 1025 lines from the input"))
 
 
 @pytest.mark.parametrize("text,where,message", LIMITS,
