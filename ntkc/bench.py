@@ -12,12 +12,20 @@ N×N float32 arrays from the device to the host (the floor of any GPU kernel tha
 returns host arrays). Needs an NVIDIA GPU and numba-cuda (pip install 'ntkc[cuda]').
 
 cntk-gap, cnn-flatten: convolutional networks (ntkc.bench_conv).
+mlp-depth: compile time against depth (issue 10): k × (dense + relu|erf) + dense, d = 16,
+k in --depths (5 10 20 50 100), each in a fresh process on empty ntkc and numba caches;
+the time of ntkc.load (derive + codegen + import) and of the first kernel(x) on 8 inputs
+(numba's JIT + the run), and the generated module's size.
+
 cntk21-gap-gpu, cnn21-flatten-gpu: issue 5's 21-layer 32×32×3 nets, ms per Gram entry on the
 GPU and the CPU, against Neural Tangents' published V100 figures (needs a GPU).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -130,6 +138,68 @@ def report_gpu(result: dict) -> str:
             f"  {result['pairs_per_s'] / 1e6:.1f} M pairs/s on the GPU (upper triangle)")
 
 
+def mlp_spec(depth: int, act: str, d: int = 16) -> str:
+    """depth × (dense + act) + a dense readout."""
+    lines = [f"network mlp_{act}_{depth}", f"input x : vector[{d}]"]
+    prev = "x"
+    for i in range(1, depth + 1):
+        lines += [f"g{i} = dense({prev}, w_std=1.4, b_std=0.1)", f"h{i} = {act}(g{i})"]
+        prev = f"h{i}"
+    return "\n".join([*lines, f"y = dense({prev}, w_std=1.4, b_std=0.1)", "output y", ""])
+
+
+# Run in a fresh interpreter: numba reads NUMBA_CACHE_DIR at import, and a warm process
+# would have sympy's caches and numba's compiled helpers from the previous depth.
+_DEPTH_CHILD = """
+import json, sys, time
+import numpy as np
+import ntkc
+t0 = time.perf_counter()
+model = ntkc.load(sys.argv[1])
+t1 = time.perf_counter()
+model.kernel(np.random.default_rng(0).standard_normal((int(sys.argv[2]), int(sys.argv[3]))))
+t2 = time.perf_counter()
+print(json.dumps({"compile_s": t1 - t0, "first_call_s": t2 - t1,
+                  "module_bytes": len(model.compiled.source.encode())}))
+"""
+
+
+def bench_mlp_depth(depths=(5, 10, 20, 50, 100), acts=("relu", "erf"), n: int = 8,
+                    d: int = 16) -> list[dict]:
+    """Time from ntkc.load to the first kernel, per (activation, depth), empty caches."""
+    rows = []
+    for act in acts:
+        for depth in depths:
+            with tempfile.TemporaryDirectory() as tmp:
+                spec = Path(tmp) / f"mlp_{act}_{depth}.ntk"
+                spec.write_text(mlp_spec(depth, act, d))
+                env = dict(os.environ, NTKC_CACHE_DIR=f"{tmp}/ntkc",
+                           NUMBA_CACHE_DIR=f"{tmp}/numba")
+                cmd = [sys.executable, "-c", _DEPTH_CHILD, str(spec), str(n), str(d)]
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                tail = out.stderr.strip().splitlines()[-1:] or ["no output"]
+                rows.append({"act": act, "depth": depth, "error": tail[0]})
+            else:
+                result = json.loads(out.stdout.splitlines()[-1])
+                rows.append({"act": act, "depth": depth, **result})
+            print(report_depth_row(rows[-1]), file=sys.stderr, flush=True)  # progress
+    return rows
+
+
+def report_depth_row(r: dict) -> str:
+    if "error" in r:
+        return f"{r['act']:>5} {r['depth']:6d}   error: {r['error']}"
+    return (f"{r['act']:>5} {r['depth']:6d} {r['compile_s']:10.2f} {r['first_call_s']:11.2f} "
+            f"{r['compile_s'] + r['first_call_s']:9.2f} {r['module_bytes'] / 1e3:10.0f}")
+
+
+def report_depth(rows: list[dict]) -> str:
+    head = ("mlp-depth: depth × (dense + act) + dense, d = 16, first kernel on 8 inputs, "
+            "empty caches\n  act  depth  load (s)  1st call (s)  total (s)  module (kB)")
+    return "\n".join([head, *map(report_depth_row, rows)])
+
+
 def report(result: dict) -> str:
     return (f"{result['case']}\n"
             f"  kernel()            {result['kernel_s'] * 1e3:9.1f} ms\n"
@@ -144,12 +214,19 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="ntkc bench", description=__doc__.split("\n")[0])
     ap.add_argument("--case", default="fc", choices=[
-        "fc", "fc-gpu", "cntk-gap", "cnn-flatten", "cntk21-gap-gpu", "cnn21-flatten-gpu"])
+        "fc", "fc-gpu", "mlp-depth", "cntk-gap", "cnn-flatten", "cntk21-gap-gpu", "cnn21-flatten-gpu"])
     ap.add_argument("--n", type=int, help="points (default: 4000 for fc, 20000 for fc-gpu)")
     ap.add_argument("--d", type=int, help="input dimension (default: 256 for fc, 784 for fc-gpu)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--numpy-n", type=int, help="points for the numpy reference (conv cases)")
+    ap.add_argument("--depths", type=int, nargs="+", default=[5, 10, 20, 50, 100],
+                    help="mlp-depth: the depths to time")
+    ap.add_argument("--acts", nargs="+", default=["relu", "erf"],
+                    help="mlp-depth: the nonlinearities")
     args = ap.parse_args(argv)
+    if args.case == "mlp-depth":
+        print(report_depth(bench_mlp_depth(args.depths, args.acts, args.n or 8)))
+        return 0
     if args.case.endswith("21-gap-gpu") or args.case.endswith("21-flatten-gpu"):
         from .bench_conv import bench_conv_gpu, report_conv_gpu
 
