@@ -51,10 +51,11 @@ PARAMETERIZATION = 'ntk'
 INPUT_SHAPE = (8, 8, 1)
 PARAMS = {}
 TARGETS = ('cpu', 'cuda')  # devices with kernels here; the first is the default
-N_POINT = 1605
+N_POINT = 1477
 DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)
-N_SCRATCH = 69760  # float64 scratch entries of one pair
-N_W = 69760  # float64 scratch entries of one input's point phase
+N_SCRATCH = 24576  # scratch entries of one pair (float32 or float64)
+N_TMP = 512  # entries of the stencils' row buffer
+N_W = 24576  # float64 scratch entries of one input's point phase
 STRUCTURE = {'x': 'full', 'g1': 'full', 'h1': 'full', 'g2': 'full', 'h2': 'full', 'g3': 'full', 'h3': 'full', 'p': 'scalar', 'y': 'scalar'}
 
 # The recursion, one entry (i, j) of each array (K: NNGP kernel, Θ: NTK):
@@ -116,99 +117,264 @@ STRUCTURE = {'x': 'full', 'g1': 'full', 'h1': 'full', 'g2': 'full', 'h2': 'full'
 #   gpool_p(x,x')[Θ[h3](x,x')] = gpool_p(Θ[h3](x,x'))
 #   Θ[y](x,x') = gpool_p(x,x')[K[h3](x,x')] + gpool_p(x,x')[Θ[h3](x,x')]
 
-# Tap tables of the windows: input position read by tap t of output o (-1: padding)
-_TAPS0 = np.array([-1, -1, -1, -1, 0, 1, -1, 8, 9, -1, -1, -1, 0, 1, 2, 8, 9, 10, -1, -1, -1, 1, 2, 3, 9, 10, 11, -1, -1, -1, 2, 3, 4, 10, 11, 12, -1, -1, -1, 3, 4, 5, 11, 12, 13, -1, -1, -1, 4, 5, 6, 12, 13, 14, -1, -1, -1, 5, 6, 7, 13, 14, 15, -1, -1, -1, 6, 7, -1, 14, 15, -1, -1, 0, 1, -1, 8, 9, -1, 16, 17, 0, 1, 2, 8, 9, 10, 16, 17, 18, 1, 2, 3, 9, 10, 11, 17, 18, 19, 2, 3, 4, 10, 11, 12, 18, 19, 20, 3, 4, 5, 11, 12, 13, 19, 20, 21, 4, 5, 6, 12, 13, 14, 20, 21, 22, 5, 6, 7, 13, 14, 15, 21, 22, 23, 6, 7, -1, 14, 15, -1, 22, 23, -1, -1, 8, 9, -1, 16, 17, -1, 24, 25, 8, 9, 10, 16, 17, 18, 24, 25, 26, 9, 10, 11, 17, 18, 19, 25, 26, 27, 10, 11, 12, 18, 19, 20, 26, 27, 28, 11, 12, 13, 19, 20, 21, 27, 28, 29, 12, 13, 14, 20, 21, 22, 28, 29, 30, 13, 14, 15, 21, 22, 23, 29, 30, 31, 14, 15, -1, 22, 23, -1, 30, 31, -1, -1, 16, 17, -1, 24, 25, -1, 32, 33, 16, 17, 18, 24, 25, 26, 32, 33, 34, 17, 18, 19, 25, 26, 27, 33, 34, 35, 18, 19, 20, 26, 27, 28, 34, 35, 36, 19, 20, 21, 27, 28, 29, 35, 36, 37, 20, 21, 22, 28, 29, 30, 36, 37, 38, 21, 22, 23, 29, 30, 31, 37, 38, 39, 22, 23, -1, 30, 31, -1, 38, 39, -1, -1, 24, 25, -1, 32, 33, -1, 40, 41, 24, 25, 26, 32, 33, 34, 40, 41, 42, 25, 26, 27, 33, 34, 35, 41, 42, 43, 26, 27, 28, 34, 35, 36, 42, 43, 44, 27, 28, 29, 35, 36, 37, 43, 44, 45, 28, 29, 30, 36, 37, 38, 44, 45, 46, 29, 30, 31, 37, 38, 39, 45, 46, 47, 30, 31, -1, 38, 39, -1, 46, 47, -1, -1, 32, 33, -1, 40, 41, -1, 48, 49, 32, 33, 34, 40, 41, 42, 48, 49, 50, 33, 34, 35, 41, 42, 43, 49, 50, 51, 34, 35, 36, 42, 43, 44, 50, 51, 52, 35, 36, 37, 43, 44, 45, 51, 52, 53, 36, 37, 38, 44, 45, 46, 52, 53, 54, 37, 38, 39, 45, 46, 47, 53, 54, 55, 38, 39, -1, 46, 47, -1, 54, 55, -1, -1, 40, 41, -1, 48, 49, -1, 56, 57, 40, 41, 42, 48, 49, 50, 56, 57, 58, 41, 42, 43, 49, 50, 51, 57, 58, 59, 42, 43, 44, 50, 51, 52, 58, 59, 60, 43, 44, 45, 51, 52, 53, 59, 60, 61, 44, 45, 46, 52, 53, 54, 60, 61, 62, 45, 46, 47, 53, 54, 55, 61, 62, 63, 46, 47, -1, 54, 55, -1, 62, 63, -1, -1, 48, 49, -1, 56, 57, -1, -1, -1, 48, 49, 50, 56, 57, 58, -1, -1, -1, 49, 50, 51, 57, 58, 59, -1, -1, -1, 50, 51, 52, 58, 59, 60, -1, -1, -1, 51, 52, 53, 59, 60, 61, -1, -1, -1, 52, 53, 54, 60, 61, 62, -1, -1, -1, 53, 54, 55, 61, 62, 63, -1, -1, -1, 54, 55, -1, 62, 63, -1, -1, -1, -1], dtype=np.int64).reshape((64, 9))
-_TAPS1 = np.array([-1, -1, -1, -1, 0, 1, -1, 8, 9, -1, -1, -1, 0, 1, 2, 8, 9, 10, -1, -1, -1, 1, 2, 3, 9, 10, 11, -1, -1, -1, 2, 3, 4, 10, 11, 12, -1, -1, -1, 3, 4, 5, 11, 12, 13, -1, -1, -1, 4, 5, 6, 12, 13, 14, -1, -1, -1, 5, 6, 7, 13, 14, 15, -1, -1, -1, 6, 7, -1, 14, 15, -1, -1, 0, 1, -1, 8, 9, -1, 16, 17, 0, 1, 2, 8, 9, 10, 16, 17, 18, 1, 2, 3, 9, 10, 11, 17, 18, 19, 2, 3, 4, 10, 11, 12, 18, 19, 20, 3, 4, 5, 11, 12, 13, 19, 20, 21, 4, 5, 6, 12, 13, 14, 20, 21, 22, 5, 6, 7, 13, 14, 15, 21, 22, 23, 6, 7, -1, 14, 15, -1, 22, 23, -1, -1, 8, 9, -1, 16, 17, -1, 24, 25, 8, 9, 10, 16, 17, 18, 24, 25, 26, 9, 10, 11, 17, 18, 19, 25, 26, 27, 10, 11, 12, 18, 19, 20, 26, 27, 28, 11, 12, 13, 19, 20, 21, 27, 28, 29, 12, 13, 14, 20, 21, 22, 28, 29, 30, 13, 14, 15, 21, 22, 23, 29, 30, 31, 14, 15, -1, 22, 23, -1, 30, 31, -1, -1, 16, 17, -1, 24, 25, -1, 32, 33, 16, 17, 18, 24, 25, 26, 32, 33, 34, 17, 18, 19, 25, 26, 27, 33, 34, 35, 18, 19, 20, 26, 27, 28, 34, 35, 36, 19, 20, 21, 27, 28, 29, 35, 36, 37, 20, 21, 22, 28, 29, 30, 36, 37, 38, 21, 22, 23, 29, 30, 31, 37, 38, 39, 22, 23, -1, 30, 31, -1, 38, 39, -1, -1, 24, 25, -1, 32, 33, -1, 40, 41, 24, 25, 26, 32, 33, 34, 40, 41, 42, 25, 26, 27, 33, 34, 35, 41, 42, 43, 26, 27, 28, 34, 35, 36, 42, 43, 44, 27, 28, 29, 35, 36, 37, 43, 44, 45, 28, 29, 30, 36, 37, 38, 44, 45, 46, 29, 30, 31, 37, 38, 39, 45, 46, 47, 30, 31, -1, 38, 39, -1, 46, 47, -1, -1, 32, 33, -1, 40, 41, -1, 48, 49, 32, 33, 34, 40, 41, 42, 48, 49, 50, 33, 34, 35, 41, 42, 43, 49, 50, 51, 34, 35, 36, 42, 43, 44, 50, 51, 52, 35, 36, 37, 43, 44, 45, 51, 52, 53, 36, 37, 38, 44, 45, 46, 52, 53, 54, 37, 38, 39, 45, 46, 47, 53, 54, 55, 38, 39, -1, 46, 47, -1, 54, 55, -1, -1, 40, 41, -1, 48, 49, -1, 56, 57, 40, 41, 42, 48, 49, 50, 56, 57, 58, 41, 42, 43, 49, 50, 51, 57, 58, 59, 42, 43, 44, 50, 51, 52, 58, 59, 60, 43, 44, 45, 51, 52, 53, 59, 60, 61, 44, 45, 46, 52, 53, 54, 60, 61, 62, 45, 46, 47, 53, 54, 55, 61, 62, 63, 46, 47, -1, 54, 55, -1, 62, 63, -1, -1, 48, 49, -1, 56, 57, -1, -1, -1, 48, 49, 50, 56, 57, 58, -1, -1, -1, 49, 50, 51, 57, 58, 59, -1, -1, -1, 50, 51, 52, 58, 59, 60, -1, -1, -1, 51, 52, 53, 59, 60, 61, -1, -1, -1, 52, 53, 54, 60, 61, 62, -1, -1, -1, 53, 54, 55, 61, 62, 63, -1, -1, -1, 54, 55, -1, 62, 63, -1, -1, -1, -1], dtype=np.int64).reshape((64, 9))
-_TAPS2 = np.array([-1, -1, -1, -1, 0, 1, -1, 8, 9, -1, -1, -1, 0, 1, 2, 8, 9, 10, -1, -1, -1, 1, 2, 3, 9, 10, 11, -1, -1, -1, 2, 3, 4, 10, 11, 12, -1, -1, -1, 3, 4, 5, 11, 12, 13, -1, -1, -1, 4, 5, 6, 12, 13, 14, -1, -1, -1, 5, 6, 7, 13, 14, 15, -1, -1, -1, 6, 7, -1, 14, 15, -1, -1, 0, 1, -1, 8, 9, -1, 16, 17, 0, 1, 2, 8, 9, 10, 16, 17, 18, 1, 2, 3, 9, 10, 11, 17, 18, 19, 2, 3, 4, 10, 11, 12, 18, 19, 20, 3, 4, 5, 11, 12, 13, 19, 20, 21, 4, 5, 6, 12, 13, 14, 20, 21, 22, 5, 6, 7, 13, 14, 15, 21, 22, 23, 6, 7, -1, 14, 15, -1, 22, 23, -1, -1, 8, 9, -1, 16, 17, -1, 24, 25, 8, 9, 10, 16, 17, 18, 24, 25, 26, 9, 10, 11, 17, 18, 19, 25, 26, 27, 10, 11, 12, 18, 19, 20, 26, 27, 28, 11, 12, 13, 19, 20, 21, 27, 28, 29, 12, 13, 14, 20, 21, 22, 28, 29, 30, 13, 14, 15, 21, 22, 23, 29, 30, 31, 14, 15, -1, 22, 23, -1, 30, 31, -1, -1, 16, 17, -1, 24, 25, -1, 32, 33, 16, 17, 18, 24, 25, 26, 32, 33, 34, 17, 18, 19, 25, 26, 27, 33, 34, 35, 18, 19, 20, 26, 27, 28, 34, 35, 36, 19, 20, 21, 27, 28, 29, 35, 36, 37, 20, 21, 22, 28, 29, 30, 36, 37, 38, 21, 22, 23, 29, 30, 31, 37, 38, 39, 22, 23, -1, 30, 31, -1, 38, 39, -1, -1, 24, 25, -1, 32, 33, -1, 40, 41, 24, 25, 26, 32, 33, 34, 40, 41, 42, 25, 26, 27, 33, 34, 35, 41, 42, 43, 26, 27, 28, 34, 35, 36, 42, 43, 44, 27, 28, 29, 35, 36, 37, 43, 44, 45, 28, 29, 30, 36, 37, 38, 44, 45, 46, 29, 30, 31, 37, 38, 39, 45, 46, 47, 30, 31, -1, 38, 39, -1, 46, 47, -1, -1, 32, 33, -1, 40, 41, -1, 48, 49, 32, 33, 34, 40, 41, 42, 48, 49, 50, 33, 34, 35, 41, 42, 43, 49, 50, 51, 34, 35, 36, 42, 43, 44, 50, 51, 52, 35, 36, 37, 43, 44, 45, 51, 52, 53, 36, 37, 38, 44, 45, 46, 52, 53, 54, 37, 38, 39, 45, 46, 47, 53, 54, 55, 38, 39, -1, 46, 47, -1, 54, 55, -1, -1, 40, 41, -1, 48, 49, -1, 56, 57, 40, 41, 42, 48, 49, 50, 56, 57, 58, 41, 42, 43, 49, 50, 51, 57, 58, 59, 42, 43, 44, 50, 51, 52, 58, 59, 60, 43, 44, 45, 51, 52, 53, 59, 60, 61, 44, 45, 46, 52, 53, 54, 60, 61, 62, 45, 46, 47, 53, 54, 55, 61, 62, 63, 46, 47, -1, 54, 55, -1, 62, 63, -1, -1, 48, 49, -1, 56, 57, -1, -1, -1, 48, 49, 50, 56, 57, 58, -1, -1, -1, 49, 50, 51, 57, 58, 59, -1, -1, -1, 50, 51, 52, 58, 59, 60, -1, -1, -1, 51, 52, 53, 59, 60, 61, -1, -1, -1, 52, 53, 54, 60, 61, 62, -1, -1, -1, 53, 54, 55, 61, 62, 63, -1, -1, -1, 54, 55, -1, 62, 63, -1, -1, -1, -1], dtype=np.int64).reshape((64, 9))
-# Index and mask arrays of the unrolled conv loops (ntkc.codegen.conv_loops)
-_C0_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C0_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C0_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C0_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C0_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C0_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C0_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C0_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C8_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C8_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C8_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C8_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C8_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C8_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C8_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C8_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C16_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C16_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C16_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C16_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C16_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C16_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C16_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C16_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C24_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C24_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C24_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C24_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C24_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C24_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C24_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C24_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C32_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C32_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C32_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C32_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C32_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C32_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C32_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C32_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C40_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C40_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C40_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C40_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C40_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C40_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C40_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C40_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C48_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C48_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C48_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C48_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C48_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C48_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C48_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C48_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C56_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C56_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C56_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C56_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C56_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C56_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C56_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C56_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C64_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C64_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C64_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C64_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C64_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C64_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C64_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C64_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C72_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C72_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C72_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C72_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C72_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C72_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C72_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C72_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C80_M0 = np.array([False, False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C80_M1 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C80_M2 = np.array([False, False, False, False, False, False, False, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C80_M3 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True], dtype=np.bool_).reshape((64,))
-_C80_M5 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False], dtype=np.bool_).reshape((64,))
-_C80_M6 = np.array([False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C80_M7 = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
-_C80_M8 = np.array([True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, True, True, True, True, True, True, True, False, False, False, False, False, False, False, False, False], dtype=np.bool_).reshape((64,))
+# The compiled stencils (ntkc/codegen/stencil_kernels.py)
+
+
+
+def _tap(o, t, n, s, lo, circular):
+    # input index of tap t of output o along one axis; -1: zero padding
+    i = o * s + t - lo
+    if circular:
+        return i % n
+    return i if 0 <= i < n else -1
+
+
+def _tap_range(n_in, n_out, s, c):
+    # the outputs o with 0 <= o·s + c < n_in, as range(lo, hi) (non-circular axes)
+    lo = 0 if c >= 0 else (-c + s - 1) // s
+    hi = min(n_out, (n_in - 1 - c) // s + 1)
+    return lo, max(lo, hi)
+
+
+def _unpack(g):
+    return g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10]
+
+
+_tap_nb = numba.njit(inline="always")(_tap)
+_unpack = numba.njit(inline="always")(_unpack)
+_tap_range_nb = numba.njit(inline="always")(_tap_range)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _conv_full_row(src, so, dst, do, tmp, g, oy, scale):
+    """Output rows (oy, 0..wout-1) of 𝒜 of the full array at src[so:] into dst[do:]."""
+    hin, win, hout, wout, fh, fw, sh, sw, loh, low, circular = _unpack(g)
+    pin, pout = hin * win, hout * wout
+    n_tmp = win * hout * win  # tmp[(x1·hout + o2y)·win + x2]: the y-pass of row oy
+    for k in range(n_tmp):
+        tmp[k] = 0.0
+    # Rows are read through views indexed from 0 (see ntkc.codegen.emit_spatial.
+    # OutlinedArgs: numba drops the negative-index checks, the loops vectorise).
+    for ty in range(fh):
+        y1 = _tap_nb(oy, ty, hin, sh, loh, circular)
+        if y1 < 0:
+            continue
+        for o2y in range(hout):
+            y2 = _tap_nb(o2y, ty, hin, sh, loh, circular)
+            if y2 < 0:
+                continue
+            for x1 in range(win):
+                sb = so + (y1 * win + x1) * pin + y2 * win
+                tb = (x1 * hout + o2y) * win
+                srow, trow = src[sb:sb + win], tmp[tb:tb + win]
+                for x2 in range(win):
+                    trow[x2] += srow[x2]
+    for o1x in range(wout):
+        db = do + (oy * wout + o1x) * pout
+        drow = dst[db:db + pout]
+        for k in range(pout):
+            drow[k] = 0.0
+        for tx in range(fw):
+            x1 = _tap_nb(o1x, tx, win, sw, low, circular)
+            if x1 < 0:
+                continue
+            c = tx - low
+            lo, hi = _tap_range_nb(win, wout, sw, c)
+            for o2y in range(hout):
+                tb = (x1 * hout + o2y) * win
+                trow, orow = tmp[tb:tb + win], drow[o2y * wout:o2y * wout + wout]
+                if circular:
+                    for o2x in range(wout):
+                        orow[o2x] += trow[(o2x * sw + c) % win]
+                elif sw == 1:
+                    part, src_part = orow[lo:hi], trow[lo + c:hi + c]
+                    for k in range(hi - lo):
+                        part[k] += src_part[k]
+                else:
+                    for o2x in range(lo, hi):
+                        orow[o2x] += trow[o2x * sw + c]
+        for k in range(pout):
+            drow[k] *= scale
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _conv_diag(src, so, step, dst, do, g, scale):
+    """𝒜 of a diagonal: dst[do + o] = scale·Σ_t src[so + step·tap(o, t)] (step 1: a
+    stored diagonal; P + 1: the diagonal of a full array)."""
+    hin, win, hout, wout, fh, fw, sh, sw, loh, low, circular = _unpack(g)
+    for oy in range(hout):
+        for ox in range(wout):
+            acc = 0.0
+            for ty in range(fh):
+                y = _tap_nb(oy, ty, hin, sh, loh, circular)
+                if y < 0:
+                    continue
+                for tx in range(fw):
+                    x = _tap_nb(ox, tx, win, sw, low, circular)
+                    if x >= 0:
+                        acc += src[so + step * (y * win + x)]
+            dst[do + oy * wout + ox] = acc * scale
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _pool_full(src, so, dst, do, tmp, g, scale):
+    """A pool of a full array: every pair of taps of the two windows. Row o1 first sums
+    its window's source rows into tmp (P_in entries), then each o2 its window of tmp."""
+    hin, win, hout, wout, fh, fw, sh, sw, loh, low, circular = _unpack(g)
+    pin, pout = hin * win, hout * wout
+    for o1 in range(pout):
+        o1y, o1x = o1 // wout, o1 % wout
+        for j in range(pin):
+            tmp[j] = 0.0
+        for ty in range(fh):
+            y = _tap_nb(o1y, ty, hin, sh, loh, circular)
+            if y < 0:
+                continue
+            for tx in range(fw):
+                x = _tap_nb(o1x, tx, win, sw, low, circular)
+                if x < 0:
+                    continue
+                sb = so + (y * win + x) * pin
+                srow = src[sb:sb + pin]
+                for j in range(pin):
+                    tmp[j] += srow[j]
+        for o2 in range(pout):
+            o2y, o2x = o2 // wout, o2 % wout
+            acc = 0.0
+            for ty in range(fh):
+                y = _tap_nb(o2y, ty, hin, sh, loh, circular)
+                if y < 0:
+                    continue
+                for tx in range(fw):
+                    x = _tap_nb(o2x, tx, win, sw, low, circular)
+                    if x >= 0:
+                        acc += tmp[y * win + x]
+            dst[do + o1 * pout + o2] = acc * scale
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _pool_diag(src, so, dst, do, g, scale):
+    """The diagonal of a pool of a full array: dst[do + o] = scale·Σ_{t,t'} src[tap(o, t),
+    tap(o, t')]."""
+    hin, win, hout, wout, fh, fw, sh, sw, loh, low, circular = _unpack(g)
+    pin = hin * win
+    for oy in range(hout):
+        for ox in range(wout):
+            acc = 0.0
+            for t1 in range(fh * fw):
+                y1 = _tap_nb(oy, t1 // fw, hin, sh, loh, circular)
+                x1 = _tap_nb(ox, t1 % fw, win, sw, low, circular)
+                if y1 < 0 or x1 < 0:
+                    continue
+                for t2 in range(fh * fw):
+                    y2 = _tap_nb(oy, t2 // fw, hin, sh, loh, circular)
+                    x2 = _tap_nb(ox, t2 % fw, win, sw, low, circular)
+                    if y2 >= 0 and x2 >= 0:
+                        acc += src[so + (y1 * win + x1) * pin + y2 * win + x2]
+            dst[do + oy * wout + ox] = acc * scale
+
+
+# One entry of each stencil, for the GPU (ntkc.codegen.cuda_spatial compiles them as
+# device functions, with _tap a device function too): a thread computes an entry.
+def _conv_entry(src, so, g, o1, o2):
+    """Σ_t src[tap(o1, t), tap(o2, t)]: entry (o1, o2) of 𝒜 of a full array, unscaled."""
+    hin, win, wout = g[0], g[1], g[3]
+    fh, fw, sh, sw, loh, low, circular = g[4], g[5], g[6], g[7], g[8], g[9], g[10]
+    pin = hin * win
+    o1y, o2y = o1 // wout, o2 // wout
+    o1x, o2x = o1 - o1y * wout, o2 - o2y * wout
+    acc = 0.0
+    for ty in range(fh):
+        y1 = _tap(o1y, ty, hin, sh, loh, circular)
+        y2 = _tap(o2y, ty, hin, sh, loh, circular)
+        if y1 < 0 or y2 < 0:
+            continue
+        for tx in range(fw):
+            x1 = _tap(o1x, tx, win, sw, low, circular)
+            x2 = _tap(o2x, tx, win, sw, low, circular)
+            if x1 >= 0 and x2 >= 0:
+                acc += src[so + (y1 * win + x1) * pin + y2 * win + x2]
+    return acc
+
+
+def _conv_diag_entry(src, so, step, g, o):
+    """Σ_t src[so + step·tap(o, t)]: entry o of 𝒜 of a diagonal, unscaled."""
+    hin, win, wout = g[0], g[1], g[3]
+    fh, fw, sh, sw, loh, low, circular = g[4], g[5], g[6], g[7], g[8], g[9], g[10]
+    oy = o // wout
+    ox = o - oy * wout
+    acc = 0.0
+    for ty in range(fh):
+        y = _tap(oy, ty, hin, sh, loh, circular)
+        if y < 0:
+            continue
+        for tx in range(fw):
+            x = _tap(ox, tx, win, sw, low, circular)
+            if x >= 0:
+                acc += src[so + step * (y * win + x)]
+    return acc
+
+
+def _pool_entry(src, so, g, o1, o2):
+    """Σ_{t,t'} src[tap(o1, t), tap(o2, t')]: entry (o1, o2) of a pool, unscaled."""
+    hin, win, wout = g[0], g[1], g[3]
+    fh, fw, sh, sw, loh, low, circular = g[4], g[5], g[6], g[7], g[8], g[9], g[10]
+    pin = hin * win
+    o1y, o2y = o1 // wout, o2 // wout
+    o1x, o2x = o1 - o1y * wout, o2 - o2y * wout
+    acc = 0.0
+    for t1 in range(fh * fw):
+        y1 = _tap(o1y, t1 // fw, hin, sh, loh, circular)
+        x1 = _tap(o1x, t1 % fw, win, sw, low, circular)
+        if y1 < 0 or x1 < 0:
+            continue
+        for t2 in range(fh * fw):
+            y2 = _tap(o2y, t2 // fw, hin, sh, loh, circular)
+            x2 = _tap(o2x, t2 % fw, win, sw, low, circular)
+            if y2 >= 0 and x2 >= 0:
+                acc += src[so + (y1 * win + x1) * pin + y2 * win + x2]
+    return acc
+
+
+def _axis_taps(n, f, s, padding):
+    """(out, f) input indices along one axis, -1 for zero padding (lax's conventions:
+    see ntkc.geometry)."""
+    if padding == "valid":
+        if f > n:
+            raise ValueError(f"a window of {f} does not fit a VALID input of size {n}")
+        out, lo = (n - f) // s + 1, 0
+    else:
+        out = -(-n // s)
+        lo = max((out - 1) * s + f - n, 0) // 2
+    idx = np.arange(out)[:, None] * s + np.arange(f)[None, :] - lo
+    if padding == "circular":
+        return idx % n
+    return np.where((idx >= 0) & (idx < n), idx, -1)
+
+
+def _window_taps(in_spatial, shape, stride, padding):
+    """(P_out, F) tap table: the flat input position tap t of output o reads, -1 for
+    padding; positions and taps row-major (the numpy reference backend reads it)."""
+    axes = [_axis_taps(n, f, s, padding) for n, f, s in zip(in_spatial, shape, stride)]
+    table = np.zeros((1, 1), dtype=np.int64)
+    for k, taps in enumerate(axes):
+        # out index (…, o_k) and tap index (…, t_k) grow one axis at a time
+        n = in_spatial[k]
+        new = table[:, None, :, None] * n + taps[None, :, None, :]
+        bad = (table[:, None, :, None] < 0) | (taps[None, :, None, :] < 0)
+        table = np.where(bad, -1, new).reshape(table.shape[0] * taps.shape[0], -1)
+    return table
+
+# Geometry of the windows: (hin, win, hout, wout, fh, fw, sh, sw, loh, low, circular)
+_G0 = np.array([8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 0], dtype=np.int64)
+_G1 = np.array([8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 0], dtype=np.int64)
+_G2 = np.array([8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 0], dtype=np.int64)
+
+# Tap tables of the numpy reference backend, built at import:
+# the input position tap t of output o reads (-1: padding)
+_TAPS0 = _window_taps((8, 8), (3, 3), (1, 1), 'same')
+_TAPS1 = _window_taps((8, 8), (3, 3), (1, 1), 'same')
+_TAPS2 = _window_taps((8, 8), (3, 3), (1, 1), 'same')
 
 
 @numba.njit(inline="always", error_model="numpy")
@@ -230,1628 +396,223 @@ def _acos(x):
     large = (3.14159265358979311600e+00 - 2.0 * (s + (w - 6.12323399573676603587e-17))
              if x < 0.0 else 2.0 * (s + w))
     return large if big else small
-@numba.njit(cache=True)
-def _point_one(x, pt, params):
-    w = np.full(69760, np.nan)  # a read before a write shows as NaN
-    for i in range(64):
-        acc = 0.0
-        for c in range(x.shape[1]):
-            acc += x[i, c] * x[i, c]
-        pt[64 + i] = acc * 1.0
-    for i in range(64):
-        for j in range(64):
-            acc = 0.0
-            for c in range(x.shape[1]):
-                acc += x[i, c] * x[j, c]
-            w[64 + i * 64 + j] = acc * 1.0
-    for _o in range(64):
-        _acc = (pt[55 + _o] if _C0_M0[_o] else 0.0)
-        _acc += (pt[56 + _o] if _C0_M1[_o] else 0.0)
-        _acc += (pt[57 + _o] if _C0_M2[_o] else 0.0)
-        _acc += (pt[63 + _o] if _C0_M3[_o] else 0.0)
-        _acc += pt[64 + _o]
-        _acc += (pt[65 + _o] if _C0_M5[_o] else 0.0)
-        _acc += (pt[71 + _o] if _C0_M6[_o] else 0.0)
-        _acc += (pt[72 + _o] if _C0_M7[_o] else 0.0)
-        _acc += (pt[73 + _o] if _C0_M8[_o] else 0.0)
-        pt[128 + _o] = _acc * 0.1111111111111111
-    for _y1 in range(0, 1):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(64 + (_o1 + 1) * 64 + 1, 0)
-            _b0_7 = max(64 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(64 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C8_M5[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C8_M7[_o2] else 0.0)
-                _acc += (w[_b0_8 + _o2] if _C8_M8[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(0, 1):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_3 = max(64 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(64 + (_o1 + 1) * 64 + 1, 0)
-            _b0_6 = max(64 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(64 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(64 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_3 + _o2] if _C8_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C8_M5[_o2] else 0.0)
-                _acc += (w[_b0_6 + _o2] if _C8_M6[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C8_M7[_o2] else 0.0)
-                _acc += (w[_b0_8 + _o2] if _C8_M8[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(0, 1):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_3 = max(64 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            _b0_6 = max(64 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(64 + (_o1 + 8) * 64 + 8, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_3 + _o2] if _C8_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_6 + _o2] if _C8_M6[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C8_M7[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_1 = max(64 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(64 + (_o1 + -7) * 64 + -7, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(64 + (_o1 + 1) * 64 + 1, 0)
-            _b0_7 = max(64 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(64 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_1 + _o2] if _C8_M1[_o2] else 0.0)
-                _acc += (w[_b0_2 + _o2] if _C8_M2[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C8_M5[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C8_M7[_o2] else 0.0)
-                _acc += (w[_b0_8 + _o2] if _C8_M8[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_0 = max(64 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(64 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(64 + (_o1 + -7) * 64 + -7, 0)
-            _b0_3 = max(64 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(64 + (_o1 + 1) * 64 + 1, 0)
-            _b0_6 = max(64 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(64 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(64 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_0 + _o2] if _C8_M0[_o2] else 0.0)
-                _acc += (w[_b0_1 + _o2] if _C8_M1[_o2] else 0.0)
-                _acc += (w[_b0_2 + _o2] if _C8_M2[_o2] else 0.0)
-                _acc += (w[_b0_3 + _o2] if _C8_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C8_M5[_o2] else 0.0)
-                _acc += (w[_b0_6 + _o2] if _C8_M6[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C8_M7[_o2] else 0.0)
-                _acc += (w[_b0_8 + _o2] if _C8_M8[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_0 = max(64 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(64 + (_o1 + -8) * 64 + -8, 0)
-            _b0_3 = max(64 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            _b0_6 = max(64 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(64 + (_o1 + 8) * 64 + 8, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_0 + _o2] if _C8_M0[_o2] else 0.0)
-                _acc += (w[_b0_1 + _o2] if _C8_M1[_o2] else 0.0)
-                _acc += (w[_b0_3 + _o2] if _C8_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_6 + _o2] if _C8_M6[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C8_M7[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_1 = max(64 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(64 + (_o1 + -7) * 64 + -7, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(64 + (_o1 + 1) * 64 + 1, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_1 + _o2] if _C8_M1[_o2] else 0.0)
-                _acc += (w[_b0_2 + _o2] if _C8_M2[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C8_M5[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_0 = max(64 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(64 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(64 + (_o1 + -7) * 64 + -7, 0)
-            _b0_3 = max(64 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(64 + (_o1 + 1) * 64 + 1, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_0 + _o2] if _C8_M0[_o2] else 0.0)
-                _acc += (w[_b0_1 + _o2] if _C8_M1[_o2] else 0.0)
-                _acc += (w[_b0_2 + _o2] if _C8_M2[_o2] else 0.0)
-                _acc += (w[_b0_3 + _o2] if _C8_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C8_M5[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_0 = max(64 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(64 + (_o1 + -8) * 64 + -8, 0)
-            _b0_3 = max(64 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_0 + _o2] if _C8_M0[_o2] else 0.0)
-                _acc += (w[_b0_1 + _o2] if _C8_M1[_o2] else 0.0)
-                _acc += (w[_b0_3 + _o2] if _C8_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-    for i in range(64):
-        t0 = (499849/250000)*pt[128 + i]
-        pt[192 + i] = t0
-        pt[1155 + i] = 1/math.sqrt(max(1.0e-300, t0))
-        pt[1219 + i] = (707/500)*math.sqrt(pt[128 + i])
-    for i in range(64):
-        for j in range(64):
-            w[8256 + i * 64 + j] = (499849/250000)*w[4160 + i * 64 + j]
-    for i in range(64):
-        w[8256 + i * 64 + i] = pt[192 + i]
-    for i in range(64):
-        pt[256 + i] = (1/2)*pt[192 + i]
-    for i in range(64):
-        for j in range(64):
-            t0 = min(max(pt[1155 + i]*pt[1155 + j]*w[8256 + i * 64 + j], -1.0), 1.0)
-            t1 = (1/2)/math.pi
-            w[12352 + i * 64 + j] = w[8256 + i * 64 + j]*(-t1*_acos(t0) + 1/2) + t1*pt[1219 + i]*pt[1219 + j]*math.sqrt(1 - t0**2)
-    for i in range(64):
-        w[12352 + i * 64 + i] = pt[256 + i]
-    for i in range(64):
-        pt[705 + i] = pt[192 + i]*(-1/2*_acos(min(max(pt[192 + i]/max(1.0e-300, abs(pt[192 + i])), -1.0), 1.0))/math.pi + 1/2)
-    for i in range(64):
-        for j in range(64):
-            w[41024 + i * 64 + j] = w[8256 + i * 64 + j]*(-1/2*_acos(min(max(pt[1155 + i]*pt[1155 + j]*w[8256 + i * 64 + j], -1.0), 1.0))/math.pi + 1/2)
-    for i in range(64):
-        w[41024 + i * 64 + i] = pt[705 + i]
-    for _o in range(64):
-        _acc = (pt[247 + _o] if _C16_M0[_o] else 0.0)
-        _acc += (pt[248 + _o] if _C16_M1[_o] else 0.0)
-        _acc += (pt[249 + _o] if _C16_M2[_o] else 0.0)
-        _acc += (pt[255 + _o] if _C16_M3[_o] else 0.0)
-        _acc += pt[256 + _o]
-        _acc += (pt[257 + _o] if _C16_M5[_o] else 0.0)
-        _acc += (pt[263 + _o] if _C16_M6[_o] else 0.0)
-        _acc += (pt[264 + _o] if _C16_M7[_o] else 0.0)
-        _acc += (pt[265 + _o] if _C16_M8[_o] else 0.0)
-        pt[320 + _o] = _acc * 0.1111111111111111
-    for _y1 in range(0, 1):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(12352 + (_o1 + 1) * 64 + 1, 0)
-            _b0_7 = max(12352 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(12352 + (_o1 + 9) * 64 + 9, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(41024 + (_o1 + 1) * 64 + 1, 0)
-            _b1_7 = max(41024 + (_o1 + 8) * 64 + 8, 0)
-            _b1_8 = max(41024 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C24_M5[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C24_M7[_o2] else 0.0)
-                _acc += (w[_b0_8 + _o2] if _C24_M8[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = w[_b1_4 + _o2]
-                _acc += (w[_b1_5 + _o2] if _C24_M5[_o2] else 0.0)
-                _acc += (w[_b1_7 + _o2] if _C24_M7[_o2] else 0.0)
-                _acc += (w[_b1_8 + _o2] if _C24_M8[_o2] else 0.0)
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(0, 1):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_3 = max(12352 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(12352 + (_o1 + 1) * 64 + 1, 0)
-            _b0_6 = max(12352 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(12352 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(12352 + (_o1 + 9) * 64 + 9, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_3 = max(41024 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(41024 + (_o1 + 1) * 64 + 1, 0)
-            _b1_6 = max(41024 + (_o1 + 7) * 64 + 7, 0)
-            _b1_7 = max(41024 + (_o1 + 8) * 64 + 8, 0)
-            _b1_8 = max(41024 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_3 + _o2] if _C24_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C24_M5[_o2] else 0.0)
-                _acc += (w[_b0_6 + _o2] if _C24_M6[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C24_M7[_o2] else 0.0)
-                _acc += (w[_b0_8 + _o2] if _C24_M8[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (w[_b1_3 + _o2] if _C24_M3[_o2] else 0.0)
-                _acc += w[_b1_4 + _o2]
-                _acc += (w[_b1_5 + _o2] if _C24_M5[_o2] else 0.0)
-                _acc += (w[_b1_6 + _o2] if _C24_M6[_o2] else 0.0)
-                _acc += (w[_b1_7 + _o2] if _C24_M7[_o2] else 0.0)
-                _acc += (w[_b1_8 + _o2] if _C24_M8[_o2] else 0.0)
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(0, 1):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_3 = max(12352 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _b0_6 = max(12352 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(12352 + (_o1 + 8) * 64 + 8, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_3 = max(41024 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            _b1_6 = max(41024 + (_o1 + 7) * 64 + 7, 0)
-            _b1_7 = max(41024 + (_o1 + 8) * 64 + 8, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_3 + _o2] if _C24_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_6 + _o2] if _C24_M6[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C24_M7[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (w[_b1_3 + _o2] if _C24_M3[_o2] else 0.0)
-                _acc += w[_b1_4 + _o2]
-                _acc += (w[_b1_6 + _o2] if _C24_M6[_o2] else 0.0)
-                _acc += (w[_b1_7 + _o2] if _C24_M7[_o2] else 0.0)
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_1 = max(12352 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(12352 + (_o1 + -7) * 64 + -7, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(12352 + (_o1 + 1) * 64 + 1, 0)
-            _b0_7 = max(12352 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(12352 + (_o1 + 9) * 64 + 9, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_1 = max(41024 + (_o1 + -8) * 64 + -8, 0)
-            _b1_2 = max(41024 + (_o1 + -7) * 64 + -7, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(41024 + (_o1 + 1) * 64 + 1, 0)
-            _b1_7 = max(41024 + (_o1 + 8) * 64 + 8, 0)
-            _b1_8 = max(41024 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_1 + _o2] if _C24_M1[_o2] else 0.0)
-                _acc += (w[_b0_2 + _o2] if _C24_M2[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C24_M5[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C24_M7[_o2] else 0.0)
-                _acc += (w[_b0_8 + _o2] if _C24_M8[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (w[_b1_1 + _o2] if _C24_M1[_o2] else 0.0)
-                _acc += (w[_b1_2 + _o2] if _C24_M2[_o2] else 0.0)
-                _acc += w[_b1_4 + _o2]
-                _acc += (w[_b1_5 + _o2] if _C24_M5[_o2] else 0.0)
-                _acc += (w[_b1_7 + _o2] if _C24_M7[_o2] else 0.0)
-                _acc += (w[_b1_8 + _o2] if _C24_M8[_o2] else 0.0)
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_0 = max(12352 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(12352 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(12352 + (_o1 + -7) * 64 + -7, 0)
-            _b0_3 = max(12352 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(12352 + (_o1 + 1) * 64 + 1, 0)
-            _b0_6 = max(12352 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(12352 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(12352 + (_o1 + 9) * 64 + 9, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_0 = max(41024 + (_o1 + -9) * 64 + -9, 0)
-            _b1_1 = max(41024 + (_o1 + -8) * 64 + -8, 0)
-            _b1_2 = max(41024 + (_o1 + -7) * 64 + -7, 0)
-            _b1_3 = max(41024 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(41024 + (_o1 + 1) * 64 + 1, 0)
-            _b1_6 = max(41024 + (_o1 + 7) * 64 + 7, 0)
-            _b1_7 = max(41024 + (_o1 + 8) * 64 + 8, 0)
-            _b1_8 = max(41024 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_0 + _o2] if _C24_M0[_o2] else 0.0)
-                _acc += (w[_b0_1 + _o2] if _C24_M1[_o2] else 0.0)
-                _acc += (w[_b0_2 + _o2] if _C24_M2[_o2] else 0.0)
-                _acc += (w[_b0_3 + _o2] if _C24_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C24_M5[_o2] else 0.0)
-                _acc += (w[_b0_6 + _o2] if _C24_M6[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C24_M7[_o2] else 0.0)
-                _acc += (w[_b0_8 + _o2] if _C24_M8[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (w[_b1_0 + _o2] if _C24_M0[_o2] else 0.0)
-                _acc += (w[_b1_1 + _o2] if _C24_M1[_o2] else 0.0)
-                _acc += (w[_b1_2 + _o2] if _C24_M2[_o2] else 0.0)
-                _acc += (w[_b1_3 + _o2] if _C24_M3[_o2] else 0.0)
-                _acc += w[_b1_4 + _o2]
-                _acc += (w[_b1_5 + _o2] if _C24_M5[_o2] else 0.0)
-                _acc += (w[_b1_6 + _o2] if _C24_M6[_o2] else 0.0)
-                _acc += (w[_b1_7 + _o2] if _C24_M7[_o2] else 0.0)
-                _acc += (w[_b1_8 + _o2] if _C24_M8[_o2] else 0.0)
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_0 = max(12352 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(12352 + (_o1 + -8) * 64 + -8, 0)
-            _b0_3 = max(12352 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _b0_6 = max(12352 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(12352 + (_o1 + 8) * 64 + 8, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_0 = max(41024 + (_o1 + -9) * 64 + -9, 0)
-            _b1_1 = max(41024 + (_o1 + -8) * 64 + -8, 0)
-            _b1_3 = max(41024 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            _b1_6 = max(41024 + (_o1 + 7) * 64 + 7, 0)
-            _b1_7 = max(41024 + (_o1 + 8) * 64 + 8, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_0 + _o2] if _C24_M0[_o2] else 0.0)
-                _acc += (w[_b0_1 + _o2] if _C24_M1[_o2] else 0.0)
-                _acc += (w[_b0_3 + _o2] if _C24_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_6 + _o2] if _C24_M6[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C24_M7[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (w[_b1_0 + _o2] if _C24_M0[_o2] else 0.0)
-                _acc += (w[_b1_1 + _o2] if _C24_M1[_o2] else 0.0)
-                _acc += (w[_b1_3 + _o2] if _C24_M3[_o2] else 0.0)
-                _acc += w[_b1_4 + _o2]
-                _acc += (w[_b1_6 + _o2] if _C24_M6[_o2] else 0.0)
-                _acc += (w[_b1_7 + _o2] if _C24_M7[_o2] else 0.0)
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_1 = max(12352 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(12352 + (_o1 + -7) * 64 + -7, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(12352 + (_o1 + 1) * 64 + 1, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_1 = max(41024 + (_o1 + -8) * 64 + -8, 0)
-            _b1_2 = max(41024 + (_o1 + -7) * 64 + -7, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(41024 + (_o1 + 1) * 64 + 1, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_1 + _o2] if _C24_M1[_o2] else 0.0)
-                _acc += (w[_b0_2 + _o2] if _C24_M2[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C24_M5[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (w[_b1_1 + _o2] if _C24_M1[_o2] else 0.0)
-                _acc += (w[_b1_2 + _o2] if _C24_M2[_o2] else 0.0)
-                _acc += w[_b1_4 + _o2]
-                _acc += (w[_b1_5 + _o2] if _C24_M5[_o2] else 0.0)
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_0 = max(12352 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(12352 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(12352 + (_o1 + -7) * 64 + -7, 0)
-            _b0_3 = max(12352 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(12352 + (_o1 + 1) * 64 + 1, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_0 = max(41024 + (_o1 + -9) * 64 + -9, 0)
-            _b1_1 = max(41024 + (_o1 + -8) * 64 + -8, 0)
-            _b1_2 = max(41024 + (_o1 + -7) * 64 + -7, 0)
-            _b1_3 = max(41024 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(41024 + (_o1 + 1) * 64 + 1, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_0 + _o2] if _C24_M0[_o2] else 0.0)
-                _acc += (w[_b0_1 + _o2] if _C24_M1[_o2] else 0.0)
-                _acc += (w[_b0_2 + _o2] if _C24_M2[_o2] else 0.0)
-                _acc += (w[_b0_3 + _o2] if _C24_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C24_M5[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (w[_b1_0 + _o2] if _C24_M0[_o2] else 0.0)
-                _acc += (w[_b1_1 + _o2] if _C24_M1[_o2] else 0.0)
-                _acc += (w[_b1_2 + _o2] if _C24_M2[_o2] else 0.0)
-                _acc += (w[_b1_3 + _o2] if _C24_M3[_o2] else 0.0)
-                _acc += w[_b1_4 + _o2]
-                _acc += (w[_b1_5 + _o2] if _C24_M5[_o2] else 0.0)
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_0 = max(12352 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(12352 + (_o1 + -8) * 64 + -8, 0)
-            _b0_3 = max(12352 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_0 = max(41024 + (_o1 + -9) * 64 + -9, 0)
-            _b1_1 = max(41024 + (_o1 + -8) * 64 + -8, 0)
-            _b1_3 = max(41024 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_0 + _o2] if _C24_M0[_o2] else 0.0)
-                _acc += (w[_b0_1 + _o2] if _C24_M1[_o2] else 0.0)
-                _acc += (w[_b0_3 + _o2] if _C24_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (w[_b1_0 + _o2] if _C24_M0[_o2] else 0.0)
-                _acc += (w[_b1_1 + _o2] if _C24_M1[_o2] else 0.0)
-                _acc += (w[_b1_3 + _o2] if _C24_M3[_o2] else 0.0)
-                _acc += w[_b1_4 + _o2]
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _o in range(64):
-        _acc = (pt[696 + _o] if _C32_M0[_o] else 0.0)
-        _acc += (pt[697 + _o] if _C32_M1[_o] else 0.0)
-        _acc += (pt[698 + _o] if _C32_M2[_o] else 0.0)
-        _acc += (pt[704 + _o] if _C32_M3[_o] else 0.0)
-        _acc += pt[705 + _o]
-        _acc += (pt[706 + _o] if _C32_M5[_o] else 0.0)
-        _acc += (pt[712 + _o] if _C32_M6[_o] else 0.0)
-        _acc += (pt[713 + _o] if _C32_M7[_o] else 0.0)
-        _acc += (pt[714 + _o] if _C32_M8[_o] else 0.0)
-        pt[769 + _o] = _acc * 0.1111111111111111
-    for i in range(64):
-        t0 = (499849/250000)*pt[320 + i]
-        pt[384 + i] = t0
-        pt[1283 + i] = 1/math.sqrt(max(1.0e-300, t0))
-        pt[1347 + i] = (707/500)*math.sqrt(pt[320 + i])
-    for i in range(64):
-        for j in range(64):
-            w[20544 + i * 64 + j] = (499849/250000)*w[16448 + i * 64 + j]
-    for i in range(64):
-        w[20544 + i * 64 + i] = pt[384 + i]
-    for i in range(64):
-        pt[833 + i] = pt[384 + i] + (499849/250000)*pt[769 + i]
-    for i in range(64):
-        for j in range(64):
-            w[49216 + i * 64 + j] = w[20544 + i * 64 + j] + (499849/250000)*w[45120 + i * 64 + j]
-    for i in range(64):
-        w[49216 + i * 64 + i] = pt[833 + i]
-    for i in range(64):
-        pt[448 + i] = (1/2)*pt[384 + i]
-    for i in range(64):
-        for j in range(64):
-            t0 = min(max(pt[1283 + i]*pt[1283 + j]*w[20544 + i * 64 + j], -1.0), 1.0)
-            t1 = (1/2)/math.pi
-            w[24640 + i * 64 + j] = w[20544 + i * 64 + j]*(-t1*_acos(t0) + 1/2) + t1*pt[1347 + i]*pt[1347 + j]*math.sqrt(1 - t0**2)
-    for i in range(64):
-        w[24640 + i * 64 + i] = pt[448 + i]
-    for i in range(64):
-        pt[897 + i] = pt[833 + i]*(-1/2*_acos(min(max(pt[384 + i]/max(1.0e-300, abs(pt[384 + i])), -1.0), 1.0))/math.pi + 1/2)
-    for i in range(64):
-        for j in range(64):
-            w[53312 + i * 64 + j] = w[49216 + i * 64 + j]*(-1/2*_acos(min(max(pt[1283 + i]*pt[1283 + j]*w[20544 + i * 64 + j], -1.0), 1.0))/math.pi + 1/2)
-    for i in range(64):
-        w[53312 + i * 64 + i] = pt[897 + i]
-    for _o in range(64):
-        _acc = (pt[439 + _o] if _C40_M0[_o] else 0.0)
-        _acc += (pt[440 + _o] if _C40_M1[_o] else 0.0)
-        _acc += (pt[441 + _o] if _C40_M2[_o] else 0.0)
-        _acc += (pt[447 + _o] if _C40_M3[_o] else 0.0)
-        _acc += pt[448 + _o]
-        _acc += (pt[449 + _o] if _C40_M5[_o] else 0.0)
-        _acc += (pt[455 + _o] if _C40_M6[_o] else 0.0)
-        _acc += (pt[456 + _o] if _C40_M7[_o] else 0.0)
-        _acc += (pt[457 + _o] if _C40_M8[_o] else 0.0)
-        pt[512 + _o] = _acc * 0.1111111111111111
-    for _y1 in range(0, 1):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(24640 + (_o1 + 1) * 64 + 1, 0)
-            _b0_7 = max(24640 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(24640 + (_o1 + 9) * 64 + 9, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(53312 + (_o1 + 1) * 64 + 1, 0)
-            _b1_7 = max(53312 + (_o1 + 8) * 64 + 8, 0)
-            _b1_8 = max(53312 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C48_M5[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C48_M7[_o2] else 0.0)
-                _acc += (w[_b0_8 + _o2] if _C48_M8[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = w[_b1_4 + _o2]
-                _acc += (w[_b1_5 + _o2] if _C48_M5[_o2] else 0.0)
-                _acc += (w[_b1_7 + _o2] if _C48_M7[_o2] else 0.0)
-                _acc += (w[_b1_8 + _o2] if _C48_M8[_o2] else 0.0)
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(0, 1):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_3 = max(24640 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(24640 + (_o1 + 1) * 64 + 1, 0)
-            _b0_6 = max(24640 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(24640 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(24640 + (_o1 + 9) * 64 + 9, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_3 = max(53312 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(53312 + (_o1 + 1) * 64 + 1, 0)
-            _b1_6 = max(53312 + (_o1 + 7) * 64 + 7, 0)
-            _b1_7 = max(53312 + (_o1 + 8) * 64 + 8, 0)
-            _b1_8 = max(53312 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_3 + _o2] if _C48_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C48_M5[_o2] else 0.0)
-                _acc += (w[_b0_6 + _o2] if _C48_M6[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C48_M7[_o2] else 0.0)
-                _acc += (w[_b0_8 + _o2] if _C48_M8[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (w[_b1_3 + _o2] if _C48_M3[_o2] else 0.0)
-                _acc += w[_b1_4 + _o2]
-                _acc += (w[_b1_5 + _o2] if _C48_M5[_o2] else 0.0)
-                _acc += (w[_b1_6 + _o2] if _C48_M6[_o2] else 0.0)
-                _acc += (w[_b1_7 + _o2] if _C48_M7[_o2] else 0.0)
-                _acc += (w[_b1_8 + _o2] if _C48_M8[_o2] else 0.0)
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(0, 1):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_3 = max(24640 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _b0_6 = max(24640 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(24640 + (_o1 + 8) * 64 + 8, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_3 = max(53312 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            _b1_6 = max(53312 + (_o1 + 7) * 64 + 7, 0)
-            _b1_7 = max(53312 + (_o1 + 8) * 64 + 8, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_3 + _o2] if _C48_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_6 + _o2] if _C48_M6[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C48_M7[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (w[_b1_3 + _o2] if _C48_M3[_o2] else 0.0)
-                _acc += w[_b1_4 + _o2]
-                _acc += (w[_b1_6 + _o2] if _C48_M6[_o2] else 0.0)
-                _acc += (w[_b1_7 + _o2] if _C48_M7[_o2] else 0.0)
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_1 = max(24640 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(24640 + (_o1 + -7) * 64 + -7, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(24640 + (_o1 + 1) * 64 + 1, 0)
-            _b0_7 = max(24640 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(24640 + (_o1 + 9) * 64 + 9, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_1 = max(53312 + (_o1 + -8) * 64 + -8, 0)
-            _b1_2 = max(53312 + (_o1 + -7) * 64 + -7, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(53312 + (_o1 + 1) * 64 + 1, 0)
-            _b1_7 = max(53312 + (_o1 + 8) * 64 + 8, 0)
-            _b1_8 = max(53312 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_1 + _o2] if _C48_M1[_o2] else 0.0)
-                _acc += (w[_b0_2 + _o2] if _C48_M2[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C48_M5[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C48_M7[_o2] else 0.0)
-                _acc += (w[_b0_8 + _o2] if _C48_M8[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (w[_b1_1 + _o2] if _C48_M1[_o2] else 0.0)
-                _acc += (w[_b1_2 + _o2] if _C48_M2[_o2] else 0.0)
-                _acc += w[_b1_4 + _o2]
-                _acc += (w[_b1_5 + _o2] if _C48_M5[_o2] else 0.0)
-                _acc += (w[_b1_7 + _o2] if _C48_M7[_o2] else 0.0)
-                _acc += (w[_b1_8 + _o2] if _C48_M8[_o2] else 0.0)
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_0 = max(24640 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(24640 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(24640 + (_o1 + -7) * 64 + -7, 0)
-            _b0_3 = max(24640 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(24640 + (_o1 + 1) * 64 + 1, 0)
-            _b0_6 = max(24640 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(24640 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(24640 + (_o1 + 9) * 64 + 9, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_0 = max(53312 + (_o1 + -9) * 64 + -9, 0)
-            _b1_1 = max(53312 + (_o1 + -8) * 64 + -8, 0)
-            _b1_2 = max(53312 + (_o1 + -7) * 64 + -7, 0)
-            _b1_3 = max(53312 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(53312 + (_o1 + 1) * 64 + 1, 0)
-            _b1_6 = max(53312 + (_o1 + 7) * 64 + 7, 0)
-            _b1_7 = max(53312 + (_o1 + 8) * 64 + 8, 0)
-            _b1_8 = max(53312 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_0 + _o2] if _C48_M0[_o2] else 0.0)
-                _acc += (w[_b0_1 + _o2] if _C48_M1[_o2] else 0.0)
-                _acc += (w[_b0_2 + _o2] if _C48_M2[_o2] else 0.0)
-                _acc += (w[_b0_3 + _o2] if _C48_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C48_M5[_o2] else 0.0)
-                _acc += (w[_b0_6 + _o2] if _C48_M6[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C48_M7[_o2] else 0.0)
-                _acc += (w[_b0_8 + _o2] if _C48_M8[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (w[_b1_0 + _o2] if _C48_M0[_o2] else 0.0)
-                _acc += (w[_b1_1 + _o2] if _C48_M1[_o2] else 0.0)
-                _acc += (w[_b1_2 + _o2] if _C48_M2[_o2] else 0.0)
-                _acc += (w[_b1_3 + _o2] if _C48_M3[_o2] else 0.0)
-                _acc += w[_b1_4 + _o2]
-                _acc += (w[_b1_5 + _o2] if _C48_M5[_o2] else 0.0)
-                _acc += (w[_b1_6 + _o2] if _C48_M6[_o2] else 0.0)
-                _acc += (w[_b1_7 + _o2] if _C48_M7[_o2] else 0.0)
-                _acc += (w[_b1_8 + _o2] if _C48_M8[_o2] else 0.0)
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_0 = max(24640 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(24640 + (_o1 + -8) * 64 + -8, 0)
-            _b0_3 = max(24640 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _b0_6 = max(24640 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(24640 + (_o1 + 8) * 64 + 8, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_0 = max(53312 + (_o1 + -9) * 64 + -9, 0)
-            _b1_1 = max(53312 + (_o1 + -8) * 64 + -8, 0)
-            _b1_3 = max(53312 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            _b1_6 = max(53312 + (_o1 + 7) * 64 + 7, 0)
-            _b1_7 = max(53312 + (_o1 + 8) * 64 + 8, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_0 + _o2] if _C48_M0[_o2] else 0.0)
-                _acc += (w[_b0_1 + _o2] if _C48_M1[_o2] else 0.0)
-                _acc += (w[_b0_3 + _o2] if _C48_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_6 + _o2] if _C48_M6[_o2] else 0.0)
-                _acc += (w[_b0_7 + _o2] if _C48_M7[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (w[_b1_0 + _o2] if _C48_M0[_o2] else 0.0)
-                _acc += (w[_b1_1 + _o2] if _C48_M1[_o2] else 0.0)
-                _acc += (w[_b1_3 + _o2] if _C48_M3[_o2] else 0.0)
-                _acc += w[_b1_4 + _o2]
-                _acc += (w[_b1_6 + _o2] if _C48_M6[_o2] else 0.0)
-                _acc += (w[_b1_7 + _o2] if _C48_M7[_o2] else 0.0)
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_1 = max(24640 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(24640 + (_o1 + -7) * 64 + -7, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(24640 + (_o1 + 1) * 64 + 1, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_1 = max(53312 + (_o1 + -8) * 64 + -8, 0)
-            _b1_2 = max(53312 + (_o1 + -7) * 64 + -7, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(53312 + (_o1 + 1) * 64 + 1, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_1 + _o2] if _C48_M1[_o2] else 0.0)
-                _acc += (w[_b0_2 + _o2] if _C48_M2[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C48_M5[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (w[_b1_1 + _o2] if _C48_M1[_o2] else 0.0)
-                _acc += (w[_b1_2 + _o2] if _C48_M2[_o2] else 0.0)
-                _acc += w[_b1_4 + _o2]
-                _acc += (w[_b1_5 + _o2] if _C48_M5[_o2] else 0.0)
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_0 = max(24640 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(24640 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(24640 + (_o1 + -7) * 64 + -7, 0)
-            _b0_3 = max(24640 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(24640 + (_o1 + 1) * 64 + 1, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_0 = max(53312 + (_o1 + -9) * 64 + -9, 0)
-            _b1_1 = max(53312 + (_o1 + -8) * 64 + -8, 0)
-            _b1_2 = max(53312 + (_o1 + -7) * 64 + -7, 0)
-            _b1_3 = max(53312 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(53312 + (_o1 + 1) * 64 + 1, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_0 + _o2] if _C48_M0[_o2] else 0.0)
-                _acc += (w[_b0_1 + _o2] if _C48_M1[_o2] else 0.0)
-                _acc += (w[_b0_2 + _o2] if _C48_M2[_o2] else 0.0)
-                _acc += (w[_b0_3 + _o2] if _C48_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                _acc += (w[_b0_5 + _o2] if _C48_M5[_o2] else 0.0)
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (w[_b1_0 + _o2] if _C48_M0[_o2] else 0.0)
-                _acc += (w[_b1_1 + _o2] if _C48_M1[_o2] else 0.0)
-                _acc += (w[_b1_2 + _o2] if _C48_M2[_o2] else 0.0)
-                _acc += (w[_b1_3 + _o2] if _C48_M3[_o2] else 0.0)
-                _acc += w[_b1_4 + _o2]
-                _acc += (w[_b1_5 + _o2] if _C48_M5[_o2] else 0.0)
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_0 = max(24640 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(24640 + (_o1 + -8) * 64 + -8, 0)
-            _b0_3 = max(24640 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_0 = max(53312 + (_o1 + -9) * 64 + -9, 0)
-            _b1_1 = max(53312 + (_o1 + -8) * 64 + -8, 0)
-            _b1_3 = max(53312 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            for _o2 in range(64):
-                _acc = (w[_b0_0 + _o2] if _C48_M0[_o2] else 0.0)
-                _acc += (w[_b0_1 + _o2] if _C48_M1[_o2] else 0.0)
-                _acc += (w[_b0_3 + _o2] if _C48_M3[_o2] else 0.0)
-                _acc += w[_b0_4 + _o2]
-                w[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (w[_b1_0 + _o2] if _C48_M0[_o2] else 0.0)
-                _acc += (w[_b1_1 + _o2] if _C48_M1[_o2] else 0.0)
-                _acc += (w[_b1_3 + _o2] if _C48_M3[_o2] else 0.0)
-                _acc += w[_b1_4 + _o2]
-                w[_d1 + _o2] = _acc * 0.1111111111111111
-    for _o in range(64):
-        _acc = (pt[888 + _o] if _C56_M0[_o] else 0.0)
-        _acc += (pt[889 + _o] if _C56_M1[_o] else 0.0)
-        _acc += (pt[890 + _o] if _C56_M2[_o] else 0.0)
-        _acc += (pt[896 + _o] if _C56_M3[_o] else 0.0)
-        _acc += pt[897 + _o]
-        _acc += (pt[898 + _o] if _C56_M5[_o] else 0.0)
-        _acc += (pt[904 + _o] if _C56_M6[_o] else 0.0)
-        _acc += (pt[905 + _o] if _C56_M7[_o] else 0.0)
-        _acc += (pt[906 + _o] if _C56_M8[_o] else 0.0)
-        pt[961 + _o] = _acc * 0.1111111111111111
-    for i in range(64):
-        t0 = (499849/250000)*pt[512 + i]
-        pt[576 + i] = t0
-        pt[1411 + i] = 1/math.sqrt(max(1.0e-300, t0))
-        pt[1475 + i] = (707/500)*math.sqrt(pt[512 + i])
-    for i in range(64):
-        for j in range(64):
-            w[32832 + i * 64 + j] = (499849/250000)*w[28736 + i * 64 + j]
-    for i in range(64):
-        w[32832 + i * 64 + i] = pt[576 + i]
-    for i in range(64):
-        pt[1025 + i] = pt[576 + i] + (499849/250000)*pt[961 + i]
-    for i in range(64):
-        for j in range(64):
-            w[61504 + i * 64 + j] = w[32832 + i * 64 + j] + (499849/250000)*w[57408 + i * 64 + j]
-    for i in range(64):
-        w[61504 + i * 64 + i] = pt[1025 + i]
-    for i in range(64):
-        pt[640 + i] = (1/2)*pt[576 + i]
-    for i in range(64):
-        for j in range(64):
-            t0 = min(max(pt[1411 + i]*pt[1411 + j]*w[32832 + i * 64 + j], -1.0), 1.0)
-            t1 = (1/2)/math.pi
-            w[36928 + i * 64 + j] = w[32832 + i * 64 + j]*(-t1*_acos(t0) + 1/2) + t1*pt[1475 + i]*pt[1475 + j]*math.sqrt(1 - t0**2)
-    for i in range(64):
-        w[36928 + i * 64 + i] = pt[640 + i]
-    for i in range(64):
-        pt[1089 + i] = pt[1025 + i]*(-1/2*_acos(min(max(pt[576 + i]/max(1.0e-300, abs(pt[576 + i])), -1.0), 1.0))/math.pi + 1/2)
-    for i in range(64):
-        for j in range(64):
-            w[65600 + i * 64 + j] = w[61504 + i * 64 + j]*(-1/2*_acos(min(max(pt[1411 + i]*pt[1411 + j]*w[32832 + i * 64 + j], -1.0), 1.0))/math.pi + 1/2)
-    for i in range(64):
-        w[65600 + i * 64 + i] = pt[1089 + i]
-    acc = 0.0
-    for i in range(64):
-        for j in range(64):
-            acc += w[36928 + i * 64 + j]
-    pt[704] = acc * 0.000244140625
-    acc = 0.0
-    for i in range(64):
-        for j in range(64):
-            acc += w[65600 + i * 64 + j]
-    pt[1153] = acc * 0.000244140625
-    pt[1154] = pt[704] + pt[1153]
-    pt[1603] = pt[704]
-    pt[1604] = pt[1154]
 
-@numba.njit(parallel=True, cache=True)
-def _point_numba(X, params, out):
-    for n in numba.prange(X.shape[0]):
-        _point_one(X[n], out[n], params)
+@numba.njit(cache=True, error_model="numpy")
+def _local0(x, pt, w, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5):
+    _v0 = pt[_o0:_o0 + 64]
+    _v1 = pt[_o1:_o1 + 64]
+    _v2 = pt[_o2:_o2 + 64]
+    _v3 = pt[_o3:_o3 + 64]
+    _v4 = pt[_o4:_o4 + 64]
+    _v5 = pt[_o5:_o5 + 64]
+    for i in range(_i0, _i1):
+        t0 = (499849/250000)*_v0[i]
+        _v1[i] = t0
+        _v2[i] = 1/math.sqrt(max(1.0e-300, t0))
+        _v3[i] = (707/500)*math.sqrt(_v0[i])
+        _v4[i] = (499849/500000)*_v0[i]
+        _v5[i] = t0*(-1/2*_acos(min(max(_v0[i]/max(1.0e-300, abs(_v0[i])), -1.0), 1.0))/math.pi + 1/2)
 
-def _pair_one_py(x1, x2, pt1, pt2, params, s):
-    for i in range(64):
+
+@numba.njit(cache=True, error_model="numpy")
+def _local1(x, pt, w, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6, _o7):
+    _v0 = pt[_o0:_o0 + 64]
+    _v1 = pt[_o1:_o1 + 64]
+    _v2 = pt[_o2:_o2 + 64]
+    _v3 = pt[_o3:_o3 + 64]
+    _v4 = pt[_o4:_o4 + 64]
+    _v5 = pt[_o5:_o5 + 64]
+    _v6 = pt[_o6:_o6 + 64]
+    _v7 = pt[_o7:_o7 + 64]
+    for i in range(_i0, _i1):
+        t0 = (499849/250000)*_v0[i]
+        t1 = t0 + (499849/250000)*_v1[i]
+        _v2[i] = t0
+        _v3[i] = 1/math.sqrt(max(1.0e-300, t0))
+        _v4[i] = (707/500)*math.sqrt(_v0[i])
+        _v5[i] = t1
+        _v6[i] = (499849/500000)*_v0[i]
+        _v7[i] = t1*(-1/2*_acos(min(max(_v0[i]/max(1.0e-300, abs(_v0[i])), -1.0), 1.0))/math.pi + 1/2)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _local2(x, pt, w, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6):
+    _v1 = pt[_o1:_o1 + 64]
+    _v2 = pt[_o2:_o2 + 64]
+    _v4 = pt[_o4:_o4 + 64]
+    _v5 = pt[_o5:_o5 + 64]
+    for i in range(_i0, _i1):
+        _v0 = w[_o0 + i * 64:_o0 + i * 64 + 64]
+        _v3 = w[_o3 + i * 64:_o3 + i * 64 + 64]
+        _v6 = w[_o6 + i * 64:_o6 + i * 64 + 64]
         for j in range(64):
-            acc = 0.0
-            for c in range(x1.shape[1]):
-                acc += x1[i, c] * x2[j, c]
-            s[64 + i * 64 + j] = acc * 1.0
-    for _y1 in range(0, 1):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(64 + (_o1 + 1) * 64 + 1, 0)
-            _b0_7 = max(64 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(64 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C64_M5[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C64_M7[_o2] else 0.0)
-                _acc += (s[_b0_8 + _o2] if _C64_M8[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(0, 1):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_3 = max(64 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(64 + (_o1 + 1) * 64 + 1, 0)
-            _b0_6 = max(64 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(64 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(64 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_3 + _o2] if _C64_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C64_M5[_o2] else 0.0)
-                _acc += (s[_b0_6 + _o2] if _C64_M6[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C64_M7[_o2] else 0.0)
-                _acc += (s[_b0_8 + _o2] if _C64_M8[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(0, 1):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_3 = max(64 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            _b0_6 = max(64 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(64 + (_o1 + 8) * 64 + 8, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_3 + _o2] if _C64_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_6 + _o2] if _C64_M6[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C64_M7[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_1 = max(64 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(64 + (_o1 + -7) * 64 + -7, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(64 + (_o1 + 1) * 64 + 1, 0)
-            _b0_7 = max(64 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(64 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_1 + _o2] if _C64_M1[_o2] else 0.0)
-                _acc += (s[_b0_2 + _o2] if _C64_M2[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C64_M5[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C64_M7[_o2] else 0.0)
-                _acc += (s[_b0_8 + _o2] if _C64_M8[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_0 = max(64 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(64 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(64 + (_o1 + -7) * 64 + -7, 0)
-            _b0_3 = max(64 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(64 + (_o1 + 1) * 64 + 1, 0)
-            _b0_6 = max(64 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(64 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(64 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_0 + _o2] if _C64_M0[_o2] else 0.0)
-                _acc += (s[_b0_1 + _o2] if _C64_M1[_o2] else 0.0)
-                _acc += (s[_b0_2 + _o2] if _C64_M2[_o2] else 0.0)
-                _acc += (s[_b0_3 + _o2] if _C64_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C64_M5[_o2] else 0.0)
-                _acc += (s[_b0_6 + _o2] if _C64_M6[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C64_M7[_o2] else 0.0)
-                _acc += (s[_b0_8 + _o2] if _C64_M8[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_0 = max(64 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(64 + (_o1 + -8) * 64 + -8, 0)
-            _b0_3 = max(64 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            _b0_6 = max(64 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(64 + (_o1 + 8) * 64 + 8, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_0 + _o2] if _C64_M0[_o2] else 0.0)
-                _acc += (s[_b0_1 + _o2] if _C64_M1[_o2] else 0.0)
-                _acc += (s[_b0_3 + _o2] if _C64_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_6 + _o2] if _C64_M6[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C64_M7[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_1 = max(64 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(64 + (_o1 + -7) * 64 + -7, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(64 + (_o1 + 1) * 64 + 1, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_1 + _o2] if _C64_M1[_o2] else 0.0)
-                _acc += (s[_b0_2 + _o2] if _C64_M2[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C64_M5[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_0 = max(64 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(64 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(64 + (_o1 + -7) * 64 + -7, 0)
-            _b0_3 = max(64 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(64 + (_o1 + 1) * 64 + 1, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_0 + _o2] if _C64_M0[_o2] else 0.0)
-                _acc += (s[_b0_1 + _o2] if _C64_M1[_o2] else 0.0)
-                _acc += (s[_b0_2 + _o2] if _C64_M2[_o2] else 0.0)
-                _acc += (s[_b0_3 + _o2] if _C64_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C64_M5[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(4160 + _o1 * 64, 0)
-            _b0_0 = max(64 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(64 + (_o1 + -8) * 64 + -8, 0)
-            _b0_3 = max(64 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(64 + (_o1 + 0) * 64 + 0, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_0 + _o2] if _C64_M0[_o2] else 0.0)
-                _acc += (s[_b0_1 + _o2] if _C64_M1[_o2] else 0.0)
-                _acc += (s[_b0_3 + _o2] if _C64_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-    for i in range(64):
-        for j in range(64):
-            t0 = (499849/250000)*s[4160 + i * 64 + j]
-            t1 = min(max(pt2[1155 + j]*pt1[1155 + i]*t0, -1.0), 1.0)
+            t0 = (499849/250000)*_v0[j]
+            t1 = min(max(_v1[i]*_v2[j]*t0, -1.0), 1.0)
             t2 = (1/2)/math.pi
             t3 = t0*(-t2*_acos(t1) + 1/2)
-            s[8256 + i * 64 + j] = t0
-            s[12352 + i * 64 + j] = t2*pt2[1219 + j]*pt1[1219 + i]*math.sqrt(1 - t1**2) + t3
-            s[41024 + i * 64 + j] = t3
-    for _y1 in range(0, 1):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(12352 + (_o1 + 1) * 64 + 1, 0)
-            _b0_7 = max(12352 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(12352 + (_o1 + 9) * 64 + 9, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(41024 + (_o1 + 1) * 64 + 1, 0)
-            _b1_7 = max(41024 + (_o1 + 8) * 64 + 8, 0)
-            _b1_8 = max(41024 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C72_M5[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C72_M7[_o2] else 0.0)
-                _acc += (s[_b0_8 + _o2] if _C72_M8[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = s[_b1_4 + _o2]
-                _acc += (s[_b1_5 + _o2] if _C72_M5[_o2] else 0.0)
-                _acc += (s[_b1_7 + _o2] if _C72_M7[_o2] else 0.0)
-                _acc += (s[_b1_8 + _o2] if _C72_M8[_o2] else 0.0)
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(0, 1):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_3 = max(12352 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(12352 + (_o1 + 1) * 64 + 1, 0)
-            _b0_6 = max(12352 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(12352 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(12352 + (_o1 + 9) * 64 + 9, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_3 = max(41024 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(41024 + (_o1 + 1) * 64 + 1, 0)
-            _b1_6 = max(41024 + (_o1 + 7) * 64 + 7, 0)
-            _b1_7 = max(41024 + (_o1 + 8) * 64 + 8, 0)
-            _b1_8 = max(41024 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_3 + _o2] if _C72_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C72_M5[_o2] else 0.0)
-                _acc += (s[_b0_6 + _o2] if _C72_M6[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C72_M7[_o2] else 0.0)
-                _acc += (s[_b0_8 + _o2] if _C72_M8[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (s[_b1_3 + _o2] if _C72_M3[_o2] else 0.0)
-                _acc += s[_b1_4 + _o2]
-                _acc += (s[_b1_5 + _o2] if _C72_M5[_o2] else 0.0)
-                _acc += (s[_b1_6 + _o2] if _C72_M6[_o2] else 0.0)
-                _acc += (s[_b1_7 + _o2] if _C72_M7[_o2] else 0.0)
-                _acc += (s[_b1_8 + _o2] if _C72_M8[_o2] else 0.0)
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(0, 1):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_3 = max(12352 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _b0_6 = max(12352 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(12352 + (_o1 + 8) * 64 + 8, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_3 = max(41024 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            _b1_6 = max(41024 + (_o1 + 7) * 64 + 7, 0)
-            _b1_7 = max(41024 + (_o1 + 8) * 64 + 8, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_3 + _o2] if _C72_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_6 + _o2] if _C72_M6[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C72_M7[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (s[_b1_3 + _o2] if _C72_M3[_o2] else 0.0)
-                _acc += s[_b1_4 + _o2]
-                _acc += (s[_b1_6 + _o2] if _C72_M6[_o2] else 0.0)
-                _acc += (s[_b1_7 + _o2] if _C72_M7[_o2] else 0.0)
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_1 = max(12352 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(12352 + (_o1 + -7) * 64 + -7, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(12352 + (_o1 + 1) * 64 + 1, 0)
-            _b0_7 = max(12352 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(12352 + (_o1 + 9) * 64 + 9, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_1 = max(41024 + (_o1 + -8) * 64 + -8, 0)
-            _b1_2 = max(41024 + (_o1 + -7) * 64 + -7, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(41024 + (_o1 + 1) * 64 + 1, 0)
-            _b1_7 = max(41024 + (_o1 + 8) * 64 + 8, 0)
-            _b1_8 = max(41024 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_1 + _o2] if _C72_M1[_o2] else 0.0)
-                _acc += (s[_b0_2 + _o2] if _C72_M2[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C72_M5[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C72_M7[_o2] else 0.0)
-                _acc += (s[_b0_8 + _o2] if _C72_M8[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (s[_b1_1 + _o2] if _C72_M1[_o2] else 0.0)
-                _acc += (s[_b1_2 + _o2] if _C72_M2[_o2] else 0.0)
-                _acc += s[_b1_4 + _o2]
-                _acc += (s[_b1_5 + _o2] if _C72_M5[_o2] else 0.0)
-                _acc += (s[_b1_7 + _o2] if _C72_M7[_o2] else 0.0)
-                _acc += (s[_b1_8 + _o2] if _C72_M8[_o2] else 0.0)
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_0 = max(12352 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(12352 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(12352 + (_o1 + -7) * 64 + -7, 0)
-            _b0_3 = max(12352 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(12352 + (_o1 + 1) * 64 + 1, 0)
-            _b0_6 = max(12352 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(12352 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(12352 + (_o1 + 9) * 64 + 9, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_0 = max(41024 + (_o1 + -9) * 64 + -9, 0)
-            _b1_1 = max(41024 + (_o1 + -8) * 64 + -8, 0)
-            _b1_2 = max(41024 + (_o1 + -7) * 64 + -7, 0)
-            _b1_3 = max(41024 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(41024 + (_o1 + 1) * 64 + 1, 0)
-            _b1_6 = max(41024 + (_o1 + 7) * 64 + 7, 0)
-            _b1_7 = max(41024 + (_o1 + 8) * 64 + 8, 0)
-            _b1_8 = max(41024 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_0 + _o2] if _C72_M0[_o2] else 0.0)
-                _acc += (s[_b0_1 + _o2] if _C72_M1[_o2] else 0.0)
-                _acc += (s[_b0_2 + _o2] if _C72_M2[_o2] else 0.0)
-                _acc += (s[_b0_3 + _o2] if _C72_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C72_M5[_o2] else 0.0)
-                _acc += (s[_b0_6 + _o2] if _C72_M6[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C72_M7[_o2] else 0.0)
-                _acc += (s[_b0_8 + _o2] if _C72_M8[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (s[_b1_0 + _o2] if _C72_M0[_o2] else 0.0)
-                _acc += (s[_b1_1 + _o2] if _C72_M1[_o2] else 0.0)
-                _acc += (s[_b1_2 + _o2] if _C72_M2[_o2] else 0.0)
-                _acc += (s[_b1_3 + _o2] if _C72_M3[_o2] else 0.0)
-                _acc += s[_b1_4 + _o2]
-                _acc += (s[_b1_5 + _o2] if _C72_M5[_o2] else 0.0)
-                _acc += (s[_b1_6 + _o2] if _C72_M6[_o2] else 0.0)
-                _acc += (s[_b1_7 + _o2] if _C72_M7[_o2] else 0.0)
-                _acc += (s[_b1_8 + _o2] if _C72_M8[_o2] else 0.0)
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_0 = max(12352 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(12352 + (_o1 + -8) * 64 + -8, 0)
-            _b0_3 = max(12352 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _b0_6 = max(12352 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(12352 + (_o1 + 8) * 64 + 8, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_0 = max(41024 + (_o1 + -9) * 64 + -9, 0)
-            _b1_1 = max(41024 + (_o1 + -8) * 64 + -8, 0)
-            _b1_3 = max(41024 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            _b1_6 = max(41024 + (_o1 + 7) * 64 + 7, 0)
-            _b1_7 = max(41024 + (_o1 + 8) * 64 + 8, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_0 + _o2] if _C72_M0[_o2] else 0.0)
-                _acc += (s[_b0_1 + _o2] if _C72_M1[_o2] else 0.0)
-                _acc += (s[_b0_3 + _o2] if _C72_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_6 + _o2] if _C72_M6[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C72_M7[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (s[_b1_0 + _o2] if _C72_M0[_o2] else 0.0)
-                _acc += (s[_b1_1 + _o2] if _C72_M1[_o2] else 0.0)
-                _acc += (s[_b1_3 + _o2] if _C72_M3[_o2] else 0.0)
-                _acc += s[_b1_4 + _o2]
-                _acc += (s[_b1_6 + _o2] if _C72_M6[_o2] else 0.0)
-                _acc += (s[_b1_7 + _o2] if _C72_M7[_o2] else 0.0)
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_1 = max(12352 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(12352 + (_o1 + -7) * 64 + -7, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(12352 + (_o1 + 1) * 64 + 1, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_1 = max(41024 + (_o1 + -8) * 64 + -8, 0)
-            _b1_2 = max(41024 + (_o1 + -7) * 64 + -7, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(41024 + (_o1 + 1) * 64 + 1, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_1 + _o2] if _C72_M1[_o2] else 0.0)
-                _acc += (s[_b0_2 + _o2] if _C72_M2[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C72_M5[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (s[_b1_1 + _o2] if _C72_M1[_o2] else 0.0)
-                _acc += (s[_b1_2 + _o2] if _C72_M2[_o2] else 0.0)
-                _acc += s[_b1_4 + _o2]
-                _acc += (s[_b1_5 + _o2] if _C72_M5[_o2] else 0.0)
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_0 = max(12352 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(12352 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(12352 + (_o1 + -7) * 64 + -7, 0)
-            _b0_3 = max(12352 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(12352 + (_o1 + 1) * 64 + 1, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_0 = max(41024 + (_o1 + -9) * 64 + -9, 0)
-            _b1_1 = max(41024 + (_o1 + -8) * 64 + -8, 0)
-            _b1_2 = max(41024 + (_o1 + -7) * 64 + -7, 0)
-            _b1_3 = max(41024 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(41024 + (_o1 + 1) * 64 + 1, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_0 + _o2] if _C72_M0[_o2] else 0.0)
-                _acc += (s[_b0_1 + _o2] if _C72_M1[_o2] else 0.0)
-                _acc += (s[_b0_2 + _o2] if _C72_M2[_o2] else 0.0)
-                _acc += (s[_b0_3 + _o2] if _C72_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C72_M5[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (s[_b1_0 + _o2] if _C72_M0[_o2] else 0.0)
-                _acc += (s[_b1_1 + _o2] if _C72_M1[_o2] else 0.0)
-                _acc += (s[_b1_2 + _o2] if _C72_M2[_o2] else 0.0)
-                _acc += (s[_b1_3 + _o2] if _C72_M3[_o2] else 0.0)
-                _acc += s[_b1_4 + _o2]
-                _acc += (s[_b1_5 + _o2] if _C72_M5[_o2] else 0.0)
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(16448 + _o1 * 64, 0)
-            _b0_0 = max(12352 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(12352 + (_o1 + -8) * 64 + -8, 0)
-            _b0_3 = max(12352 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(12352 + (_o1 + 0) * 64 + 0, 0)
-            _d1 = max(45120 + _o1 * 64, 0)
-            _b1_0 = max(41024 + (_o1 + -9) * 64 + -9, 0)
-            _b1_1 = max(41024 + (_o1 + -8) * 64 + -8, 0)
-            _b1_3 = max(41024 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(41024 + (_o1 + 0) * 64 + 0, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_0 + _o2] if _C72_M0[_o2] else 0.0)
-                _acc += (s[_b0_1 + _o2] if _C72_M1[_o2] else 0.0)
-                _acc += (s[_b0_3 + _o2] if _C72_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (s[_b1_0 + _o2] if _C72_M0[_o2] else 0.0)
-                _acc += (s[_b1_1 + _o2] if _C72_M1[_o2] else 0.0)
-                _acc += (s[_b1_3 + _o2] if _C72_M3[_o2] else 0.0)
-                _acc += s[_b1_4 + _o2]
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for i in range(64):
+            _v3[j] = t2*_v4[i]*_v5[j]*math.sqrt(1 - t1**2) + t3
+            _v6[j] = t3
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _local3(x, pt, w, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6, _o7):
+    _v2 = pt[_o2:_o2 + 64]
+    _v3 = pt[_o3:_o3 + 64]
+    _v5 = pt[_o5:_o5 + 64]
+    _v6 = pt[_o6:_o6 + 64]
+    for i in range(_i0, _i1):
+        _v0 = w[_o0 + i * 64:_o0 + i * 64 + 64]
+        _v1 = w[_o1 + i * 64:_o1 + i * 64 + 64]
+        _v4 = w[_o4 + i * 64:_o4 + i * 64 + 64]
+        _v7 = w[_o7 + i * 64:_o7 + i * 64 + 64]
         for j in range(64):
-            t0 = (499849/250000)*s[16448 + i * 64 + j]
-            t1 = t0 + (499849/250000)*s[45120 + i * 64 + j]
-            t2 = min(max(pt2[1283 + j]*pt1[1283 + i]*t0, -1.0), 1.0)
+            t0 = (499849/250000)*_v0[j]
+            t1 = t0 + (499849/250000)*_v1[j]
+            t2 = min(max(_v2[i]*_v3[j]*t0, -1.0), 1.0)
             t3 = (1/2)/math.pi
             t4 = -t3*_acos(t2) + 1/2
-            s[20544 + i * 64 + j] = t0
-            s[49216 + i * 64 + j] = t1
-            s[24640 + i * 64 + j] = t0*t4 + t3*pt2[1347 + j]*pt1[1347 + i]*math.sqrt(1 - t2**2)
-            s[53312 + i * 64 + j] = t1*t4
-    for _y1 in range(0, 1):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(24640 + (_o1 + 1) * 64 + 1, 0)
-            _b0_7 = max(24640 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(24640 + (_o1 + 9) * 64 + 9, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(53312 + (_o1 + 1) * 64 + 1, 0)
-            _b1_7 = max(53312 + (_o1 + 8) * 64 + 8, 0)
-            _b1_8 = max(53312 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C80_M5[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C80_M7[_o2] else 0.0)
-                _acc += (s[_b0_8 + _o2] if _C80_M8[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = s[_b1_4 + _o2]
-                _acc += (s[_b1_5 + _o2] if _C80_M5[_o2] else 0.0)
-                _acc += (s[_b1_7 + _o2] if _C80_M7[_o2] else 0.0)
-                _acc += (s[_b1_8 + _o2] if _C80_M8[_o2] else 0.0)
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(0, 1):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_3 = max(24640 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(24640 + (_o1 + 1) * 64 + 1, 0)
-            _b0_6 = max(24640 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(24640 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(24640 + (_o1 + 9) * 64 + 9, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_3 = max(53312 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(53312 + (_o1 + 1) * 64 + 1, 0)
-            _b1_6 = max(53312 + (_o1 + 7) * 64 + 7, 0)
-            _b1_7 = max(53312 + (_o1 + 8) * 64 + 8, 0)
-            _b1_8 = max(53312 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_3 + _o2] if _C80_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C80_M5[_o2] else 0.0)
-                _acc += (s[_b0_6 + _o2] if _C80_M6[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C80_M7[_o2] else 0.0)
-                _acc += (s[_b0_8 + _o2] if _C80_M8[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (s[_b1_3 + _o2] if _C80_M3[_o2] else 0.0)
-                _acc += s[_b1_4 + _o2]
-                _acc += (s[_b1_5 + _o2] if _C80_M5[_o2] else 0.0)
-                _acc += (s[_b1_6 + _o2] if _C80_M6[_o2] else 0.0)
-                _acc += (s[_b1_7 + _o2] if _C80_M7[_o2] else 0.0)
-                _acc += (s[_b1_8 + _o2] if _C80_M8[_o2] else 0.0)
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(0, 1):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_3 = max(24640 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _b0_6 = max(24640 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(24640 + (_o1 + 8) * 64 + 8, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_3 = max(53312 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            _b1_6 = max(53312 + (_o1 + 7) * 64 + 7, 0)
-            _b1_7 = max(53312 + (_o1 + 8) * 64 + 8, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_3 + _o2] if _C80_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_6 + _o2] if _C80_M6[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C80_M7[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (s[_b1_3 + _o2] if _C80_M3[_o2] else 0.0)
-                _acc += s[_b1_4 + _o2]
-                _acc += (s[_b1_6 + _o2] if _C80_M6[_o2] else 0.0)
-                _acc += (s[_b1_7 + _o2] if _C80_M7[_o2] else 0.0)
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_1 = max(24640 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(24640 + (_o1 + -7) * 64 + -7, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(24640 + (_o1 + 1) * 64 + 1, 0)
-            _b0_7 = max(24640 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(24640 + (_o1 + 9) * 64 + 9, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_1 = max(53312 + (_o1 + -8) * 64 + -8, 0)
-            _b1_2 = max(53312 + (_o1 + -7) * 64 + -7, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(53312 + (_o1 + 1) * 64 + 1, 0)
-            _b1_7 = max(53312 + (_o1 + 8) * 64 + 8, 0)
-            _b1_8 = max(53312 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_1 + _o2] if _C80_M1[_o2] else 0.0)
-                _acc += (s[_b0_2 + _o2] if _C80_M2[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C80_M5[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C80_M7[_o2] else 0.0)
-                _acc += (s[_b0_8 + _o2] if _C80_M8[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (s[_b1_1 + _o2] if _C80_M1[_o2] else 0.0)
-                _acc += (s[_b1_2 + _o2] if _C80_M2[_o2] else 0.0)
-                _acc += s[_b1_4 + _o2]
-                _acc += (s[_b1_5 + _o2] if _C80_M5[_o2] else 0.0)
-                _acc += (s[_b1_7 + _o2] if _C80_M7[_o2] else 0.0)
-                _acc += (s[_b1_8 + _o2] if _C80_M8[_o2] else 0.0)
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_0 = max(24640 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(24640 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(24640 + (_o1 + -7) * 64 + -7, 0)
-            _b0_3 = max(24640 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(24640 + (_o1 + 1) * 64 + 1, 0)
-            _b0_6 = max(24640 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(24640 + (_o1 + 8) * 64 + 8, 0)
-            _b0_8 = max(24640 + (_o1 + 9) * 64 + 9, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_0 = max(53312 + (_o1 + -9) * 64 + -9, 0)
-            _b1_1 = max(53312 + (_o1 + -8) * 64 + -8, 0)
-            _b1_2 = max(53312 + (_o1 + -7) * 64 + -7, 0)
-            _b1_3 = max(53312 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(53312 + (_o1 + 1) * 64 + 1, 0)
-            _b1_6 = max(53312 + (_o1 + 7) * 64 + 7, 0)
-            _b1_7 = max(53312 + (_o1 + 8) * 64 + 8, 0)
-            _b1_8 = max(53312 + (_o1 + 9) * 64 + 9, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_0 + _o2] if _C80_M0[_o2] else 0.0)
-                _acc += (s[_b0_1 + _o2] if _C80_M1[_o2] else 0.0)
-                _acc += (s[_b0_2 + _o2] if _C80_M2[_o2] else 0.0)
-                _acc += (s[_b0_3 + _o2] if _C80_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C80_M5[_o2] else 0.0)
-                _acc += (s[_b0_6 + _o2] if _C80_M6[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C80_M7[_o2] else 0.0)
-                _acc += (s[_b0_8 + _o2] if _C80_M8[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (s[_b1_0 + _o2] if _C80_M0[_o2] else 0.0)
-                _acc += (s[_b1_1 + _o2] if _C80_M1[_o2] else 0.0)
-                _acc += (s[_b1_2 + _o2] if _C80_M2[_o2] else 0.0)
-                _acc += (s[_b1_3 + _o2] if _C80_M3[_o2] else 0.0)
-                _acc += s[_b1_4 + _o2]
-                _acc += (s[_b1_5 + _o2] if _C80_M5[_o2] else 0.0)
-                _acc += (s[_b1_6 + _o2] if _C80_M6[_o2] else 0.0)
-                _acc += (s[_b1_7 + _o2] if _C80_M7[_o2] else 0.0)
-                _acc += (s[_b1_8 + _o2] if _C80_M8[_o2] else 0.0)
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(1, 7):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_0 = max(24640 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(24640 + (_o1 + -8) * 64 + -8, 0)
-            _b0_3 = max(24640 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _b0_6 = max(24640 + (_o1 + 7) * 64 + 7, 0)
-            _b0_7 = max(24640 + (_o1 + 8) * 64 + 8, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_0 = max(53312 + (_o1 + -9) * 64 + -9, 0)
-            _b1_1 = max(53312 + (_o1 + -8) * 64 + -8, 0)
-            _b1_3 = max(53312 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            _b1_6 = max(53312 + (_o1 + 7) * 64 + 7, 0)
-            _b1_7 = max(53312 + (_o1 + 8) * 64 + 8, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_0 + _o2] if _C80_M0[_o2] else 0.0)
-                _acc += (s[_b0_1 + _o2] if _C80_M1[_o2] else 0.0)
-                _acc += (s[_b0_3 + _o2] if _C80_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_6 + _o2] if _C80_M6[_o2] else 0.0)
-                _acc += (s[_b0_7 + _o2] if _C80_M7[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (s[_b1_0 + _o2] if _C80_M0[_o2] else 0.0)
-                _acc += (s[_b1_1 + _o2] if _C80_M1[_o2] else 0.0)
-                _acc += (s[_b1_3 + _o2] if _C80_M3[_o2] else 0.0)
-                _acc += s[_b1_4 + _o2]
-                _acc += (s[_b1_6 + _o2] if _C80_M6[_o2] else 0.0)
-                _acc += (s[_b1_7 + _o2] if _C80_M7[_o2] else 0.0)
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(0, 1):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_1 = max(24640 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(24640 + (_o1 + -7) * 64 + -7, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(24640 + (_o1 + 1) * 64 + 1, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_1 = max(53312 + (_o1 + -8) * 64 + -8, 0)
-            _b1_2 = max(53312 + (_o1 + -7) * 64 + -7, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(53312 + (_o1 + 1) * 64 + 1, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_1 + _o2] if _C80_M1[_o2] else 0.0)
-                _acc += (s[_b0_2 + _o2] if _C80_M2[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C80_M5[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (s[_b1_1 + _o2] if _C80_M1[_o2] else 0.0)
-                _acc += (s[_b1_2 + _o2] if _C80_M2[_o2] else 0.0)
-                _acc += s[_b1_4 + _o2]
-                _acc += (s[_b1_5 + _o2] if _C80_M5[_o2] else 0.0)
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(1, 7):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_0 = max(24640 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(24640 + (_o1 + -8) * 64 + -8, 0)
-            _b0_2 = max(24640 + (_o1 + -7) * 64 + -7, 0)
-            _b0_3 = max(24640 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _b0_5 = max(24640 + (_o1 + 1) * 64 + 1, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_0 = max(53312 + (_o1 + -9) * 64 + -9, 0)
-            _b1_1 = max(53312 + (_o1 + -8) * 64 + -8, 0)
-            _b1_2 = max(53312 + (_o1 + -7) * 64 + -7, 0)
-            _b1_3 = max(53312 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            _b1_5 = max(53312 + (_o1 + 1) * 64 + 1, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_0 + _o2] if _C80_M0[_o2] else 0.0)
-                _acc += (s[_b0_1 + _o2] if _C80_M1[_o2] else 0.0)
-                _acc += (s[_b0_2 + _o2] if _C80_M2[_o2] else 0.0)
-                _acc += (s[_b0_3 + _o2] if _C80_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                _acc += (s[_b0_5 + _o2] if _C80_M5[_o2] else 0.0)
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (s[_b1_0 + _o2] if _C80_M0[_o2] else 0.0)
-                _acc += (s[_b1_1 + _o2] if _C80_M1[_o2] else 0.0)
-                _acc += (s[_b1_2 + _o2] if _C80_M2[_o2] else 0.0)
-                _acc += (s[_b1_3 + _o2] if _C80_M3[_o2] else 0.0)
-                _acc += s[_b1_4 + _o2]
-                _acc += (s[_b1_5 + _o2] if _C80_M5[_o2] else 0.0)
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for _y1 in range(7, 8):
-        for _x1 in range(7, 8):
-            _o1 = _y1 * 8 + _x1
-            _d0 = max(28736 + _o1 * 64, 0)
-            _b0_0 = max(24640 + (_o1 + -9) * 64 + -9, 0)
-            _b0_1 = max(24640 + (_o1 + -8) * 64 + -8, 0)
-            _b0_3 = max(24640 + (_o1 + -1) * 64 + -1, 0)
-            _b0_4 = max(24640 + (_o1 + 0) * 64 + 0, 0)
-            _d1 = max(57408 + _o1 * 64, 0)
-            _b1_0 = max(53312 + (_o1 + -9) * 64 + -9, 0)
-            _b1_1 = max(53312 + (_o1 + -8) * 64 + -8, 0)
-            _b1_3 = max(53312 + (_o1 + -1) * 64 + -1, 0)
-            _b1_4 = max(53312 + (_o1 + 0) * 64 + 0, 0)
-            for _o2 in range(64):
-                _acc = (s[_b0_0 + _o2] if _C80_M0[_o2] else 0.0)
-                _acc += (s[_b0_1 + _o2] if _C80_M1[_o2] else 0.0)
-                _acc += (s[_b0_3 + _o2] if _C80_M3[_o2] else 0.0)
-                _acc += s[_b0_4 + _o2]
-                s[_d0 + _o2] = _acc * 0.1111111111111111
-                _acc = (s[_b1_0 + _o2] if _C80_M0[_o2] else 0.0)
-                _acc += (s[_b1_1 + _o2] if _C80_M1[_o2] else 0.0)
-                _acc += (s[_b1_3 + _o2] if _C80_M3[_o2] else 0.0)
-                _acc += s[_b1_4 + _o2]
-                s[_d1 + _o2] = _acc * 0.1111111111111111
-    for i in range(64):
+            _v4[j] = t0*t4 + t3*_v5[i]*_v6[j]*math.sqrt(1 - t2**2)
+            _v7[j] = t1*t4
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _local4(x1, x2, pt1, pt2, s, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6):
+    _v1 = pt2[_o1:_o1 + 64]
+    _v2 = pt1[_o2:_o2 + 64]
+    _v4 = pt2[_o4:_o4 + 64]
+    _v5 = pt1[_o5:_o5 + 64]
+    for i in range(_i0, _i1):
+        _v0 = s[_o0 + i * 64:_o0 + i * 64 + 64]
+        _v3 = s[_o3 + i * 64:_o3 + i * 64 + 64]
+        _v6 = s[_o6 + i * 64:_o6 + i * 64 + 64]
         for j in range(64):
-            t0 = (499849/250000)*s[28736 + i * 64 + j]
-            t1 = t0 + (499849/250000)*s[57408 + i * 64 + j]
-            t2 = min(max(pt2[1411 + j]*pt1[1411 + i]*t0, -1.0), 1.0)
+            t0 = (499849/250000)*_v0[j]
+            t1 = min(max(_v1[j]*_v2[i]*t0, -1.0), 1.0)
+            t2 = (1/2)/math.pi
+            t3 = t0*(-t2*_acos(t1) + 1/2)
+            _v3[j] = t2*_v4[j]*_v5[i]*math.sqrt(1 - t1**2) + t3
+            _v6[j] = t3
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _local5(x1, x2, pt1, pt2, s, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6, _o7):
+    _v2 = pt2[_o2:_o2 + 64]
+    _v3 = pt1[_o3:_o3 + 64]
+    _v5 = pt2[_o5:_o5 + 64]
+    _v6 = pt1[_o6:_o6 + 64]
+    for i in range(_i0, _i1):
+        _v0 = s[_o0 + i * 64:_o0 + i * 64 + 64]
+        _v1 = s[_o1 + i * 64:_o1 + i * 64 + 64]
+        _v4 = s[_o4 + i * 64:_o4 + i * 64 + 64]
+        _v7 = s[_o7 + i * 64:_o7 + i * 64 + 64]
+        for j in range(64):
+            t0 = (499849/250000)*_v0[j]
+            t1 = t0 + (499849/250000)*_v1[j]
+            t2 = min(max(_v2[j]*_v3[i]*t0, -1.0), 1.0)
             t3 = (1/2)/math.pi
             t4 = -t3*_acos(t2) + 1/2
-            s[32832 + i * 64 + j] = t0
-            s[61504 + i * 64 + j] = t1
-            s[36928 + i * 64 + j] = t0*t4 + t3*pt2[1475 + j]*pt1[1475 + i]*math.sqrt(1 - t2**2)
-            s[65600 + i * 64 + j] = t1*t4
-    acc = 0.0
-    for i in range(64):
-        for j in range(64):
-            acc += s[36928 + i * 64 + j]
-    S12K_8_p = acc * 0.000244140625
-    acc = 0.0
-    for i in range(64):
-        for j in range(64):
-            acc += s[65600 + i * 64 + j]
-    S12T_11_p = acc * 0.000244140625
-    T_8_y = S12K_8_p + S12T_11_p
-    return S12K_8_p, T_8_y
+            _v4[j] = t0*t4 + t3*_v5[j]*_v6[i]*math.sqrt(1 - t2**2)
+            _v7[j] = t1*t4
 
-_pair_one = numba.njit(cache=True)(_pair_one_py)
+@numba.njit(cache=True, nogil=True)
+def _point_rows(X, params, out, rows):
+    w = np.full(24576, np.nan)  # a read before a write shows as NaN
+    tmp = np.empty(512)
+    for _n in rows:
+        x, pt = X[_n], out[_n]
+        for i in range(64):
+            acc = 0.0
+            for c in range(x.shape[1]):
+                acc += x[i, c] * x[i, c]
+            pt[0 + i] = acc * 1.0
+        _conv_diag(pt, np.int64(0), np.int64(1), pt, np.int64(64), _G0, 0.1111111111111111)
+        _local0(x, pt, w, params, np.int64(0), np.int64(64), np.int64(64), np.int64(128), np.int64(1091), np.int64(1155), np.int64(192), np.int64(256))
+        _conv_diag(pt, np.int64(192), np.int64(1), pt, np.int64(320), _G1, 0.1111111111111111)
+        _conv_diag(pt, np.int64(256), np.int64(1), pt, np.int64(384), _G1, 0.1111111111111111)
+        _local1(x, pt, w, params, np.int64(0), np.int64(64), np.int64(320), np.int64(384), np.int64(448), np.int64(1219), np.int64(1283), np.int64(512), np.int64(576), np.int64(640))
+        _conv_diag(pt, np.int64(576), np.int64(1), pt, np.int64(704), _G2, 0.1111111111111111)
+        _conv_diag(pt, np.int64(640), np.int64(1), pt, np.int64(768), _G2, 0.1111111111111111)
+        _local1(x, pt, w, params, np.int64(0), np.int64(64), np.int64(704), np.int64(768), np.int64(832), np.int64(1347), np.int64(1411), np.int64(896), np.int64(960), np.int64(1024))
+        for i in range(64):
+            for j in range(64):
+                acc = 0.0
+                for c in range(x.shape[1]):
+                    acc += x[i, c] * x[j, c]
+                w[0 + i * 64 + j] = acc * 1.0
+        for _r in range(8):
+            _conv_full_row(w, np.int64(0), w, np.int64(4096), tmp, _G0, _r, 0.1111111111111111)
+            _local2(x, pt, w, params, np.int64(_r * 8), np.int64(_r * 8 + 8), np.int64(4096), np.int64(1091), np.int64(1091), np.int64(8192), np.int64(1155), np.int64(1155), np.int64(12288))
+            for i in range(_r * 8, _r * 8 + 8):
+                w[8192 + i * 64 + i] = pt[192 + i]
+            for i in range(_r * 8, _r * 8 + 8):
+                w[12288 + i * 64 + i] = pt[256 + i]
+        for _r in range(8):
+            _conv_full_row(w, np.int64(8192), w, np.int64(4096), tmp, _G1, _r, 0.1111111111111111)
+            _conv_full_row(w, np.int64(12288), w, np.int64(0), tmp, _G1, _r, 0.1111111111111111)
+            _local3(x, pt, w, params, np.int64(_r * 8), np.int64(_r * 8 + 8), np.int64(4096), np.int64(0), np.int64(1219), np.int64(1219), np.int64(16384), np.int64(1283), np.int64(1283), np.int64(20480))
+            for i in range(_r * 8, _r * 8 + 8):
+                w[16384 + i * 64 + i] = pt[576 + i]
+            for i in range(_r * 8, _r * 8 + 8):
+                w[20480 + i * 64 + i] = pt[640 + i]
+        for _r in range(8):
+            _conv_full_row(w, np.int64(16384), w, np.int64(12288), tmp, _G2, _r, 0.1111111111111111)
+            _conv_full_row(w, np.int64(20480), w, np.int64(8192), tmp, _G2, _r, 0.1111111111111111)
+            _local3(x, pt, w, params, np.int64(_r * 8), np.int64(_r * 8 + 8), np.int64(12288), np.int64(8192), np.int64(1347), np.int64(1347), np.int64(4096), np.int64(1411), np.int64(1411), np.int64(0))
+            for i in range(_r * 8, _r * 8 + 8):
+                w[4096 + i * 64 + i] = pt[960 + i]
+            for i in range(_r * 8, _r * 8 + 8):
+                w[0 + i * 64 + i] = pt[1024 + i]
+        acc = 0.0
+        for i in range(64):
+            for j in range(64):
+                acc += w[4096 + i * 64 + j]
+        pt[1088] = acc * 0.000244140625
+        acc = 0.0
+        for i in range(64):
+            for j in range(64):
+                acc += w[0 + i * 64 + j]
+        pt[1089] = acc * 0.000244140625
+        pt[1090] = pt[1088] + pt[1089]
+        pt[1475] = pt[1088]
+        pt[1476] = pt[1090]
 
-
-@numba.njit(parallel=True, cache=True)
-def _pairs_numba(X1, X2, P1, P2, params, K, T, symmetric):
-    n1, n2 = K.shape
-    # rows t and n1-1-t go to the same task: balanced work on the triangle
-    for task in numba.prange((n1 + 1) // 2):
-        s = np.full(69760, np.nan)  # a read before a write shows as NaN
-        for half in range(2 if 2 * task + 1 < n1 else 1):
-            a = task + half * (n1 - 1 - 2 * task)
-            for b in range(a if symmetric else 0, n2):
-                k, t = _pair_one(X1[a], X2[b], P1[a], P2[b], params, s)
-                K[a, b] = k
-                T[a, b] = t
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _pair_rows(X1, X2, P1, P2, params, K, T, symmetric, rows):
+    s = np.full(24576, np.nan, K.dtype)  # a read before a write: NaN
+    tmp = np.empty(512, K.dtype)
+    for _a in rows:
+        for _b in range(_a if symmetric else 0, X2.shape[0]):
+            x1, x2, pt1, pt2 = X1[_a], X2[_b], P1[_a], P2[_b]
+            for i in range(64):
+                for j in range(64):
+                    acc = 0.0
+                    for c in range(x1.shape[1]):
+                        acc += x1[i, c] * x2[j, c]
+                    s[0 + i * 64 + j] = acc * 1.0
+            for _r in range(8):
+                _conv_full_row(s, np.int64(0), s, np.int64(4096), tmp, _G0, _r, 0.1111111111111111)
+                _local4(x1, x2, pt1, pt2, s, params, np.int64(_r * 8), np.int64(_r * 8 + 8), np.int64(4096), np.int64(1091), np.int64(1091), np.int64(8192), np.int64(1155), np.int64(1155), np.int64(12288))
+            for _r in range(8):
+                _conv_full_row(s, np.int64(8192), s, np.int64(0), tmp, _G1, _r, 0.1111111111111111)
+                _conv_full_row(s, np.int64(12288), s, np.int64(4096), tmp, _G1, _r, 0.1111111111111111)
+                _local5(x1, x2, pt1, pt2, s, params, np.int64(_r * 8), np.int64(_r * 8 + 8), np.int64(0), np.int64(4096), np.int64(1219), np.int64(1219), np.int64(16384), np.int64(1283), np.int64(1283), np.int64(20480))
+            for _r in range(8):
+                _conv_full_row(s, np.int64(16384), s, np.int64(12288), tmp, _G2, _r, 0.1111111111111111)
+                _conv_full_row(s, np.int64(20480), s, np.int64(8192), tmp, _G2, _r, 0.1111111111111111)
+                _local5(x1, x2, pt1, pt2, s, params, np.int64(_r * 8), np.int64(_r * 8 + 8), np.int64(12288), np.int64(8192), np.int64(1347), np.int64(1347), np.int64(0), np.int64(1411), np.int64(1411), np.int64(4096))
+            acc = 0.0
+            for i in range(64):
+                for j in range(64):
+                    acc += s[0 + i * 64 + j]
+            S12K_8_p = acc * 0.000244140625
+            acc = 0.0
+            for i in range(64):
+                for j in range(64):
+                    acc += s[4096 + i * 64 + j]
+            S12T_11_p = acc * 0.000244140625
+            T_8_y = S12K_8_p + S12T_11_p
+            K[_a, _b] = S12K_8_p
+            T[_a, _b] = T_8_y
 
 
 def _padded(src):
@@ -1880,84 +641,94 @@ def _pool_np(src, taps, full):
                    for s in range(f) for t in range(f))
     return sum(p[:, taps[:, s], taps[:, t]] for s in range(f) for t in range(f))
 def _point_numpy(X, params):
-    pt = numpy.zeros((X.shape[0], 1605))
+    pt = numpy.zeros((X.shape[0], 1477))
     x = X
-    pt[:, 64:128] = numpy.einsum('nic,nic->ni', x, x) * 1.0
+    pt[:, 0:64] = numpy.einsum('nic,nic->ni', x, x) * 1.0
+    pt[:, 64:128] = _conv_np(pt[:, 0:64], _TAPS0, False) * 0.1111111111111111
+    t0 = (499849/250000)*pt[:, 64:128]
+    pt[:, 128:192] = t0
+    pt[:, 1091:1155] = 1/numpy.sqrt(numpy.maximum(1.0e-300, t0))
+    pt[:, 1155:1219] = (707/500)*numpy.sqrt(pt[:, 64:128])
+    pt[:, 192:256] = (499849/500000)*pt[:, 64:128]
+    pt[:, 256:320] = t0*(-1/2*numpy.arccos(numpy.clip(pt[:, 64:128]/numpy.maximum(1.0e-300, abs(pt[:, 64:128])), -1.0, 1.0))/numpy.pi + 1/2)
+    pt[:, 320:384] = _conv_np(pt[:, 192:256], _TAPS1, False) * 0.1111111111111111
+    pt[:, 384:448] = _conv_np(pt[:, 256:320], _TAPS1, False) * 0.1111111111111111
+    t0 = (499849/250000)*pt[:, 320:384]
+    t1 = t0 + (499849/250000)*pt[:, 384:448]
+    pt[:, 448:512] = t0
+    pt[:, 1219:1283] = 1/numpy.sqrt(numpy.maximum(1.0e-300, t0))
+    pt[:, 1283:1347] = (707/500)*numpy.sqrt(pt[:, 320:384])
+    pt[:, 512:576] = t1
+    pt[:, 576:640] = (499849/500000)*pt[:, 320:384]
+    pt[:, 640:704] = t1*(-1/2*numpy.arccos(numpy.clip(pt[:, 320:384]/numpy.maximum(1.0e-300, abs(pt[:, 320:384])), -1.0, 1.0))/numpy.pi + 1/2)
+    pt[:, 704:768] = _conv_np(pt[:, 576:640], _TAPS2, False) * 0.1111111111111111
+    pt[:, 768:832] = _conv_np(pt[:, 640:704], _TAPS2, False) * 0.1111111111111111
+    t0 = (499849/250000)*pt[:, 704:768]
+    t1 = t0 + (499849/250000)*pt[:, 768:832]
+    pt[:, 832:896] = t0
+    pt[:, 1347:1411] = 1/numpy.sqrt(numpy.maximum(1.0e-300, t0))
+    pt[:, 1411:1475] = (707/500)*numpy.sqrt(pt[:, 704:768])
+    pt[:, 896:960] = t1
+    pt[:, 960:1024] = (499849/500000)*pt[:, 704:768]
+    pt[:, 1024:1088] = t1*(-1/2*numpy.arccos(numpy.clip(pt[:, 704:768]/numpy.maximum(1.0e-300, abs(pt[:, 704:768])), -1.0, 1.0))/numpy.pi + 1/2)
     S13K_12_x = numpy.einsum('nic,njc->nij', x, x) * 1.0
-    pt[:, 128:192] = _conv_np(pt[:, 64:128], _TAPS0, False) * 0.1111111111111111
     S13K_13_g1 = _conv_np(S13K_12_x, _TAPS0, True) * 0.1111111111111111
-    t0 = (499849/250000)*pt[:, 128:192]
-    pt[:, 192:256] = t0
-    pt[:, 1155:1219] = 1/numpy.sqrt(numpy.maximum(1.0e-300, t0))
-    pt[:, 1219:1283] = (707/500)*numpy.sqrt(pt[:, 128:192])
-    WK_1_1_g1_g1 = (499849/250000)*S13K_13_g1
+    t0 = (499849/250000)*S13K_13_g1
+    t1 = numpy.clip(pt[:, 1091:1155][:, :, None]*pt[:, 1091:1155][:, None, :]*t0, -1.0, 1.0)
+    t2 = (1/2)/numpy.pi
+    t3 = t0*(-t2*numpy.arccos(t1) + 1/2)
+    WK_1_1_g1_g1 = t0
+    WK_2_2_h1_h1 = t2*pt[:, 1155:1219][:, :, None]*pt[:, 1155:1219][:, None, :]*numpy.sqrt(1 - t1**2) + t3
+    WT_2_2_h1_h1 = t3
     WK_1_1_g1_g1 = WK_1_1_g1_g1 + numpy.zeros((x.shape[0], 64, 64))
-    WK_1_1_g1_g1[:, numpy.arange(64), numpy.arange(64)] = pt[:, 192:256]
-    pt[:, 256:320] = (1/2)*pt[:, 192:256]
-    t0 = numpy.clip(pt[:, 1155:1219][:, :, None]*pt[:, 1155:1219][:, None, :]*WK_1_1_g1_g1, -1.0, 1.0)
-    t1 = (1/2)/numpy.pi
-    WK_2_2_h1_h1 = WK_1_1_g1_g1*(-t1*numpy.arccos(t0) + 1/2) + t1*pt[:, 1219:1283][:, :, None]*pt[:, 1219:1283][:, None, :]*numpy.sqrt(1 - t0**2)
+    WK_1_1_g1_g1[:, numpy.arange(64), numpy.arange(64)] = pt[:, 128:192]
     WK_2_2_h1_h1 = WK_2_2_h1_h1 + numpy.zeros((x.shape[0], 64, 64))
-    WK_2_2_h1_h1[:, numpy.arange(64), numpy.arange(64)] = pt[:, 256:320]
-    pt[:, 705:769] = pt[:, 192:256]*(-1/2*numpy.arccos(numpy.clip(pt[:, 192:256]/numpy.maximum(1.0e-300, abs(pt[:, 192:256])), -1.0, 1.0))/numpy.pi + 1/2)
-    WT_2_2_h1_h1 = WK_1_1_g1_g1*(-1/2*numpy.arccos(numpy.clip(pt[:, 1155:1219][:, :, None]*pt[:, 1155:1219][:, None, :]*WK_1_1_g1_g1, -1.0, 1.0))/numpy.pi + 1/2)
+    WK_2_2_h1_h1[:, numpy.arange(64), numpy.arange(64)] = pt[:, 192:256]
     WT_2_2_h1_h1 = WT_2_2_h1_h1 + numpy.zeros((x.shape[0], 64, 64))
-    WT_2_2_h1_h1[:, numpy.arange(64), numpy.arange(64)] = pt[:, 705:769]
-    pt[:, 320:384] = _conv_np(pt[:, 256:320], _TAPS1, False) * 0.1111111111111111
+    WT_2_2_h1_h1[:, numpy.arange(64), numpy.arange(64)] = pt[:, 256:320]
     S13K_14_g2 = _conv_np(WK_2_2_h1_h1, _TAPS1, True) * 0.1111111111111111
     S13T_17_g2 = _conv_np(WT_2_2_h1_h1, _TAPS1, True) * 0.1111111111111111
-    pt[:, 769:833] = _conv_np(pt[:, 705:769], _TAPS1, False) * 0.1111111111111111
-    t0 = (499849/250000)*pt[:, 320:384]
-    pt[:, 384:448] = t0
-    pt[:, 1283:1347] = 1/numpy.sqrt(numpy.maximum(1.0e-300, t0))
-    pt[:, 1347:1411] = (707/500)*numpy.sqrt(pt[:, 320:384])
-    WK_3_3_g2_g2 = (499849/250000)*S13K_14_g2
+    t0 = (499849/250000)*S13K_14_g2
+    t1 = t0 + (499849/250000)*S13T_17_g2
+    t2 = numpy.clip(pt[:, 1219:1283][:, :, None]*pt[:, 1219:1283][:, None, :]*t0, -1.0, 1.0)
+    t3 = (1/2)/numpy.pi
+    t4 = -t3*numpy.arccos(t2) + 1/2
+    WK_3_3_g2_g2 = t0
+    WT_3_3_g2_g2 = t1
+    WK_4_4_h2_h2 = t0*t4 + t3*pt[:, 1283:1347][:, :, None]*pt[:, 1283:1347][:, None, :]*numpy.sqrt(1 - t2**2)
+    WT_4_4_h2_h2 = t1*t4
     WK_3_3_g2_g2 = WK_3_3_g2_g2 + numpy.zeros((x.shape[0], 64, 64))
-    WK_3_3_g2_g2[:, numpy.arange(64), numpy.arange(64)] = pt[:, 384:448]
-    pt[:, 833:897] = pt[:, 384:448] + (499849/250000)*pt[:, 769:833]
-    WT_3_3_g2_g2 = WK_3_3_g2_g2 + (499849/250000)*S13T_17_g2
+    WK_3_3_g2_g2[:, numpy.arange(64), numpy.arange(64)] = pt[:, 448:512]
     WT_3_3_g2_g2 = WT_3_3_g2_g2 + numpy.zeros((x.shape[0], 64, 64))
-    WT_3_3_g2_g2[:, numpy.arange(64), numpy.arange(64)] = pt[:, 833:897]
-    pt[:, 448:512] = (1/2)*pt[:, 384:448]
-    t0 = numpy.clip(pt[:, 1283:1347][:, :, None]*pt[:, 1283:1347][:, None, :]*WK_3_3_g2_g2, -1.0, 1.0)
-    t1 = (1/2)/numpy.pi
-    WK_4_4_h2_h2 = WK_3_3_g2_g2*(-t1*numpy.arccos(t0) + 1/2) + t1*pt[:, 1347:1411][:, :, None]*pt[:, 1347:1411][:, None, :]*numpy.sqrt(1 - t0**2)
+    WT_3_3_g2_g2[:, numpy.arange(64), numpy.arange(64)] = pt[:, 512:576]
     WK_4_4_h2_h2 = WK_4_4_h2_h2 + numpy.zeros((x.shape[0], 64, 64))
-    WK_4_4_h2_h2[:, numpy.arange(64), numpy.arange(64)] = pt[:, 448:512]
-    pt[:, 897:961] = pt[:, 833:897]*(-1/2*numpy.arccos(numpy.clip(pt[:, 384:448]/numpy.maximum(1.0e-300, abs(pt[:, 384:448])), -1.0, 1.0))/numpy.pi + 1/2)
-    WT_4_4_h2_h2 = WT_3_3_g2_g2*(-1/2*numpy.arccos(numpy.clip(pt[:, 1283:1347][:, :, None]*pt[:, 1283:1347][:, None, :]*WK_3_3_g2_g2, -1.0, 1.0))/numpy.pi + 1/2)
+    WK_4_4_h2_h2[:, numpy.arange(64), numpy.arange(64)] = pt[:, 576:640]
     WT_4_4_h2_h2 = WT_4_4_h2_h2 + numpy.zeros((x.shape[0], 64, 64))
-    WT_4_4_h2_h2[:, numpy.arange(64), numpy.arange(64)] = pt[:, 897:961]
-    pt[:, 512:576] = _conv_np(pt[:, 448:512], _TAPS2, False) * 0.1111111111111111
+    WT_4_4_h2_h2[:, numpy.arange(64), numpy.arange(64)] = pt[:, 640:704]
     S13K_15_g3 = _conv_np(WK_4_4_h2_h2, _TAPS2, True) * 0.1111111111111111
     S13T_19_g3 = _conv_np(WT_4_4_h2_h2, _TAPS2, True) * 0.1111111111111111
-    pt[:, 961:1025] = _conv_np(pt[:, 897:961], _TAPS2, False) * 0.1111111111111111
-    t0 = (499849/250000)*pt[:, 512:576]
-    pt[:, 576:640] = t0
-    pt[:, 1411:1475] = 1/numpy.sqrt(numpy.maximum(1.0e-300, t0))
-    pt[:, 1475:1539] = (707/500)*numpy.sqrt(pt[:, 512:576])
-    WK_5_5_g3_g3 = (499849/250000)*S13K_15_g3
+    t0 = (499849/250000)*S13K_15_g3
+    t1 = t0 + (499849/250000)*S13T_19_g3
+    t2 = numpy.clip(pt[:, 1347:1411][:, :, None]*pt[:, 1347:1411][:, None, :]*t0, -1.0, 1.0)
+    t3 = (1/2)/numpy.pi
+    t4 = -t3*numpy.arccos(t2) + 1/2
+    WK_5_5_g3_g3 = t0
+    WT_5_5_g3_g3 = t1
+    WK_6_6_h3_h3 = t0*t4 + t3*pt[:, 1411:1475][:, :, None]*pt[:, 1411:1475][:, None, :]*numpy.sqrt(1 - t2**2)
+    WT_6_6_h3_h3 = t1*t4
     WK_5_5_g3_g3 = WK_5_5_g3_g3 + numpy.zeros((x.shape[0], 64, 64))
-    WK_5_5_g3_g3[:, numpy.arange(64), numpy.arange(64)] = pt[:, 576:640]
-    pt[:, 1025:1089] = pt[:, 576:640] + (499849/250000)*pt[:, 961:1025]
-    WT_5_5_g3_g3 = WK_5_5_g3_g3 + (499849/250000)*S13T_19_g3
+    WK_5_5_g3_g3[:, numpy.arange(64), numpy.arange(64)] = pt[:, 832:896]
     WT_5_5_g3_g3 = WT_5_5_g3_g3 + numpy.zeros((x.shape[0], 64, 64))
-    WT_5_5_g3_g3[:, numpy.arange(64), numpy.arange(64)] = pt[:, 1025:1089]
-    pt[:, 640:704] = (1/2)*pt[:, 576:640]
-    t0 = numpy.clip(pt[:, 1411:1475][:, :, None]*pt[:, 1411:1475][:, None, :]*WK_5_5_g3_g3, -1.0, 1.0)
-    t1 = (1/2)/numpy.pi
-    WK_6_6_h3_h3 = WK_5_5_g3_g3*(-t1*numpy.arccos(t0) + 1/2) + t1*pt[:, 1475:1539][:, :, None]*pt[:, 1475:1539][:, None, :]*numpy.sqrt(1 - t0**2)
+    WT_5_5_g3_g3[:, numpy.arange(64), numpy.arange(64)] = pt[:, 896:960]
     WK_6_6_h3_h3 = WK_6_6_h3_h3 + numpy.zeros((x.shape[0], 64, 64))
-    WK_6_6_h3_h3[:, numpy.arange(64), numpy.arange(64)] = pt[:, 640:704]
-    pt[:, 1089:1153] = pt[:, 1025:1089]*(-1/2*numpy.arccos(numpy.clip(pt[:, 576:640]/numpy.maximum(1.0e-300, abs(pt[:, 576:640])), -1.0, 1.0))/numpy.pi + 1/2)
-    WT_6_6_h3_h3 = WT_5_5_g3_g3*(-1/2*numpy.arccos(numpy.clip(pt[:, 1411:1475][:, :, None]*pt[:, 1411:1475][:, None, :]*WK_5_5_g3_g3, -1.0, 1.0))/numpy.pi + 1/2)
+    WK_6_6_h3_h3[:, numpy.arange(64), numpy.arange(64)] = pt[:, 960:1024]
     WT_6_6_h3_h3 = WT_6_6_h3_h3 + numpy.zeros((x.shape[0], 64, 64))
-    WT_6_6_h3_h3[:, numpy.arange(64), numpy.arange(64)] = pt[:, 1089:1153]
-    pt[:, 704] = WK_6_6_h3_h3.sum((-2, -1)) * 0.000244140625
-    pt[:, 1153] = WT_6_6_h3_h3.sum((-2, -1)) * 0.000244140625
-    pt[:, 1154] = pt[:, 704] + pt[:, 1153]
-    pt[:, 1603] = pt[:, 704]
-    pt[:, 1604] = pt[:, 1154]
+    WT_6_6_h3_h3[:, numpy.arange(64), numpy.arange(64)] = pt[:, 1024:1088]
+    pt[:, 1088] = WK_6_6_h3_h3.sum((-2, -1)) * 0.000244140625
+    pt[:, 1089] = WT_6_6_h3_h3.sum((-2, -1)) * 0.000244140625
+    pt[:, 1090] = pt[:, 1088] + pt[:, 1089]
+    pt[:, 1475] = pt[:, 1088]
+    pt[:, 1476] = pt[:, 1090]
     return pt
 
 def _pairs_numpy(X1, X2, P1, P2, params):
@@ -1968,33 +739,33 @@ def _pairs_numpy(X1, X2, P1, P2, params):
         S12K_4_x = numpy.einsum('nic,njc->nij', x1, x2) * 1.0
         S12K_5_g1 = _conv_np(S12K_4_x, _TAPS0, True) * 0.1111111111111111
         t0 = (499849/250000)*S12K_5_g1
-        t1 = numpy.clip(P2[:, 1155:1219][:, None, :]*P1[a, 1155:1219][:, None]*t0, -1.0, 1.0)
+        t1 = numpy.clip(P2[:, 1091:1155][:, None, :]*P1[a, 1091:1155][:, None]*t0, -1.0, 1.0)
         t2 = (1/2)/numpy.pi
         t3 = t0*(-t2*numpy.arccos(t1) + 1/2)
         K_1_g1 = t0
-        K_2_h1 = t2*P2[:, 1219:1283][:, None, :]*P1[a, 1219:1283][:, None]*numpy.sqrt(1 - t1**2) + t3
+        K_2_h1 = t2*P2[:, 1155:1219][:, None, :]*P1[a, 1155:1219][:, None]*numpy.sqrt(1 - t1**2) + t3
         T_2_h1 = t3
         S12K_6_g2 = _conv_np(K_2_h1, _TAPS1, True) * 0.1111111111111111
         S12T_9_g2 = _conv_np(T_2_h1, _TAPS1, True) * 0.1111111111111111
         t0 = (499849/250000)*S12K_6_g2
         t1 = t0 + (499849/250000)*S12T_9_g2
-        t2 = numpy.clip(P2[:, 1283:1347][:, None, :]*P1[a, 1283:1347][:, None]*t0, -1.0, 1.0)
+        t2 = numpy.clip(P2[:, 1219:1283][:, None, :]*P1[a, 1219:1283][:, None]*t0, -1.0, 1.0)
         t3 = (1/2)/numpy.pi
         t4 = -t3*numpy.arccos(t2) + 1/2
         K_3_g2 = t0
         T_3_g2 = t1
-        K_4_h2 = t0*t4 + t3*P2[:, 1347:1411][:, None, :]*P1[a, 1347:1411][:, None]*numpy.sqrt(1 - t2**2)
+        K_4_h2 = t0*t4 + t3*P2[:, 1283:1347][:, None, :]*P1[a, 1283:1347][:, None]*numpy.sqrt(1 - t2**2)
         T_4_h2 = t1*t4
         S12K_7_g3 = _conv_np(K_4_h2, _TAPS2, True) * 0.1111111111111111
         S12T_10_g3 = _conv_np(T_4_h2, _TAPS2, True) * 0.1111111111111111
         t0 = (499849/250000)*S12K_7_g3
         t1 = t0 + (499849/250000)*S12T_10_g3
-        t2 = numpy.clip(P2[:, 1411:1475][:, None, :]*P1[a, 1411:1475][:, None]*t0, -1.0, 1.0)
+        t2 = numpy.clip(P2[:, 1347:1411][:, None, :]*P1[a, 1347:1411][:, None]*t0, -1.0, 1.0)
         t3 = (1/2)/numpy.pi
         t4 = -t3*numpy.arccos(t2) + 1/2
         K_5_g3 = t0
         T_5_g3 = t1
-        K_6_h3 = t0*t4 + t3*P2[:, 1475:1539][:, None, :]*P1[a, 1475:1539][:, None]*numpy.sqrt(1 - t2**2)
+        K_6_h3 = t0*t4 + t3*P2[:, 1411:1475][:, None, :]*P1[a, 1411:1475][:, None]*numpy.sqrt(1 - t2**2)
         T_6_h3 = t1*t4
         S12K_8_p = K_6_h3.sum((-2, -1)) * 0.000244140625
         S12T_11_p = T_6_h3.sum((-2, -1)) * 0.000244140625
@@ -2095,6 +866,23 @@ def _mirror(a):
 
 
 
+def _in_threads(rows_fn, n, *args):
+    """rows_fn(*args, rows) over the rows 0..n-1 in numba.get_num_threads() threads (the
+    compiled functions release the GIL). A thread takes rows t and n-1-t together, so
+    the upper triangle's work is balanced."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = max(1, min(numba.get_num_threads(), (n + 1) // 2))
+    tasks = [np.arange(k, (n + 1) // 2, threads) for k in range(threads)]
+    parts = [np.unique(np.concatenate([t, n - 1 - t])).astype(np.int64) for t in tasks]
+    if threads == 1:
+        rows_fn(*args, parts[0])
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        for done in [pool.submit(rows_fn, *args, rows) for rows in parts]:
+            done.result()
+
+
 def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", device=None,
            device_tile=None):
     """NNGP and/or NTK Gram matrices of the network's output.
@@ -2105,7 +893,9 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
     device: "cpu" or "cuda" (numba.cuda, imported on first use); None: TARGETS[0].
     device_tile: rows (or (rows, cols)) of the Gram tiles computed on the GPU at a time;
     default: from the free device memory.
-    float32 inputs give float32 Gram matrices (computed in float64); anything else float64.
+    float32 inputs give float32 Gram matrices: the per-input phase in float64, each pair's
+    arrays stored in float32 (the pointwise formulas evaluated in float64); anything else
+    float64 throughout.
     """
     names = (get,) if isinstance(get, str) else tuple(get)
     if not names or any(g not in ("nngp", "ntk") for g in names):
@@ -2147,17 +937,17 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         nngp, ntk = _pairs_numpy(a, b, p1, p2, p)
     else:
         p1 = np.empty((a.shape[0], N_POINT))
-        _point_numba(a, p, p1)
+        _in_threads(_point_rows, a.shape[0], a, p, p1)
         if symmetric:
             p2 = p1
         else:
             p2 = np.empty((b.shape[0], N_POINT))
-            _point_numba(b, p, p2)
+            _in_threads(_point_rows, b.shape[0], b, p, p2)
         _check_point("x1", p1, params, dtype)
         _check_point("x2", p2, params, dtype)
-        nngp = np.empty((a.shape[0], b.shape[0]))
+        nngp = np.empty((a.shape[0], b.shape[0]), dtype)  # the pair scratch's dtype too
         ntk = np.empty_like(nngp)
-        _pairs_numba(a, b, p1, p2, p, nngp, ntk, symmetric)
+        _in_threads(_pair_rows, a.shape[0], a, b, p1, p2, p, nngp, ntk, symmetric)
         if symmetric:
             _mirror(nngp)
             _mirror(ntk)
@@ -2173,13 +963,11 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
 
 # Largest tile buffer, in elements per output (64 MiB float32, 128 MiB float64).
 CUDA_MAX_TILE = 1 << 24
-CUDA_BLOCK = 128  # threads per block, one pair each at a time
-# At most this many threads (scratch columns) at once: about what an H100 keeps resident
-# (132 SMs × 2048 threads); more only costs memory.
-CUDA_MAX_THREADS = 1 << 18
-# Constant memory the pair function's tables may take: 64 KiB per module on every NVIDIA
-# GPU, less a margin for what numba puts there (see ntkc.codegen.cuda_spatial).
-CUDA_CONSTANT_BYTES = 60 * 1024
+# Threads per block (a power of 2: the reductions halve it); fewer in the simulator,
+# which runs each thread as a Python thread.
+CUDA_THREADS = 256
+# Blocks at once, each with its scratch row: about what an H100 keeps resident.
+CUDA_MAX_BLOCKS = 1024
 
 
 def _cuda_error(message):
@@ -2190,50 +978,9 @@ def _cuda_error(message):
         "numba is imported.")
 
 
-def _with_globals(f, **names):
-    # f's code over a copy of its globals with `names` rebound: numba resolves what a
-    # function calls from its globals when it compiles it, so the device twin of a CPU
-    # function calls the device versions of its helpers.
-    import types
-
-    g = dict(f.__globals__)
-    g.update(names)
-    return types.FunctionType(f.__code__, g, f.__name__, f.__defaults__, f.__closure__)
-
-
-def _device_tables(cuda):
-    """{name: device array} of the tables read from device memory, not constant memory:
-    the largest ones, until the constant bytes of the others fit."""
-    left = sum(_CUDA_TABLES.values())
-    moved = {}
-    for name, size in sorted(_CUDA_TABLES.items(), key=lambda kv: -kv[1]):
-        if left <= CUDA_CONSTANT_BYTES:
-            break
-        moved[name] = cuda.to_device(globals()[name])
-        left -= size
-    if moved:  # a probe: can this numba.cuda read a global device array?
-        def probe(out):
-            out[0] = _PROBE[0]
-
-        why = "it read a wrong value"
-        try:
-            out = cuda.device_array(1)
-            cuda.jit(_with_globals(probe, _PROBE=cuda.to_device(np.ones(1))))[1, 1](out)
-            ok = out.copy_to_host()[0] == 1.0
-        except Exception as e:  # numba's errors for this have no common type
-            ok, why = False, " ".join(str(e).split())[:300]
-        if not ok:
-            raise _cuda_error(
-                f"this network's tables need {sum(_CUDA_TABLES.values())} bytes, over the "
-                f"{CUDA_CONSTANT_BYTES} bytes of constant memory, and this numba.cuda cannot "
-                f"read them from device memory ({why}): upgrade numba-cuda")
-    return moved
-
-
 def _cuda_plan(n1, n2, itemsize, cuda, tile):
-    """(rows, cols) of a tile, threads and threads per block of a launch, in the free
-    device memory: a quarter of it at most for the two output buffers, half for the
-    scratch (fewer threads than a block when a pair's scratch is that large)."""
+    """(rows, cols) of a tile and the blocks of a launch, in the free device memory: a
+    quarter of it at most for the two output buffers, half for the blocks' scratch."""
     free = int(min(cuda.current_context().get_memory_info()[0], 2**50))  # simulator: inf
     if tile is None:
         elements = max(1, min(CUDA_MAX_TILE, free // 4 // (2 * itemsize)))
@@ -2244,14 +991,13 @@ def _cuda_plan(n1, n2, itemsize, cuda, tile):
         if int(rows) < 1 or int(cols) < 1:
             raise ValueError(f"device_tile must be positive, got {tile!r}")
         rows, cols = min(int(rows), n1), min(int(cols), n2)
-    threads = min(free // 2 // (N_SCRATCH * 8), CUDA_MAX_THREADS, rows * cols)
-    block = min(CUDA_BLOCK, threads)
-    if threads < 1 or 2 * rows * cols * itemsize > free // 2:
+    blocks = min(free // 2 // (N_SCRATCH * itemsize), CUDA_MAX_BLOCKS, rows * cols)
+    if blocks < 1 or 2 * rows * cols * itemsize > free // 2:
         raise MemoryError(
-            f"only {free / 2**20:.0f} MiB free on the GPU, too little for one thread's "
-            f"{N_SCRATCH * 8 / 2**20:.1f} MiB of scratch and a {rows}x{cols} tile: free "
-            "device memory, or use device=\"cpu\"")
-    return rows, cols, threads // block * block, block
+            f"only {free / 2**20:.0f} MiB free on the GPU, too little for one block's "
+            f"{N_SCRATCH * itemsize / 2**20:.1f} MiB of scratch and a {rows}x{cols} tile: "
+            "free device memory, or use device=\"cpu\"")
+    return rows, cols, int(blocks)
 
 
 def _kernel_cuda(a, b, symmetric, want_ntk, p, dtype, tile=None):
@@ -2259,19 +1005,19 @@ def _kernel_cuda(a, b, symmetric, want_ntk, p, dtype, tile=None):
     cuda = _cuda()
     n1, n2 = a.shape[0], b.shape[0]
     p1 = np.empty((n1, N_POINT))
-    _point_numba(a, p, p1)
+    _in_threads(_point_rows, n1, a, p, p1)
     if symmetric:
         p2 = p1
     else:
         p2 = np.empty((n2, N_POINT))
-        _point_numba(b, p, p2)
-    rows, cols, threads, block = _cuda_plan(n1, n2, np.dtype(dtype).itemsize, cuda, tile)
+        _in_threads(_point_rows, n2, b, p, p2)
+    rows, cols, blocks = _cuda_plan(n1, n2, np.dtype(dtype).itemsize, cuda, tile)
     d_a = cuda.to_device(a)  # inputs and point rows stay on the device for every tile
     d_b = d_a if symmetric else cuda.to_device(b)
     d_p1 = cuda.to_device(p1)
     d_p2 = d_p1 if symmetric else cuda.to_device(p2)
     d_params = cuda.to_device(p)
-    scratch = cuda.device_array((N_SCRATCH, threads), np.float64)  # column t: thread t's
+    scratch = cuda.device_array((blocks, N_SCRATCH), dtype)  # row k: block k's
     bufs = [cuda.device_array(rows * cols, dtype) for _ in range(2)]
     outs = [np.empty((n1, n2), dtype) for _ in range(2 if want_ntk else 1)]
     # x2=None: tiles on and above the diagonal only (each tile row starts at its diagonal)
@@ -2279,7 +1025,7 @@ def _kernel_cuda(a, b, symmetric, want_ntk, p, dtype, tile=None):
         for j in range(i if symmetric else 0, n2, cols):
             ti, tj = min(rows, n1 - i), min(cols, n2 - j)
             views = [buf[:ti * tj].reshape(ti, tj) for buf in bufs]
-            _pairs_spatial_cuda[threads // block, block](
+            _pairs_block_cuda[min(blocks, ti * tj), CUDA_THREADS](
                 d_a, d_b, d_p1, d_p2, d_params, scratch, *views, i, j, symmetric)
             for out, view in zip(outs, views):
                 out[i:i + ti, j:j + tj] = view.copy_to_host()
@@ -2289,33 +1035,15 @@ def _kernel_cuda(a, b, symmetric, want_ntk, p, dtype, tile=None):
     return (outs + [None])[:2]
 
 
-# Bytes of constant memory each table's reads take (at most)
-_CUDA_TABLES = {
-    '_C72_M5': 768,
-    '_C72_M7': 768,
-    '_C72_M3': 768,
-    '_C72_M1': 768,
-    '_C80_M5': 768,
-    '_C80_M7': 768,
-    '_C80_M3': 768,
-    '_C80_M1': 768,
-    '_C72_M8': 512,
-    '_C72_M6': 512,
-    '_C72_M2': 512,
-    '_C72_M0': 512,
-    '_C80_M8': 512,
-    '_C80_M6': 512,
-    '_C80_M2': 512,
-    '_C80_M0': 512,
-    '_C64_M5': 384,
-    '_C64_M7': 384,
-    '_C64_M3': 384,
-    '_C64_M1': 384,
-    '_C64_M8': 256,
-    '_C64_M6': 256,
-    '_C64_M2': 256,
-    '_C64_M0': 256,
-}
+def _with_globals(f, **names):
+    # f's code over a copy of its globals with `names` rebound: numba resolves what a
+    # function calls from its globals when it compiles it, so the device twin of a CPU
+    # function calls the device versions of its helpers.
+    g = dict(f.__globals__)
+    g.update(names)
+    return types.FunctionType(f.__code__, g, f.__name__, f.__defaults__, f.__closure__)
+
+
 _CUDA_READY = False
 
 
@@ -2323,7 +1051,7 @@ def _cuda():
     """numba.cuda and the kernels, made on the first device="cuda" call: numba.cuda
     is imported here only, so CPU-only users never need it. The kernels are module
     globals: numba resolves what a kernel calls from them when it compiles."""
-    global cuda, _CUDA_READY, _acos_cuda, _pair_one_cuda, _pairs_spatial_cuda
+    global cuda, CUDA_THREADS, _CUDA_READY, _tap_cuda, _acos_cuda, _conv_entry_cuda, _conv_diag_entry_cuda, _pool_entry_cuda, _pairs_block_cuda
     if _CUDA_READY:
         return cuda
     try:
@@ -2334,28 +1062,118 @@ def _cuda():
         why = ' '.join(str(cuda.cuda_error()).split())
         raise _cuda_error(f"no CUDA GPU is available ({why})")
 
+    if numba.config.ENABLE_CUDASIM:
+        CUDA_THREADS = min(CUDA_THREADS, 16)
+    _tap_cuda = cuda.jit(device=True)(_tap)
     _acos_cuda = cuda.jit(device=True)(_acos.py_func)
-    _pair_one_cuda = cuda.jit(device=True)(
-        _with_globals(_pair_one_py, _acos=_acos_cuda, **_device_tables(cuda)))
-
+    _conv_entry_cuda = cuda.jit(device=True)(_with_globals(_conv_entry, _tap=_tap_cuda))
+    _conv_diag_entry_cuda = cuda.jit(device=True)(_with_globals(_conv_diag_entry, _tap=_tap_cuda))
+    _pool_entry_cuda = cuda.jit(device=True)(_with_globals(_pool_entry, _tap=_tap_cuda))
     @cuda.jit
-    def _pairs_spatial_cuda(X1, X2, P1, P2, params, S, K, T, i0, j0, symmetric):
-        # One pair at a time per thread, over the pairs of the tile at (i0, j0).
-        t = cuda.grid(1)
-        s = S[:, t]  # this thread's scratch: a column, so a warp's accesses coalesce
-        n1, n2 = K.shape
-        for q in range(t, n1 * n2, S.shape[1]):
-            i = q // n2
-            j = q - i * n2
-            gi, gj = i0 + i, j0 + j
-            if symmetric and gj <= gi:
-                if gj == gi:  # the per-input formulas, exact at correlation 1
-                    K[i, j] = P1[gi, DIAG_NNGP]
-                    T[i, j] = P1[gi, DIAG_NTK]
+    def _pairs_block_cuda(X1, X2, P1, P2, params, S, K, T, i0, j0, symmetric):
+        # One pair per block at a time, over the pairs of the tile at (i0, j0).
+        _t = cuda.threadIdx.x
+        _nt = cuda.blockDim.x
+        _red = cuda.shared.array(CUDA_THREADS, numba.float64)
+        s = S[cuda.blockIdx.x]
+        _n1, _n2 = K.shape
+        # the pair's indices start with _: the stages' loops count with i and j
+        for _q in range(cuda.blockIdx.x, _n1 * _n2, cuda.gridDim.x):
+            _i = _q // _n2
+            _j = _q - _i * _n2
+            _gi, _gj = i0 + _i, j0 + _j
+            if symmetric and _gj <= _gi:
+                if _gj == _gi and _t == 0:  # the per-input formulas, exact at corr. 1
+                    K[_i, _j] = P1[_gi, DIAG_NNGP]
+                    T[_i, _j] = P1[_gi, DIAG_NTK]
                 continue  # below the diagonal: the host mirrors it
-            k, th = _pair_one_cuda(X1[gi], X2[gj], P1[gi], P2[gj], params, s)
-            K[i, j] = k
-            T[i, j] = th
+            if True:
+                x1, x2, pt1, pt2 = X1[_gi], X2[_gj], P1[_gi], P2[_gj]
+                for _e in range(_t, 4096, _nt):
+                    _acc = 0.0
+                    for _c in range(x1.shape[1]):
+                        _acc += x1[_e // 64, _c] * x2[_e - (_e // 64) * 64, _c]
+                    s[0 + _e] = _acc * 1.0
+                cuda.syncthreads()
+                for _e in range(_t, 4096, _nt):
+                    s[4096 + _e] = _conv_entry_cuda(s, 0, _G0, _e // 64, _e - (_e // 64) * 64) * 0.1111111111111111
+                cuda.syncthreads()
+                for _e in range(_t, 4096, _nt):
+                    i = _e // 64
+                    j = _e - i * 64
+                    t0 = (499849/250000)*s[4096 + i * 64 + j]
+                    t1 = min(max(pt2[1091 + j]*pt1[1091 + i]*t0, -1.0), 1.0)
+                    t2 = (1/2)/math.pi
+                    t3 = t0*(-t2*_acos_cuda(t1) + 1/2)
+                    s[8192 + i * 64 + j] = t2*pt2[1155 + j]*pt1[1155 + i]*math.sqrt(1 - t1**2) + t3
+                    s[12288 + i * 64 + j] = t3
+                cuda.syncthreads()
+                for _e in range(_t, 4096, _nt):
+                    s[0 + _e] = _conv_entry_cuda(s, 8192, _G1, _e // 64, _e - (_e // 64) * 64) * 0.1111111111111111
+                for _e in range(_t, 4096, _nt):
+                    s[4096 + _e] = _conv_entry_cuda(s, 12288, _G1, _e // 64, _e - (_e // 64) * 64) * 0.1111111111111111
+                cuda.syncthreads()
+                for _e in range(_t, 4096, _nt):
+                    i = _e // 64
+                    j = _e - i * 64
+                    t0 = (499849/250000)*s[0 + i * 64 + j]
+                    t1 = t0 + (499849/250000)*s[4096 + i * 64 + j]
+                    t2 = min(max(pt2[1219 + j]*pt1[1219 + i]*t0, -1.0), 1.0)
+                    t3 = (1/2)/math.pi
+                    t4 = -t3*_acos_cuda(t2) + 1/2
+                    s[16384 + i * 64 + j] = t0*t4 + t3*pt2[1283 + j]*pt1[1283 + i]*math.sqrt(1 - t2**2)
+                    s[20480 + i * 64 + j] = t1*t4
+                cuda.syncthreads()
+                for _e in range(_t, 4096, _nt):
+                    s[12288 + _e] = _conv_entry_cuda(s, 16384, _G2, _e // 64, _e - (_e // 64) * 64) * 0.1111111111111111
+                for _e in range(_t, 4096, _nt):
+                    s[8192 + _e] = _conv_entry_cuda(s, 20480, _G2, _e // 64, _e - (_e // 64) * 64) * 0.1111111111111111
+                cuda.syncthreads()
+                for _e in range(_t, 4096, _nt):
+                    i = _e // 64
+                    j = _e - i * 64
+                    t0 = (499849/250000)*s[12288 + i * 64 + j]
+                    t1 = t0 + (499849/250000)*s[8192 + i * 64 + j]
+                    t2 = min(max(pt2[1347 + j]*pt1[1347 + i]*t0, -1.0), 1.0)
+                    t3 = (1/2)/math.pi
+                    t4 = -t3*_acos_cuda(t2) + 1/2
+                    s[0 + i * 64 + j] = t0*t4 + t3*pt2[1411 + j]*pt1[1411 + i]*math.sqrt(1 - t2**2)
+                    s[4096 + i * 64 + j] = t1*t4
+                cuda.syncthreads()
+                _acc = 0.0
+                for _e in range(_t, 4096, _nt):
+                    _acc += s[0 + _e]
+                _red[_t] = _acc
+                cuda.syncthreads()
+                _k = _nt // 2
+                while _k > 0:
+                    if _t < _k:
+                        _red[_t] += _red[_t + _k]
+                    cuda.syncthreads()
+                    _k //= 2
+                S12K_8_p = _red[0] * 0.000244140625
+                cuda.syncthreads()
+                cuda.syncthreads()
+                _acc = 0.0
+                for _e in range(_t, 4096, _nt):
+                    _acc += s[4096 + _e]
+                _red[_t] = _acc
+                cuda.syncthreads()
+                _k = _nt // 2
+                while _k > 0:
+                    if _t < _k:
+                        _red[_t] += _red[_t + _k]
+                    cuda.syncthreads()
+                    _k //= 2
+                S12T_11_p = _red[0] * 0.000244140625
+                cuda.syncthreads()
+                cuda.syncthreads()
+                T_8_y = S12K_8_p + S12T_11_p
+                cuda.syncthreads()
+                if _t == 0:
+                    K[_i, _j] = S12K_8_p
+                    T[_i, _j] = T_8_y
+                cuda.syncthreads()  # before the next pair overwrites the scratch
 
     _CUDA_READY = True
     return cuda

@@ -15,41 +15,47 @@ Padding, per axis of size n with window f and stride s:
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
+
+from .codegen.stencil_kernels import _axis_taps, _window_taps
 
 PADDINGS = ("same", "valid", "circular")
 
 
 def axis_taps(n: int, f: int, s: int, padding: str) -> np.ndarray:
     """(out, f) input indices along one axis, -1 for zero padding."""
-    if padding == "valid":
-        if f > n:
-            raise ValueError(f"a window of {f} does not fit a VALID input of size {n}")
-        out = (n - f) // s + 1
-        lo = 0
-    else:
-        out = -(-n // s)
-        lo = max((out - 1) * s + f - n, 0) // 2
-    idx = np.arange(out)[:, None] * s + np.arange(f)[None, :] - lo
-    if padding == "circular":
-        return idx % n
-    return np.where((idx >= 0) & (idx < n), idx, -1)
+    return _axis_taps(n, f, s, padding)
 
 
 @dataclass(frozen=True)
 class Window:
-    """A window op over spatial positions: its tap table and output shape."""
+    """A window op over spatial positions: its tap table, output shape and geometry."""
 
     in_spatial: tuple[int, ...]
     out_spatial: tuple[int, ...]
     taps: np.ndarray  # (P_out, F) flat input positions, -1 = zero padding
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: str
 
     @property
     def size(self) -> int:
         return self.taps.shape[1]
+
+    @property
+    def geometry(self) -> tuple[int, ...]:
+        """The eleven integers the compiled stencils take (ntkc.codegen.stencil_kernels):
+        (hin, win, hout, wout, fh, fw, sh, sw, loh, low, circular), 1-D as height 1."""
+        pad = [(1, 1, 1, 1)] * (2 - len(self.shape))  # a sequence: an image of height 1
+        axes = pad + [(n, o, f, s) for n, o, f, s in
+                      zip(self.in_spatial, self.out_spatial, self.shape, self.stride)]
+        lows = [0 if self.padding == "valid" else max((o - 1) * s + f - n, 0) // 2
+                for n, o, f, s in axes]
+        (hin, hout, fh, sh), (win, wout, fw, sw) = axes
+        return (hin, win, hout, wout, fh, fw, sh, sw, lows[0], lows[1],
+                int(self.padding == "circular"))
 
 
 def window(in_spatial: tuple[int, ...], shape: tuple[int, ...], stride: tuple[int, ...],
@@ -58,16 +64,9 @@ def window(in_spatial: tuple[int, ...], shape: tuple[int, ...], stride: tuple[in
         raise ValueError(
             f"a window of {len(shape)} dim(s) with {len(stride)} stride(s) on an input with "
             f"{len(in_spatial)} spatial dim(s)")
-    per_axis = [axis_taps(n, f, s, padding) for n, f, s in zip(in_spatial, shape, stride)]
-    out_spatial = tuple(t.shape[0] for t in per_axis)
-    strides_in = [int(np.prod(in_spatial[k + 1:])) for k in range(len(in_spatial))]
-    rows = []
-    for out_idx in itertools.product(*(range(n) for n in out_spatial)):
-        row = []
-        for tap_idx in itertools.product(*(range(f) for f in shape)):
-            coords = [per_axis[k][out_idx[k], tap_idx[k]] for k in range(len(shape))]
-            row.append(-1 if min(coords) < 0 else
-                       sum(c * m for c, m in zip(coords, strides_in)))
-        rows.append(row)
-    return Window(tuple(in_spatial), out_spatial, np.array(rows, dtype=np.int64))
-
+    if len(shape) > 2:
+        raise ValueError(f"windows have 1 or 2 spatial dims, got {len(shape)}")
+    taps = _window_taps(in_spatial, shape, stride, padding)
+    out_spatial = tuple(axis_taps(n, f, s, padding).shape[0]
+                        for n, f, s in zip(in_spatial, shape, stride))
+    return Window(tuple(in_spatial), out_spatial, taps, tuple(shape), tuple(stride), padding)

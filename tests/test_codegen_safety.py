@@ -222,15 +222,17 @@ def test_code_names_never_meet_module_names(spec):
     names -= {"dot", "sq", "sq2"}  # the input's dot products: the module's own names
     assert all(CODE_NAME.match(n) for n in names & idents)
     assert not [n for n in idents - names if CODE_NAME.match(n)]
-    if rec.spatial:  # the conv loops' counters shadow none of the pair function's args
-        fn = next(n for n in ast.walk(ast.parse(source))
-                  if isinstance(n, ast.FunctionDef) and n.name == "_pair_one_py")
-        args = {a.arg for a in fn.args.args}
-        stored = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name)
-                  and isinstance(n.ctx, ast.Store)}
-        assert not args & stored, args & stored
-        if spec is POOLED:
-            assert "_x1" in stored  # the full conv's row loops (once `x1`)
+    if rec.spatial:  # the loops' counters shadow none of the phase functions' args
+        fns = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef)
+               and re.fullmatch(r"_pair_rows|_point_rows|_local\d+", n.name)]
+        assert len(fns) >= 3
+        for fn in fns:
+            args = {a.arg for a in fn.args.args}
+            stored = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name)
+                      and isinstance(n.ctx, ast.Store)}
+            assert not args & stored, (fn.name, args & stored)
+            if spec is POOLED and fn.name == "_pair_rows":
+                assert "_r" in stored  # the full convs' row loops
 
 
 def test_network_named_like_a_module_shadows_nothing(tmp_path):

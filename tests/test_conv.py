@@ -9,6 +9,8 @@ parameterization, sequences)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -95,8 +97,13 @@ def test_flatten_readout_needs_only_diagonals():
     # 36 positions per spatial array: no P² work anywhere per pair.
     assert pair_work(rec, structure) == 36 * sum(1 for a in rec.pair if a.spatial)
     source = compile_text(FLAT, "flat.ntk").source
-    pair_code = source[source.index("def _pair_one"):source.index("def _pairs_numba")]
-    assert "for j in range" not in pair_code and "for o2 in range" not in pair_code
+    pair_code = source[source.index("def _pair_rows"):source.index("def _padded")]
+    assert "_conv_full_row(" not in pair_code and "_pool_full(" not in pair_code
+    called = set(re.findall(r"(_local\d+)\(", pair_code))
+    assert called  # the pointwise formulas, outlined: each runs over one index
+    for name in called:
+        body = source[source.index(f"def {name}("):].split("\n\n")[0]
+        assert "for i in range" in body and "for j in range" not in body
 
 
 def test_a_line_read_by_pool_and_flatten():

@@ -11,10 +11,12 @@ numba.cuda is numba-cuda's, and its simulator passes the same tests.
 The simulator runs each GPU thread as a Python thread: inputs are small (6 to 10
 points), and some cases shrink CUDA_BLOCK to 4 (the simulator reads it at run time)
 so that a tile spans several thread blocks, some of them wholly below the diagonal.
-Convolutional networks (ntkc.codegen.cuda_spatial) are tiny 4×4×2 image nets, one
-with pools and global pooling, one with flatten: the simulator runs their pair
-function as plain Python, and most of those tests' time is numba compiling the CPU
-kernels they are compared with (and whose point phase the cuda target uses).
+Convolutional networks (ntkc.codegen.cuda_spatial: a thread block per pair, its
+threads over positions) are tiny 4×4×2 image nets, one with pools and global pooling,
+one with flatten (a strided circular conv); some cases allow fewer blocks than pairs
+(CUDA_MAX_BLOCKS), so a block computes several pairs in its scratch row in turn. The
+simulator runs 16 threads per block; most of these tests' time is numba compiling the
+CPU kernels they are compared with (and whose point phase the cuda target uses).
 On a machine with a GPU, test_real_gpu_matches_cpu runs the same comparison for real.
 """
 
@@ -75,16 +77,14 @@ COMPARE = textwrap.dedent('''
 
     m = import_module_file(Path(sys.argv[1]))
     model = ntkc.load(sys.argv[1])
-    if len(sys.argv) > 3:
-        m.CUDA_CONSTANT_BYTES = int(sys.argv[3])
     rng = np.random.default_rng(0)
-    default_block = m.CUDA_BLOCK
-    default_threads = getattr(m, "CUDA_MAX_THREADS", None)
+    default_block = getattr(m, "CUDA_BLOCK", None)
+    default_blocks = getattr(m, "CUDA_MAX_BLOCKS", None)
     records = []
     for case in json.loads(sys.argv[2]):
         block = case.get("block") or default_block
-        m.CUDA_BLOCK, m.CUDA_ROW = block, block + 1
-        m.CUDA_MAX_THREADS = case.get("threads") or default_threads  # conv: grid-stride
+        m.CUDA_BLOCK, m.CUDA_ROW = block, (block or 0) + 1  # dense: threads per block edge
+        m.CUDA_MAX_BLOCKS = case.get("blocks") or default_blocks  # conv: grid-stride
         dtype = case.get("dtype", "float64")
         x1 = rng.standard_normal((case["n1"], *m.INPUT_SHAPE)).astype(dtype)
         x2 = None
@@ -105,10 +105,6 @@ COMPARE = textwrap.dedent('''
                 "symmetric": bool(np.array_equal(g, g.T)) if x2 is None else None,
                 "finite": bool(np.isfinite(g).all()),
             })
-    if hasattr(m, "_CUDA_TABLES"):  # conv: how many tables the device reads from memory
-        tables = m._pair_one_cuda.py_func.__globals__
-        moved = sum(not isinstance(tables[k], np.ndarray) for k in m._CUDA_TABLES)
-        records = [dict(r, moved=moved) for r in records]
     print("RESULT " + json.dumps(records))
 ''')
 
@@ -122,10 +118,8 @@ def _run(code: str, *args: str, simulator: bool, timeout: int = 900):
                           env=env, cwd=ROOT, timeout=timeout, check=False)
 
 
-def _compare(module: Path, cases: list[dict], simulator: bool = True,
-             constant_bytes: int | None = None) -> list[dict]:
-    extra = [] if constant_bytes is None else [str(constant_bytes)]
-    proc = _run(COMPARE, str(module), json.dumps(cases), *extra, simulator=simulator)
+def _compare(module: Path, cases: list[dict], simulator: bool = True) -> list[dict]:
+    proc = _run(COMPARE, str(module), json.dumps(cases), simulator=simulator)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
     return json.loads(lines[-1][len("RESULT "):])
@@ -192,40 +186,28 @@ def conv_modules(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-# Conv cases: x2 given and x2=None, float64 and float32, one output or both; then few
-# threads (CUDA_MAX_THREADS) in blocks of 4, so each thread computes several pairs in
-# one scratch column, with device tiles across the diagonal and host tiles (ntkc.Model).
+# Conv cases: x2 given and x2=None, float64 and float32, one output or both; then fewer
+# blocks than pairs (CUDA_MAX_BLOCKS), so each block computes several pairs in its
+# scratch row, with device tiles across the diagonal and host tiles (ntkc.Model).
 CONV_CASES = [
     {"n1": 3, "n2": 2},
     {"n1": 3},
     {"n1": 3, "n2": 2, "dtype": "float32", "get": "ntk"},
     {"n1": 3, "dtype": "float32"},
-    {"n1": 5, "block": 4, "threads": 8, "tile": [2, 3]},
-    {"n1": 4, "n2": 3, "block": 4, "threads": 4, "tile": 2, "get": "nngp"},
-    {"n1": 5, "block": 4, "threads": 4, "host_tile": 3},
+    {"n1": 5, "blocks": 2, "tile": [2, 3]},
+    {"n1": 4, "n2": 3, "blocks": 1, "tile": 2, "get": "nngp"},
+    {"n1": 5, "blocks": 2, "host_tile": 3},
 ]
 
 
 @pytest.mark.slow
 def test_simulator_conv_global_pool_matches_cpu(conv_modules):
-    records = _compare(conv_modules["tiny_gap"], CONV_CASES)
-    _check(records)
-    assert {r["moved"] for r in records} == {0}  # its tables fit in constant memory
+    _check(_compare(conv_modules["tiny_gap"], CONV_CASES))
 
 
 @pytest.mark.slow
 def test_simulator_conv_flatten_matches_cpu(conv_modules):
     _check(_compare(conv_modules["tiny_flat"], CONV_CASES[:4]))
-
-
-@pytest.mark.slow
-def test_simulator_conv_tables_in_device_memory(conv_modules):
-    # No constant memory allowed: every table goes to device memory (what large images
-    # need), read through the device twin's globals; after the tests above, the CPU
-    # kernels come from numba's cache.
-    records = _compare(conv_modules["tiny_gap"], CONV_CASES[:2], constant_bytes=0)
-    _check(records)
-    assert records[0]["moved"] > 0
 
 
 def test_generated_modules_have_both_targets():
@@ -303,10 +285,10 @@ def test_conv_targets(tmp_path):
                     "g = conv(x, filter=[3, 3], padding=same)\nf = flatten(g)\n"
                     "y = dense(f)\noutput y\n")
     both = compile_file(spec).source  # the default: all
-    assert "TARGETS = ('cpu', 'cuda')" in both and "def _pairs_numba(" in both
+    assert "TARGETS = ('cpu', 'cuda')" in both and "def _pair_rows(" in both
     assert "def _cuda(" in both and "\nfrom numba import cuda" not in both
     cuda_only = compile_file(spec, target="cuda").source
-    assert "def _pairs_numba(" not in cuda_only and "_pair_one = numba.njit" not in cuda_only
+    assert "def _pair_rows(" not in cuda_only and "def _point_rows(" in cuda_only
     path = tmp_path / "cnn_cuda_only.py"
     path.write_text(cuda_only)
     model = ntkc.load(path)
@@ -358,10 +340,9 @@ def test_real_gpu_matches_cpu(gpu_present):
     _check(_compare(GENERATED / "relu_mlp.py", cases, simulator=False))
     _check(_compare(GENERATED / "tanh_mlp.py", cases[:3], simulator=False))
     conv = [{"n1": 60, "n2": 40}, {"n1": 60}, {"n1": 60, "dtype": "float32"},
-            {"n1": 50, "tile": [16, 24], "threads": 200}]
+            {"n1": 50, "tile": [16, 24], "blocks": 200}]
     for path in CONV:
         _check(_compare(path, conv, simulator=False))
-    _check(_compare(CONV[1], conv[:2], simulator=False, constant_bytes=0))
 
 
 PTX = textwrap.dedent('''
@@ -390,11 +371,11 @@ PTX = textwrap.dedent('''
         m._cuda()
         for dt in ("float32", "float64"):
             arr = f"{dt}[:, ::1]"
-            if hasattr(m, "_pairs_spatial_cuda"):  # conv: (n, P, C) inputs, scratch S
+            if hasattr(m, "_pairs_block_cuda"):  # conv: (n, P, C) inputs, scratch S
                 x = "float64[:, :, ::1]"
                 sig = (f"void({x}, {x}, float64[:, ::1], float64[:, ::1], float64[::1], "
-                       f"float64[:, ::1], {arr}, {arr}, int64, int64, boolean)")
-                cuda.compile_ptx(m._pairs_spatial_cuda.py_func, sig, cc=(9, 0))
+                       f"{arr}, {arr}, {arr}, int64, int64, boolean)")
+                cuda.compile_ptx(m._pairs_block_cuda.py_func, sig, cc=(9, 0))
                 continue
             head = f"{arr}, {arr}, float64[:, ::1], float64[:, ::1], float64[::1]"
             for kern, outs in ((m._pairs_nngp_cuda, 1), (m._pairs_both_cuda, 2)):

@@ -14,28 +14,24 @@ the cuda target (ntkc.codegen.cuda_spatial) with cuda.jit(device=True).
 
 from __future__ import annotations
 
-from itertools import groupby
-
-import numpy as np
+import re
+from pathlib import Path
 
 from ..derive import Recursion
 from ..quadrature import GaussExpectation
 from ..structure import DIAG, FULL, SCALAR, analyse
-from .conv_loops import conv_loops
 from .emit import TARGETS
 from .fast_acos import ACOS_SOURCE
 from .hoist import hoist_roots
 from .printers import ArrayPrinter, CpuPrinter, cse_block
-from .spatial_driver import SPATIAL_DRIVER, module_head, pairs_driver
-from .spatial_stages import (
-    NUMPY_STENCILS,
-    Slot,
-    layout,
-    nb_elem,
-    nb_stencil,
-    np_stencil,
-    np_value,
-)
+from .spatial_driver import SPATIAL_DRIVER, module_head
+from .spatial_plan import Group, Slot, StageKind, allocate, groups, schedule, stages
+from .spatial_stages import NUMPY_STENCILS, nb_conv, nb_elem, nb_stencil, np_stencil, np_value
+
+# The compiled stencils: the text of ntkc/codegen/stencil_kernels.py below its marker.
+_MARKER = "# --- module text below: pasted into the generated modules"
+_KERNELS = Path(__file__).with_name("stencil_kernels.py").read_text(encoding="utf-8")
+STENCIL_SOURCE = _KERNELS[_KERNELS.index(_MARKER):].split("\n", 1)[1]
 
 
 class SpatialWriter:
@@ -52,49 +48,78 @@ class SpatialWriter:
                 "convolutional networks yet")
         self.structure = analyse(rec)
         self.params = {p.symbol: f"params[{i}]" for i, p in enumerate(self.prog.params.values())}
-        nodes = self.prog.nodes.values()
-        slack = max(int(np.prod(n.shape.spatial)) for n in nodes if n.shape.spatial)
-        self.pslots, used = layout(rec.point, self.structure, "point", slack)
         twins = {2: dict(rec.twins), 3: dict(rec.twins3 or {})}
         per_input = {a.symbol for a in rec.point if self.structure[a.symbol] != FULL}
         self.exprs, self.roots = hoist_roots(
             {a.symbol: a.expr for a in rec.point + rec.pair if a.stencil is None},
             per_input, twins, rec.code_names)
+        self.twin_of = {t: s for s, t in twins[2].items()}
+        self.twin3_of = {t: s for s, t in twins[3].items()}
+        self.windows: dict[int, object] = {}  # id → Window, in order of first use
+        for a in rec.point + rec.pair:
+            if a.stencil is not None and a.stencil.window is not None:
+                self.windows.setdefault(id(a.stencil.window), a.stencil.window)
+        self.geometry = {wid: f"_G{k}" for k, wid in enumerate(self.windows)}
+        self.taps = {wid: f"_TAPS{k}" for k, wid in enumerate(self.windows)}
+        same_input = {**self.twin3_of, **{r.symbol: r.base for r in self.roots}}
+        self.plans = {}
+        outputs = set().union(*(e.free_symbols for e in rec.outputs.values()))
+        for phase, assignments in (("point", rec.point), ("pair", rec.pair)):
+            ordered = schedule(assignments, self.prog, same_input, self.structure)
+            self.plans[phase] = groups(stages(ordered, self.structure), self.structure)
+            for group in self.plans[phase]:
+                group.reads = self._reads(group)
+        # symbols some stage or an output reads (a twin or x̃ copy reads its original)
+        read = outputs | set().union(*(g.reads for p in self.plans.values() for g in p))
+        read |= {self.twin_of.get(s) for s in read} | {self.twin3_of.get(s) for s in read}
+        self.pslots, used = allocate(self.plans["point"], self.structure, "point", outputs, "w",
+                                     read)
         for r in self.roots:  # the roots live in the point row after the quantities
             base = self.pslots[r.base]
             self.pslots[r.symbol] = Slot("pt", used["pt"], base.rows, base.cols, base.storage)
             used["pt"] += self.pslots[r.symbol].size()
-        self.n_point, self.n_w = used["pt"] + slack + 2, used["w"] + slack
-        self.sslots, used = layout(rec.pair, self.structure, "pair", slack)
-        self.n_s = used["s"] + slack
-        self.consts: dict[str, np.ndarray] = {}  # index and mask arrays of the conv loops
-        self.taps: dict[int, str] = {}
-        for a in rec.point + rec.pair:
-            w = a.stencil.window if a.stencil else None
-            if w is not None and id(w) not in self.taps:
-                self.taps[id(w)] = f"_TAPS{len(self.taps)}"
-        self.windows = {id(a.stencil.window): a.stencil.window
-                        for a in rec.point + rec.pair if a.stencil and a.stencil.window}
-        self.twin_of = {t: s for s, t in twins[2].items()}
-        self.twin3_of = {t: s for s, t in twins[3].items()}
+        self.n_point, self.n_w = used["pt"] + 2, max(used["w"], 1)
+        self.sslots, used = allocate(self.plans["pair"], self.structure, "pair", outputs, "s",
+                                     read)
+        self.n_s = max(used["s"], 1)
+        self.n_tmp = max([1] + [_tmp_size(w) for w in self.windows.values()])
+        self.outlined: dict[str, str] = {}  # loop text → function name (_nb_loop)
+        self.outlined_defs: list[list[str]] = []
+
+    def _reads(self, group: Group) -> set:
+        """The symbols a group's stages read (for the scratch slots' lifetimes)."""
+        out: set = set()
+        for stage in group.stages:
+            if stage.kind is StageKind.LOCAL:
+                for e in self._local_exprs(stage.run)[1]:
+                    out |= e.free_symbols
+                out |= {v for a in stage.run if a.diag is not None for v in a.diag.free_symbols}
+            else:
+                out |= {a.stencil.source for a in stage.run if a.stencil.source is not None}
+        return out
 
     # -- element references -----------------------------------------------------------------
-    def _ref_nb(self, sym, phase: str, loop: str) -> str:
+    def _ref_at(self, sym, phase: str, loop: str) -> str | tuple:
+        """Where ``sym`` is read in a loop of shape ``loop``: a name (a param, a scalar
+        local), or (array, slot, row index, column index)."""
         j = "j" if loop == FULL else "i"
         if sym in self.params:
             return self.params[sym]
         if phase == "pair" and sym in self.sslots:
             slot = self.sslots[sym]
-            return self.rec.code_names[sym] if slot.storage == SCALAR else \
-                nb_elem(slot, "s", "i", j)
+            return self.rec.code_names[sym] if slot.storage == SCALAR else ("s", slot, "i", j)
         if sym in self.pslots:
             slot = self.pslots[sym]
-            return nb_elem(slot, "pt1" if phase == "pair" else slot.array, "i", j)
+            return ("pt1" if phase == "pair" else slot.array, slot, "i", j)
         if sym in self.twin_of:
-            return nb_elem(self.pslots[self.twin_of[sym]], "pt2", j, j)
+            return ("pt2", self.pslots[self.twin_of[sym]], j, j)
         if sym in self.twin3_of:
-            return nb_elem(self.pslots[self.twin3_of[sym]], "pt", j, j)
+            return ("pt", self.pslots[self.twin3_of[sym]], j, j)
         raise KeyError(sym)
+
+    def _ref_nb(self, sym, phase: str, loop: str) -> str:
+        at = self._ref_at(sym, phase, loop)
+        return at if isinstance(at, str) else nb_elem(at[1], at[0], at[2], at[3])
 
     def _ref_np(self, sym, phase: str, loop: str) -> str:
         if sym in self.params:
@@ -117,22 +142,6 @@ class SpatialWriter:
         return f"{v}[:, None, :]" if full else v
 
     # -- phases -----------------------------------------------------------------------------
-    def _stages(self, assignments, phase: str):
-        """Runs of consecutive local assignments of one loop shape, convs through one
-        window (K and Θ of a line), and single stencils."""
-        slots = self.sslots if phase == "pair" else self.pslots
-
-        def key(a):
-            st = a.stencil
-            if st is not None and st.op == "conv":
-                return ("conv", id(st.window), slots[a.symbol].storage)
-            if st is not None:
-                return ("stencil", id(a))
-            return ("local", self.structure[a.symbol], a.spatial)
-        same_input = {**self.twin3_of, **{r.symbol: r.base for r in self.roots}}
-        for k, run in groupby(schedule(assignments, self.prog, same_input), key):
-            yield k, list(run)
-
     def _local_exprs(self, run) -> tuple[list, list]:
         """(targets, expressions) of a fused loop: the run's assignments, then the
         per-input roots of any of them (computed in the same loop, entry by entry)."""
@@ -154,45 +163,96 @@ class SpatialWriter:
         roots = [r for r in self.roots if r.base in outs]
         return [r.symbol for r in roots], [r.value(r.base) for r in roots]
 
-    def _nb_local(self, run, phase: str, indent: str) -> list[str]:
+    def _nb_group(self, group: Group, phase: str) -> list[str]:
+        """A group's code: its stages in turn, or, for a full conv (and the local run
+        fused with it), one output image row of every stage at a time."""
+        if group.rows is None:
+            (stage,) = group.stages
+            if stage.kind is StageKind.LOCAL:
+                return self._nb_local(stage.run, phase, "    ")
+            return self._nb_stencil(stage.run, phase, "    ")
+        conv, *local = group.stages
+        width = conv.run[0].stencil.window.geometry[3]  # wout
+        src = [f"    for _r in range({group.rows}):"]
+        src += self._nb_stencil(conv.run, phase, "        ", row="_r")
+        if local:
+            src += self._nb_local(local[0].run, phase, "        ",
+                                  rows=f"_r * {width}, _r * {width} + {width}")
+        return src
+
+    def _nb_local(self, run, phase: str, indent: str, rows: str = "") -> list[str]:
         targets, exprs = self._local_exprs(run)
         src = self._nb_loop(targets, exprs, self.structure[run[0].symbol], run[0].spatial,
-                            phase, indent)
+                            phase, indent, rows)
         if phase == "point":  # the (x, x̃) diagonal: exactly the per-input variance
-            slots = self.pslots
             for a in run:
-                if a.diag is not None and self.structure[a.symbol] == FULL:
+                if a.diag is not None and a.symbol in self.pslots and \
+                        self.structure[a.symbol] == FULL:
                     d = CpuPrinter({v: self._ref_nb(v, "point", DIAG)
                                       for v in a.diag.free_symbols}, {}).doprint(a.diag)
-                    src += [f"{indent}for i in range({a.spatial[0]}):",
-                            f"{indent}    {nb_elem(slots[a.symbol], 'w', 'i', 'i')} = {d}"]
+                    src += [f"{indent}for i in range({rows or a.spatial[0]}):",
+                            f"{indent}    {nb_elem(self.pslots[a.symbol], 'w', 'i', 'i')} = {d}"]
         return src
 
     def _nb_loop(self, targets, exprs, loop: str, spatial, phase: str,
-                 indent: str) -> list[str]:
+                 indent: str, rows: str = "") -> list[str]:
+        """The loop of a local run: a call of an outlined function (the same one for
+        every run whose code differs only in its arrays' offsets: the layers of a deep
+        network share one, so numba's compile time does not grow with depth), or, for
+        scalars, the statements inline."""
         slots = self.sslots if phase == "pair" else self.pslots
-        ind = indent
-        src = []
-        if loop == FULL:
-            rows, cols = spatial
-            src += [f"{ind}for i in range({rows}):", f"{ind}    for j in range({cols}):"]
-            ind += "        "
-        elif loop == DIAG:
-            src += [f"{ind}for i in range({spatial[0]}):"]
-            ind += "    "
-        names = {s: self._ref_nb(s, phase, loop)
-                 for e in exprs for s in e.free_symbols}
-        printer = CpuPrinter(names, {})
-        body, outs = cse_block(exprs, printer, ind)
-        src += body
-        for t, o in zip(targets, outs):
-            slot = slots[t]
-            if slot.storage == SCALAR and not slot.array:
-                src.append(f"{ind}{self.rec.code_names[t]} = {o}")
+        outline = loop != SCALAR
+        ind = {FULL: " " * 12, DIAG: " " * 8}.get(loop, indent)
+        # An outlined loop reads through placeholders, numbered below in order of first
+        # appearance: loops that differ only in their symbols' names print the same text.
+        where: dict[str, tuple] = {}
+        names = {}
+        for sym in {s for e in exprs for s in e.free_symbols}:
+            at = self._ref_at(sym, phase, loop)
+            if isinstance(at, str) or not outline:
+                names[sym] = at if isinstance(at, str) else nb_elem(at[1], at[0], *at[2:])
             else:
-                arr = ("pt1" if slot.array == "pt" and phase == "pair" else slot.array)
-                src.append(f"{ind}{nb_elem(slot, arr, 'i', 'j' if loop == FULL else 'i')} = {o}")
-        return src
+                names[sym] = f"_ref{len(where)}_"
+                where[names[sym]] = at
+        body, outs = cse_block(exprs, CpuPrinter(names, {}), ind)
+        for t, o in zip(targets, outs):
+            slot = slots.get(t)
+            if slot is None:  # nothing reads it (ntkc.codegen.spatial_plan.allocate)
+                continue
+            if slot.storage == SCALAR and not slot.array:
+                body.append(f"{ind}{self.rec.code_names[t]} = {o}")
+                continue
+            arr = ("pt1" if slot.array == "pt" and phase == "pair" else slot.array)
+            at = (arr, slot, "i", "j" if loop == FULL else "i")
+            if outline:
+                where[f"_ref{len(where)}_"] = at
+                body.append(f"{ind}_ref{len(where) - 1}_ = {o}")
+            else:
+                body.append(f"{ind}{nb_elem(slot, arr, *at[2:])} = {o}")
+        args = OutlinedArgs() if outline else None
+        if outline:
+            text = "\n".join(body)
+            refs = {}
+            for m in re.finditer(r"_ref\d+_", text):
+                if m.group() not in refs:
+                    refs[m.group()] = args.ref(*where[m.group()], loop)
+            body = [re.sub(r"_ref\d+_", lambda m: refs[m.group()], ln) for ln in body]
+        if args is None:
+            return body
+        arrays = "x1, x2, pt1, pt2, s" if phase == "pair" else "x, pt, w"
+        head = [*args.before, "    for i in range(_i0, _i1):", *args.per_row]
+        if loop == FULL:
+            head.append(f"        for j in range({spatial[1]}):")
+        text = "\n".join(head + body)
+        name = self.outlined.setdefault(text, f"_local{len(self.outlined)}")
+        if len(self.outlined_defs) < len(self.outlined):
+            self.outlined_defs.append(
+                ["", "@numba.njit(cache=True, error_model=\"numpy\")",
+                 f"def {name}({arrays}, params, _i0, _i1, {', '.join(args.names)}):",
+                 *head, *body, ""])
+        first, stop = (rows.split(", ") if rows else ("0", str(spatial[0])))
+        values = [f"np.int64({off})" for off in (first, stop, *args.offsets)]
+        return [f"{indent}{name}({arrays}, params, {', '.join(values)})"]
 
     def _nb_source(self, sym, phase: str):
         if phase == "pair" and sym in self.sslots:
@@ -200,23 +260,14 @@ class SpatialWriter:
         slot = self.pslots[sym]
         return slot.array, slot
 
-    def _nb_stencil(self, run, phase: str, indent: str) -> list[str]:
+    def _nb_stencil(self, run, phase: str, indent: str, row: str = "") -> list[str]:
         slots = self.sslots if phase == "pair" else self.pslots
         st = run[0].stencil
+        geometry = self.geometry.get(id(st.window), "")
         if st.op == "conv":
-            pairs = [(slots[a.symbol].array, slots[a.symbol],
-                      *self._nb_source(a.stencil.source, phase)) for a in run]
-            out_slot, src_slot = pairs[0][1], pairs[0][3]
-            # One array per phase; a source is at least as full as its conv (structure).
-            assert all(p[0] == p[2] == pairs[0][0] for p in pairs)
-            name = f"_C{len(self.consts)}_"
-            lines, consts = conv_loops(
-                [(p[3].offset, p[1].offset) for p in pairs], st.window.taps,
-                src_slot.cols, st.window.out_spatial[-1], out_slot.storage == FULL,
-                pairs[0][0], repr(float(st.scale)), name, indent,
-                diagonal_of_full=src_slot.storage != out_slot.storage)
-            self.consts.update(consts or {name: np.zeros(1, dtype=np.int64)})
-            return lines
+            scale = repr(float(st.scale))
+            return [nb_conv(*self._nb_source(a.stencil.source, phase), slots[a.symbol].array,
+                            slots[a.symbol], geometry, scale, indent, row) for a in run]
         (a,) = run
         out_slot = slots[a.symbol]
         if out_slot.storage == SCALAR:  # flatten / global pools: one number
@@ -226,46 +277,52 @@ class SpatialWriter:
         src, src_slot = (None, None) if st.source is None else \
             self._nb_source(st.source, phase)
         x = ("x1", "x2") if phase == "pair" else ("x", "x")
-        taps = self.taps.get(id(st.window), "")
-        return nb_stencil(a, out, src, out_slot, src_slot, taps, x, repr(float(st.scale)),
+        return nb_stencil(a, out, src, out_slot, src_slot, geometry, x, repr(float(st.scale)),
                           indent)
 
+    # The two phases are each one function over many inputs (pairs), run in threads by the
+    # driver: numba links a callee's code into its caller and optimises it again, so a
+    # parallel wrapper around a per-pair function would compile the recursion twice more.
     def numba_point(self) -> list[str]:
-        src = ["@numba.njit(cache=True)", "def _point_one(x, pt, params):",
-               f"    w = np.full({self.n_w}, np.nan)  # a read before a write shows as NaN"]
-        for (kind, *_), run in self._stages(self.rec.point, "point"):
-            if kind != "local":
-                src += self._nb_stencil(run, "point", "    ")
-                targets, exprs = self._stencil_roots(run)
+        body = []
+        for group in self.plans["point"]:
+            body += self._nb_group(group, "point")
+            (stage,) = group.stages if group.rows is None else (None,)
+            if stage is not None and stage.kind is not StageKind.LOCAL:
+                targets, exprs = self._stencil_roots(stage.run)
                 if targets:
-                    src += self._nb_loop(targets, exprs, self.structure[run[0].symbol],
-                                         run[0].spatial, "point", "    ")
-            else:
-                src += self._nb_local(run, "point", "    ")
+                    body += self._nb_loop(targets, exprs, self.structure[stage.run[0].symbol],
+                                          stage.run[0].spatial, "point", "    ")
         outs = [self.rec.outputs["nngp_diag"], self.rec.outputs["ntk_diag"]]
         names = {s: self._ref_nb(s, "point", SCALAR) for e in outs for s in e.free_symbols}
         pr = CpuPrinter(names, {})
-        src += [f"    pt[{self.n_point - 2}] = {pr.doprint(outs[0])}",
-                f"    pt[{self.n_point - 1}] = {pr.doprint(outs[1])}", "",
-                "@numba.njit(parallel=True, cache=True)", "def _point_numba(X, params, out):",
-                "    for n in numba.prange(X.shape[0]):",
-                "        _point_one(X[n], out[n], params)", ""]
-        return src
+        body += [f"    pt[{self.n_point - 2}] = {pr.doprint(outs[0])}",
+                 f"    pt[{self.n_point - 1}] = {pr.doprint(outs[1])}"]
+        return ["@numba.njit(cache=True, nogil=True)",
+                "def _point_rows(X, params, out, rows):",
+                f"    w = np.full({self.n_w}, np.nan)  # a read before a write shows as NaN",
+                f"    tmp = np.empty({self.n_tmp})",
+                "    for _n in rows:",
+                "        x, pt = X[_n], out[_n]",
+                *("    " + ln for ln in body), ""]
 
     def numba_pair(self) -> list[str]:
-        # Undecorated: numba-compiled per target (see module()); the text is plain numba
-        # code both targets accept (no allocation, helpers looked up as module globals).
-        src = ["def _pair_one_py(x1, x2, pt1, pt2, params, s):"]
-        for (kind, *_), run in self._stages(self.rec.pair, "pair"):
-            if kind != "local":
-                src += self._nb_stencil(run, "pair", "    ")
-            else:
-                src += self._nb_local(run, "pair", "    ")
+        body = []
+        for group in self.plans["pair"]:
+            body += self._nb_group(group, "pair")
         outs = [self.rec.outputs["nngp"], self.rec.outputs["ntk"]]
         names = {s: self._ref_nb(s, "pair", SCALAR) for e in outs for s in e.free_symbols}
         pr = CpuPrinter(names, {})
-        src += [f"    return {pr.doprint(outs[0])}, {pr.doprint(outs[1])}", ""]
-        return src
+        body += [f"    K[_a, _b] = {pr.doprint(outs[0])}", f"    T[_a, _b] = {pr.doprint(outs[1])}"]
+        # s and tmp in the dtype of K: float32 or float64 (one compiled version each)
+        return ["@numba.njit(cache=True, nogil=True, error_model=\"numpy\")",
+                "def _pair_rows(X1, X2, P1, P2, params, K, T, symmetric, rows):",
+                f"    s = np.full({self.n_s}, np.nan, K.dtype)  # a read before a write: NaN",
+                f"    tmp = np.empty({self.n_tmp}, K.dtype)",
+                "    for _a in rows:",
+                "        for _b in range(_a if symmetric else 0, X2.shape[0]):",
+                "            x1, x2, pt1, pt2 = X1[_a], X2[_b], P1[_a], P2[_b]",
+                *("        " + ln for ln in body), ""]
 
     def numpy_point(self) -> list[str]:
         src = ["def _point_numpy(X, params):",
@@ -293,8 +350,9 @@ class SpatialWriter:
     def _np_phase(self, assignments, phase: str) -> list[str]:
         src = []
         slots = self.sslots if phase == "pair" else self.pslots
-        for (kind, *_), run in self._stages(assignments, phase):
-            if kind == "local":
+        for stage in (st for g in self.plans[phase] for st in g.stages):
+            run = stage.run
+            if stage.kind is StageKind.LOCAL:
                 src += self._np_local(run, phase, slots)
                 continue
             for a in run:
@@ -345,64 +403,77 @@ class SpatialWriter:
         return src
 
     def _np_target(self, symbol, phase: str) -> str:
-        slot = (self.sslots if phase == "pair" else self.pslots)[symbol]
-        if phase == "point" and slot.storage != FULL:
+        slot = (self.sslots if phase == "pair" else self.pslots).get(symbol)
+        if phase == "point" and slot is not None and slot.storage != FULL:
             return _np_slice("pt", ":", slot)
         return self.rec.code_names[symbol]
 
     def module(self, spec_name: str, spec_text: str, options: dict) -> str:
-        code = [self.numba_point(), self.numba_pair()]  # fills self.consts
+        code = [self.numba_point()] + ([self.numba_pair()] if "cpu" in self.targets else [])
         cuda = ""
         if "cuda" in self.targets:
             from .cuda_spatial import cuda_source  # the cuda emitter only when asked for
 
-            cuda = cuda_source(self, code[1])
+            cuda = cuda_source(self)
         head = module_head(self, spec_name, spec_text, options)
-        for wid, name in self.taps.items():
-            head.append(f"{name} = {_int_array(self.windows[wid].taps)}")
-        if self.consts:
-            head.append("# Index and mask arrays of the unrolled conv loops (ntkc.codegen.conv_loops)")
-            head += [f"{k} = {_int_array(v)}" for k, v in self.consts.items()]
-        if "cpu" in self.targets:
-            code.append(pairs_driver(self.n_s))
-        parts = [head, [""], ACOS_SOURCE.splitlines(), *code,
+        head += ["", "# The compiled stencils (ntkc/codegen/stencil_kernels.py)", "",
+                 *STENCIL_SOURCE.splitlines(), "",
+                 ("# Geometry of the windows: "
+                  "(hin, win, hout, wout, fh, fw, sh, sw, loh, low, circular)")]
+        for wid, w in self.windows.items():
+            head.append(f"{self.geometry[wid]} = np.array({list(w.geometry)!r}, dtype=np.int64)")
+        head += ["", "# Tap tables of the numpy reference backend, built at import:",
+                 "# the input position tap t of output o reads (-1: padding)"]
+        for wid, w in self.windows.items():
+            head.append(f"{self.taps[wid]} = _window_taps({w.in_spatial!r}, {w.shape!r}, "
+                        f"{w.stride!r}, {w.padding!r})")
+        parts = [head, [""], ACOS_SOURCE.splitlines(), *self.outlined_defs, *code,
                  NUMPY_STENCILS.splitlines(), self.numpy_point(), self.numpy_pair()]
         return "\n".join("\n".join(p) for p in parts) + "\n" + SPATIAL_DRIVER + cuda
 
 
-def _int_array(a) -> str:
-    dtype = "np.bool_" if a.dtype == bool else "np.int64"
-    return f"np.array({a.ravel().tolist()!r}, dtype={dtype}).reshape({a.shape!r})"
+class OutlinedArgs:
+    """The offset arguments of an outlined loop and the array views it reads through.
+
+    An element is read through a view of its row (full arrays, per i) or of the whole
+    diagonal (before the loops), indexed by the loop counters alone: numba then knows the
+    index is non-negative and drops its negative-index wraparound, which otherwise turns
+    every access into a gather and keeps LLVM from vectorising the loop (12× on the conv
+    rows, measured)."""
+
+    def __init__(self) -> None:
+        self.refs: dict[tuple, str] = {}
+        self.names: list[str] = []
+        self.offsets: list[int] = []
+        self.before: list[str] = []
+        self.per_row: list[str] = []
+
+    def ref(self, array: str, slot: Slot, i: str, j: str, loop: str) -> str:
+        key = (array, slot.offset, slot.storage, i, j)
+        if key in self.refs:
+            return self.refs[key]
+        k = len(self.names)
+        name, view = f"_o{k}", f"_v{k}"
+        self.names.append(name)
+        self.offsets.append(slot.offset)
+        if slot.storage == DIAG:  # one index, i or j
+            self.before.append(f"    {view} = {array}[{name}:{name} + {slot.rows}]")
+            ref = f"{view}[{i}]"
+        elif slot.storage == FULL and (i, j) == ("i", "j") and loop == FULL:
+            row = f"{name} + i * {slot.cols}"
+            self.per_row.append(f"        {view} = {array}[{row}:{row} + {slot.cols}]")
+            ref = f"{view}[j]"
+        else:  # a scalar, or the diagonal of a full array
+            ref = nb_elem(slot, array, i, j, name)
+        self.refs[key] = ref
+        return ref
 
 
-def schedule(assignments, program, same_input: dict) -> list:
-    """The assignments reordered by layer, each layer's stencils before its local
-    formulas, so K and Θ of a line share one loop (and one arccos). Falls back to
-    the derivation order if that would break a dependency. same_input maps the
-    copies of per-input symbols (at x̃) to the symbols they copy."""
-    order = {name: k for k, name in enumerate(program.nodes)}
-
-    def deps(a) -> set:
-        if a.stencil:
-            return {a.stencil.source}
-        found = a.expr.free_symbols | (a.diag.free_symbols if a.diag is not None else set())
-        out = set()
-        for d in found:
-            while d in same_input:
-                d = same_input[d]
-            out.add(d)
-        return out
-
-    rank: dict = {}
-    for a in assignments:
-        rank[a.symbol] = max([order[a.line]] + [rank[d] for d in deps(a) if d in rank])
-    out = sorted(assignments, key=lambda a: (rank[a.symbol], a.stencil is None))
-    seen: set = set()
-    for a in out:
-        if any(d in rank and d not in seen for d in deps(a)):
-            return list(assignments)
-        seen.add(a.symbol)
-    return out
+def _tmp_size(w) -> int:
+    """Entries of the stencils' buffer a window needs: a conv row's y-pass (win·hout·win)
+    or a pool row (P_in)."""
+    hin, win, hout = w.geometry[:3]
+    return max(win * hout * win, hin * win)
 
 
 def _np_slice(array: str, row: str, slot) -> str:
@@ -411,4 +482,4 @@ def _np_slice(array: str, row: str, slot) -> str:
     return f"{array}[{row}, {slot.offset}:{slot.offset + slot.rows}]"
 
 
-__all__ = ["SpatialWriter", "np"]
+__all__ = ["SpatialWriter"]

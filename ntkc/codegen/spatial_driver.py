@@ -33,40 +33,34 @@ def module_head(w, spec_name: str, spec_text: str, options: dict) -> list[str]:
         f"TARGETS = {w.targets!r}  # devices with kernels here; the first is the default",
         f"N_POINT = {w.n_point}",
         "DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)",
-        f"N_SCRATCH = {w.n_s}  # float64 scratch entries of one pair",
+        f"N_SCRATCH = {w.n_s}  # scratch entries of one pair (float32 or float64)",
+        f"N_TMP = {w.n_tmp}  # entries of the stencils' row buffer",
         f"N_W = {w.n_w}  # float64 scratch entries of one input's point phase",
         f"STRUCTURE = {line_structure(w.rec, w.structure)!r}",
         "",
         "# The recursion, one entry (i, j) of each array (K: NNGP kernel, Θ: NTK):",
         *[comment(f"#   {a.symbol} = {a.expr}") for a in w.rec.point + w.rec.pair],
-        "",
-        "# Tap tables of the windows: input position read by tap t of output o (-1: padding)",
-    ]
-
-
-def pairs_driver(n_s: int) -> list[str]:
-    """The CPU target's pair phase: _pair_one_py compiled by numba, over a prange."""
-    return [
-        "_pair_one = numba.njit(cache=True)(_pair_one_py)",
-        "",
-        "",
-        "@numba.njit(parallel=True, cache=True)",
-        "def _pairs_numba(X1, X2, P1, P2, params, K, T, symmetric):",
-        "    n1, n2 = K.shape",
-        "    # rows t and n1-1-t go to the same task: balanced work on the triangle",
-        "    for task in numba.prange((n1 + 1) // 2):",
-        f"        s = np.full({n_s}, np.nan)  # a read before a write shows as NaN",
-        "        for half in range(2 if 2 * task + 1 < n1 else 1):",
-        "            a = task + half * (n1 - 1 - 2 * task)",
-        "            for b in range(a if symmetric else 0, n2):",
-        "                k, t = _pair_one(X1[a], X2[b], P1[a], P2[b], params, s)",
-        "                K[a, b] = k",
-        "                T[a, b] = t",
-        "",
     ]
 
 
 SPATIAL_DRIVER = COMMON + '''
+
+def _in_threads(rows_fn, n, *args):
+    """rows_fn(*args, rows) over the rows 0..n-1 in numba.get_num_threads() threads (the
+    compiled functions release the GIL). A thread takes rows t and n-1-t together, so
+    the upper triangle's work is balanced."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = max(1, min(numba.get_num_threads(), (n + 1) // 2))
+    tasks = [np.arange(k, (n + 1) // 2, threads) for k in range(threads)]
+    parts = [np.unique(np.concatenate([t, n - 1 - t])).astype(np.int64) for t in tasks]
+    if threads == 1:
+        rows_fn(*args, parts[0])
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        for done in [pool.submit(rows_fn, *args, rows) for rows in parts]:
+            done.result()
+
 
 def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", device=None,
            device_tile=None):
@@ -78,7 +72,9 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
     device: "cpu" or "cuda" (numba.cuda, imported on first use); None: TARGETS[0].
     device_tile: rows (or (rows, cols)) of the Gram tiles computed on the GPU at a time;
     default: from the free device memory.
-    float32 inputs give float32 Gram matrices (computed in float64); anything else float64.
+    float32 inputs give float32 Gram matrices: the per-input phase in float64, each pair's
+    arrays stored in float32 (the pointwise formulas evaluated in float64); anything else
+    float64 throughout.
     """
     names = (get,) if isinstance(get, str) else tuple(get)
     if not names or any(g not in ("nngp", "ntk") for g in names):
@@ -120,17 +116,17 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         nngp, ntk = _pairs_numpy(a, b, p1, p2, p)
     else:
         p1 = np.empty((a.shape[0], N_POINT))
-        _point_numba(a, p, p1)
+        _in_threads(_point_rows, a.shape[0], a, p, p1)
         if symmetric:
             p2 = p1
         else:
             p2 = np.empty((b.shape[0], N_POINT))
-            _point_numba(b, p, p2)
+            _in_threads(_point_rows, b.shape[0], b, p, p2)
         _check_point("x1", p1, params, dtype)
         _check_point("x2", p2, params, dtype)
-        nngp = np.empty((a.shape[0], b.shape[0]))
+        nngp = np.empty((a.shape[0], b.shape[0]), dtype)  # the pair scratch's dtype too
         ntk = np.empty_like(nngp)
-        _pairs_numba(a, b, p1, p2, p, nngp, ntk, symmetric)
+        _in_threads(_pair_rows, a.shape[0], a, b, p1, p2, p, nngp, ntk, symmetric)
         if symmetric:
             _mirror(nngp)
             _mirror(ntk)

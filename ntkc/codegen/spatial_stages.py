@@ -11,59 +11,30 @@ input's channel sums, conv 𝒜, pools, flatten, global pools).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..derive import Assignment
 from ..structure import DIAG, FULL, SCALAR
-
-
-@dataclass(frozen=True)
-class Slot:
-    array: str  # "pt" | "w" | "s" | "" (a local scalar)
-    offset: int
-    rows: int
-    cols: int
-    storage: str  # DIAG | FULL | SCALAR
-
-    def size(self) -> int:
-        return {DIAG: self.rows, FULL: self.rows * self.cols, SCALAR: 1}[self.storage]
-
-
-def layout(assignments: list[Assignment], structure: dict, phase: str,
-           slack: int = 0) -> tuple[dict, dict]:
-    """Slots of the assignments of one phase ("point" or "pair"). Each array starts
-    ``slack`` entries in: the conv loops read (masked) up to that far outside a
-    source (ntkc.codegen.conv_loops); the caller leaves as much at the end."""
-    slots, used = {}, {"pt": slack, "w": slack, "s": slack}
-    for a in assignments:
-        storage = structure[a.symbol]
-        rows, cols = a.spatial or (1, 1)
-        if phase == "point":
-            array = "w" if storage == FULL else "pt"
-        else:
-            array = "s" if storage != SCALAR else ""
-        slot = Slot(array, used.get(array, 0), rows, cols, storage)
-        if array:
-            used[array] += slot.size()
-        slots[a.symbol] = slot
-    return slots, used
+from .spatial_plan import Slot
 
 
 # -- numba: scalar loops -------------------------------------------------------------------
-def nb_elem(slot: Slot, array: str, i: str, j: str) -> str:
-    """Element (i, j) of a stored array (j ignored for a diagonal, both for a scalar)."""
+def nb_elem(slot: Slot, array: str, i: str, j: str, offset: str | None = None) -> str:
+    """Element (i, j) of a stored array (j ignored for a diagonal, both for a scalar);
+    ``offset``: a name for the slot's offset (an argument of an outlined loop)."""
+    at = slot.offset if offset is None else offset
     if slot.storage == SCALAR:
-        return f"{array}[{slot.offset}]" if array else ""
+        return f"{array}[{at}]" if array else ""
     if slot.storage == DIAG:
-        return f"{array}[{slot.offset} + {i}]"
-    return f"{array}[{slot.offset} + {i} * {slot.cols} + {j}]"
+        return f"{array}[{at} + {i}]"
+    return f"{array}[{at} + {i} * {slot.cols} + {j}]"
 
 
 def nb_stencil(a: Assignment, out: str, src: str | None, out_slot: Slot,
-               src_slot: Slot | None, taps: str, x: tuple[str, str], scale: str,
+               src_slot: Slot | None, geometry: str, x: tuple[str, str], scale: str,
                indent: str) -> list[str]:
-    """The loop computing one stencil assignment. out/src: references to the arrays
-    (a local variable name for a scalar output); x: the two inputs' (P, C) arrays."""
+    """The code computing one stencil assignment but a conv (ntkc.codegen.emit_spatial
+    prints those). out/src: references to the arrays (a local variable name for a
+    scalar output); geometry: the window's geometry constant; x: the two inputs'
+    (P, C) arrays."""
     op = a.stencil.op
     full = out_slot.storage == FULL
     ind = indent
@@ -92,23 +63,24 @@ def nb_stencil(a: Assignment, out: str, src: str | None, out_slot: Slot,
                 f"{ind}    for j in range({src_slot.cols}):",
                 f"{ind}        acc += {nb_elem(src_slot, src, 'i', 'j')}",
                 f"{ind}{out} = acc * {scale}"]
-    # pool: every pair of taps of the two windows.
+    # pool: every pair of taps of the two windows (its source is always full)
     if full:
-        head = [f"{ind}for o1 in range({out_slot.rows}):",
-                f"{ind}    for o2 in range({out_slot.cols}):"]
-        o1, o2, store = "o1", "o2", nb_elem(out_slot, out, "o1", "o2")
-    else:
-        head = [f"{ind}for o1 in range({out_slot.rows}):", f"{ind}    if True:"]
-        o1, o2, store = "o1", "o1", nb_elem(out_slot, out, "o1", "o1")
-    body = [f"{ind}        acc = 0.0",
-            f"{ind}        for t1 in range({taps}.shape[1]):",
-            f"{ind}            ti = {taps}[{o1}, t1]",
-            f"{ind}            if ti >= 0:",
-            f"{ind}                for t2 in range({taps}.shape[1]):",
-            f"{ind}                    tj = {taps}[{o2}, t2]",
-            f"{ind}                    if tj >= 0:",
-            f"{ind}                        acc += {nb_elem(src_slot, src, 'ti', 'tj')}"]
-    return head + body + [f"{ind}        {store} = acc * {scale}"]
+        return [(f"{ind}_pool_full({src}, np.int64({src_slot.offset}), {out}, "
+                 f"np.int64({out_slot.offset}), tmp, {geometry}, {scale})")]
+    return [(f"{ind}_pool_diag({src}, np.int64({src_slot.offset}), {out}, "
+             f"np.int64({out_slot.offset}), {geometry}, {scale})")]
+
+
+def nb_conv(src: str, src_slot: Slot, out: str, out_slot: Slot, geometry: str,
+            scale: str, indent: str, row: str = "") -> str:
+    """A call of the compiled 𝒜: of a full array, output image row ``row`` (inside the
+    caller's row loop); of a diagonal (stored, or read off a full source)."""
+    so, do = f"np.int64({src_slot.offset})", f"np.int64({out_slot.offset})"
+    if out_slot.storage == FULL:
+        return f"{indent}_conv_full_row({src}, {so}, {out}, {do}, tmp, {geometry}, {row}, {scale})"
+    step = src_slot.cols + 1 if src_slot.storage == FULL else 1
+    return (f"{indent}_conv_diag({src}, {so}, np.int64({step}), {out}, {do}, {geometry}, "
+            f"{scale})")
 
 
 # -- numpy: whole arrays with a leading batch axis -------------------------------------------
