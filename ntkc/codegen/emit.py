@@ -136,8 +136,11 @@ class ModuleWriter:
     # -- formulas as comments --------------------------------------------------------------
     def formulas(self) -> list[str]:
         out = []
+        groups: dict[str, list] = {}  # by line, in one pass: linear in depth
+        for a in self.rec.point + self.rec.pair:
+            groups.setdefault(a.line, []).append(a)
         for node in self.prog.nodes.values():
-            group = [a for a in self.rec.point + self.rec.pair if a.line == node.name]
+            group = groups.get(node.name)
             if not group:
                 continue
             # Names are the grammar's identifiers, but a comment must not end early anyway.
