@@ -55,6 +55,8 @@ N_POINT = 1477
 DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)
 N_SCRATCH = 256  # scratch entries of one pair (float32 or float64)
 N_TMP = 512  # entries of the stencils' row buffer
+N_RB = 1  # entries of one pair's block buffer (conv outputs, a block of rows)
+N_SCRATCH_CUDA = 256  # scratch entries of one pair on the GPU
 N_W = 1  # float64 scratch entries of one input's point phase
 STRUCTURE = {'x': 'diag', 'g1': 'diag', 'h1': 'diag', 'g2': 'diag', 'h2': 'diag', 'g3': 'diag', 'h3': 'diag', 'f': 'scalar', 'y': 'scalar'}
 
@@ -129,11 +131,16 @@ _tap_range_nb = numba.njit(inline="always")(_tap_range)
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _conv_full_row(src, so, dst, do, tmp, g, oy, scale):
-    """Output rows (oy, 0..wout-1) of 𝒜 of the full array at src[so:] into dst[do:]."""
+def _conv_full_rows(src, so, dst, do, tmp, g, oy, xlo, xhi, scale):
+    """Output rows (oy, xlo..xhi-1) of 𝒜 of the full array at src[so:] into dst[do:]."""
     hin, win, hout, wout, fh, fw, sh, sw, loh, low, circular = _unpack(g)
     pin, pout = hin * win, hout * wout
-    n_tmp = win * hout * win  # tmp[(x1·hout + o2y)·win + x2]: the y-pass of row oy
+    # the source columns x1 the block's taps read: a window of them, or all (circular)
+    x1lo, x1hi = 0, win
+    if not circular:
+        x1lo = max(0, xlo * sw - low)
+        x1hi = min(win, (xhi - 1) * sw - low + fw)
+    n_tmp = (x1hi - x1lo) * hout * win  # tmp[((x1-x1lo)·hout + o2y)·win + x2]: the y-pass
     for k in range(n_tmp):
         tmp[k] = 0.0
     # Rows are read through views indexed from 0 (see ntkc.codegen.emit_spatial.
@@ -142,17 +149,40 @@ def _conv_full_row(src, so, dst, do, tmp, g, oy, scale):
         y1 = _tap_nb(oy, ty, hin, sh, loh, circular)
         if y1 < 0:
             continue
+        if sh == 1 and not circular:
+            # stride 1: the valid o2y are a range, and (o2y, x2) is contiguous in both
+            # the source row and the buffer: one long loop per source column x1
+            ylo, yhi = _tap_range_nb(hin, hout, 1, ty - loh)
+            n = (yhi - ylo) * win
+            for x1 in range(x1lo, x1hi):
+                sb = so + (y1 * win + x1) * pin + (ylo + ty - loh) * win
+                tb = ((x1 - x1lo) * hout + ylo) * win
+                srow, trow = src[sb:sb + n], tmp[tb:tb + n]
+                for k in range(n):
+                    trow[k] += srow[k]
+            continue
         for o2y in range(hout):
             y2 = _tap_nb(o2y, ty, hin, sh, loh, circular)
             if y2 < 0:
                 continue
-            for x1 in range(win):
+            for x1 in range(x1lo, x1hi):
                 sb = so + (y1 * win + x1) * pin + y2 * win
-                tb = (x1 * hout + o2y) * win
+                tb = ((x1 - x1lo) * hout + o2y) * win
                 srow, trow = src[sb:sb + win], tmp[tb:tb + win]
                 for x2 in range(win):
                     trow[x2] += srow[x2]
-    for o1x in range(wout):
+    # stride 1, same width: output row (o2y, o2x) reads buffer entry (o2y, o2x + c), one
+    # long loop per tap, masked where o2x + c leaves the row (zero padding)
+    flat = sw == 1 and not circular and wout == win
+    if flat:
+        mask = np.empty((fw, pout), tmp.dtype)
+        for tx in range(fw):
+            lo, hi = _tap_range_nb(win, wout, 1, tx - low)
+            for o2x in range(wout):
+                mask[tx, o2x] = 1.0 if lo <= o2x < hi else 0.0
+            for k in range(wout, pout):
+                mask[tx, k] = mask[tx, k - wout]
+    for o1x in range(xlo, xhi):
         db = do + (oy * wout + o1x) * pout
         drow = dst[db:db + pout]
         for k in range(pout):
@@ -162,9 +192,17 @@ def _conv_full_row(src, so, dst, do, tmp, g, oy, scale):
             if x1 < 0:
                 continue
             c = tx - low
+            if flat:
+                tb = (x1 - x1lo) * hout * win
+                k0, k1 = max(0, -c), pout - max(0, c)
+                part, m = drow[k0:k1], mask[tx, k0:k1]
+                shifted = tmp[tb + k0 + c:tb + k1 + c]
+                for k in range(k1 - k0):
+                    part[k] += shifted[k] * m[k]
+                continue
             lo, hi = _tap_range_nb(win, wout, sw, c)
             for o2y in range(hout):
-                tb = (x1 * hout + o2y) * win
+                tb = ((x1 - x1lo) * hout + o2y) * win
                 trow, orow = tmp[tb:tb + win], drow[o2y * wout:o2y * wout + wout]
                 if circular:
                     for o2x in range(wout):
@@ -255,6 +293,48 @@ def _pool_diag(src, so, dst, do, g, scale):
                     if y2 >= 0 and x2 >= 0:
                         acc += src[so + (y1 * win + x1) * pin + y2 * win + x2]
             dst[do + oy * wout + ox] = acc * scale
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _input_full(xa, xb, dst, do, scale):
+    """The input's covariances: dst[do + i·P + j] = scale·Σ_c xa[i, c]·xb[j, c]. Over j
+    from xb transposed, so the inner loop runs over contiguous positions."""
+    p, channels = xa.shape
+    xbt = np.ascontiguousarray(xb.T)
+    for i in range(p):
+        row = dst[do + i * p:do + i * p + p]
+        for j in range(p):
+            row[j] = 0.0
+        for c in range(channels):
+            a = xa[i, c] * scale
+            col = xbt[c]
+            for j in range(p):
+                row[j] += a * col[j]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _input_diag(xa, xb, dst, do, scale):
+    """dst[do + i] = scale·Σ_c xa[i, c]·xb[i, c]."""
+    p, channels = xa.shape
+    for i in range(p):
+        acc = 0.0
+        for c in range(channels):
+            acc += xa[i, c] * xb[i, c]
+        dst[do + i] = acc * scale
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _sum(src, so, n, step):
+    """Σ_k src[so + k·step], k < n (flatten: a diagonal; global pools: step 1)."""
+    acc = 0.0
+    if step == 1:
+        part = src[so:so + n]
+        for k in range(n):
+            acc += part[k]
+        return acc
+    for k in range(n):
+        acc += src[so + k * step]
+    return acc
 
 
 # One entry of each stencil, for the GPU (ntkc.codegen.cuda_spatial compiles them as
@@ -381,7 +461,7 @@ def _acos(x):
     return large if big else small
 
 @numba.njit(cache=True, error_model="numpy")
-def _local0(x, pt, w, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5):
+def _local0(x, pt, w, rb, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5):
     _v0 = pt[_o0:_o0 + 64]
     _v1 = pt[_o1:_o1 + 64]
     _v2 = pt[_o2:_o2 + 64]
@@ -398,7 +478,7 @@ def _local0(x, pt, w, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _local1(x, pt, w, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6, _o7):
+def _local1(x, pt, w, rb, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6, _o7):
     _v0 = pt[_o0:_o0 + 64]
     _v1 = pt[_o1:_o1 + 64]
     _v2 = pt[_o2:_o2 + 64]
@@ -419,7 +499,7 @@ def _local1(x, pt, w, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6, _o7):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _local2(x1, x2, pt1, pt2, s, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6):
+def _local2(x1, x2, pt1, pt2, s, rb, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6):
     _v0 = s[_o0:_o0 + 64]
     _v1 = pt2[_o1:_o1 + 64]
     _v2 = pt1[_o2:_o2 + 64]
@@ -437,7 +517,7 @@ def _local2(x1, x2, pt1, pt2, s, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5,
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _local3(x1, x2, pt1, pt2, s, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6, _o7):
+def _local3(x1, x2, pt1, pt2, s, rb, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6, _o7):
     _v0 = s[_o0:_o0 + 64]
     _v1 = s[_o1:_o1 + 64]
     _v2 = pt2[_o2:_o2 + 64]
@@ -456,32 +536,23 @@ def _local3(x1, x2, pt1, pt2, s, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5,
         _v7[i] = t1*t4
 
 @numba.njit(cache=True, nogil=True)
-def _point_rows(X, params, out, rows):
-    w = np.full(1, np.nan)  # a read before a write shows as NaN
-    tmp = np.empty(512)
+def _point_rows(X, params, out, like, rows):
+    w = np.full(1, np.nan, like.dtype)  # a read before a write: NaN
+    tmp = np.empty(512, like.dtype)
+    rb = np.empty(1, like.dtype)  # blocks of conv outputs (spatial_plan)
     for _n in rows:
         x, pt = X[_n], out[_n]
-        for i in range(64):
-            acc = 0.0
-            for c in range(x.shape[1]):
-                acc += x[i, c] * x[i, c]
-            pt[0 + i] = acc * 1.0
+        _input_diag(x, x, pt, np.int64(0), 1.0)
         _conv_diag(pt, np.int64(0), np.int64(1), pt, np.int64(64), _G0, 0.1111111111111111)
-        _local0(x, pt, w, params, np.int64(0), np.int64(64), np.int64(64), np.int64(128), np.int64(1091), np.int64(1155), np.int64(192), np.int64(256))
+        _local0(x, pt, w, rb, params, np.int64(0), np.int64(64), np.int64(64), np.int64(128), np.int64(1091), np.int64(1155), np.int64(192), np.int64(256))
         _conv_diag(pt, np.int64(192), np.int64(1), pt, np.int64(320), _G1, 0.1111111111111111)
         _conv_diag(pt, np.int64(256), np.int64(1), pt, np.int64(384), _G1, 0.1111111111111111)
-        _local1(x, pt, w, params, np.int64(0), np.int64(64), np.int64(320), np.int64(384), np.int64(448), np.int64(1219), np.int64(1283), np.int64(512), np.int64(576), np.int64(640))
+        _local1(x, pt, w, rb, params, np.int64(0), np.int64(64), np.int64(320), np.int64(384), np.int64(448), np.int64(1219), np.int64(1283), np.int64(512), np.int64(576), np.int64(640))
         _conv_diag(pt, np.int64(576), np.int64(1), pt, np.int64(704), _G2, 0.1111111111111111)
         _conv_diag(pt, np.int64(640), np.int64(1), pt, np.int64(768), _G2, 0.1111111111111111)
-        _local1(x, pt, w, params, np.int64(0), np.int64(64), np.int64(704), np.int64(768), np.int64(832), np.int64(1347), np.int64(1411), np.int64(896), np.int64(960), np.int64(1024))
-        acc = 0.0
-        for i in range(64):
-            acc += pt[960 + i]
-        pt[1088] = acc * 0.015625
-        acc = 0.0
-        for i in range(64):
-            acc += pt[1024 + i]
-        pt[1089] = acc * 0.015625
+        _local1(x, pt, w, rb, params, np.int64(0), np.int64(64), np.int64(704), np.int64(768), np.int64(832), np.int64(1347), np.int64(1411), np.int64(896), np.int64(960), np.int64(1024))
+        pt[1088] = _sum(pt, np.int64(960), np.int64(64), np.int64(1)) * 0.015625
+        pt[1089] = _sum(pt, np.int64(1024), np.int64(64), np.int64(1)) * 0.015625
         pt[1090] = pt[1088] + pt[1089]
         pt[1475] = pt[1088]
         pt[1476] = pt[1090]
@@ -490,30 +561,21 @@ def _point_rows(X, params, out, rows):
 def _pair_rows(X1, X2, P1, P2, params, K, T, symmetric, rows):
     s = np.full(256, np.nan, K.dtype)  # a read before a write: NaN
     tmp = np.empty(512, K.dtype)
+    rb = np.empty(1, K.dtype)  # blocks of conv outputs (spatial_plan)
     for _a in rows:
         for _b in range(_a if symmetric else 0, X2.shape[0]):
             x1, x2, pt1, pt2 = X1[_a], X2[_b], P1[_a], P2[_b]
-            for i in range(64):
-                acc = 0.0
-                for c in range(x1.shape[1]):
-                    acc += x1[i, c] * x2[i, c]
-                s[0 + i] = acc * 1.0
+            _input_diag(x1, x2, s, np.int64(0), 1.0)
             _conv_diag(s, np.int64(0), np.int64(1), s, np.int64(64), _G0, 0.1111111111111111)
-            _local2(x1, x2, pt1, pt2, s, params, np.int64(0), np.int64(64), np.int64(64), np.int64(1091), np.int64(1091), np.int64(0), np.int64(1155), np.int64(1155), np.int64(128))
+            _local2(x1, x2, pt1, pt2, s, rb, params, np.int64(0), np.int64(64), np.int64(64), np.int64(1091), np.int64(1091), np.int64(0), np.int64(1155), np.int64(1155), np.int64(128))
             _conv_diag(s, np.int64(0), np.int64(1), s, np.int64(64), _G1, 0.1111111111111111)
             _conv_diag(s, np.int64(128), np.int64(1), s, np.int64(192), _G1, 0.1111111111111111)
-            _local3(x1, x2, pt1, pt2, s, params, np.int64(0), np.int64(64), np.int64(64), np.int64(192), np.int64(1219), np.int64(1219), np.int64(0), np.int64(1283), np.int64(1283), np.int64(128))
-            _conv_diag(s, np.int64(0), np.int64(1), s, np.int64(192), _G2, 0.1111111111111111)
-            _conv_diag(s, np.int64(128), np.int64(1), s, np.int64(64), _G2, 0.1111111111111111)
-            _local3(x1, x2, pt1, pt2, s, params, np.int64(0), np.int64(64), np.int64(192), np.int64(64), np.int64(1347), np.int64(1347), np.int64(128), np.int64(1411), np.int64(1411), np.int64(0))
-            acc = 0.0
-            for i in range(64):
-                acc += s[128 + i]
-            S12K_8_f = acc * 0.015625
-            acc = 0.0
-            for i in range(64):
-                acc += s[0 + i]
-            S12T_11_f = acc * 0.015625
+            _local3(x1, x2, pt1, pt2, s, rb, params, np.int64(0), np.int64(64), np.int64(64), np.int64(192), np.int64(1219), np.int64(1219), np.int64(0), np.int64(1283), np.int64(1283), np.int64(128))
+            _conv_diag(s, np.int64(0), np.int64(1), s, np.int64(64), _G2, 0.1111111111111111)
+            _conv_diag(s, np.int64(128), np.int64(1), s, np.int64(192), _G2, 0.1111111111111111)
+            _local3(x1, x2, pt1, pt2, s, rb, params, np.int64(0), np.int64(64), np.int64(64), np.int64(192), np.int64(1347), np.int64(1347), np.int64(0), np.int64(1411), np.int64(1411), np.int64(128))
+            S12K_8_f = _sum(s, np.int64(0), np.int64(64), np.int64(1)) * 0.015625
+            S12T_11_f = _sum(s, np.int64(128), np.int64(64), np.int64(1)) * 0.015625
             T_8_y = S12K_8_f + S12T_11_f
             K[_a, _b] = S12K_8_f
             T[_a, _b] = T_8_y
@@ -788,12 +850,12 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         nngp, ntk = _pairs_numpy(a, b, p1, p2, p)
     else:
         p1 = np.empty((a.shape[0], N_POINT))
-        _in_threads(_point_rows, a.shape[0], a, p, p1)
+        _in_threads(_point_rows, a.shape[0], a, p, p1, np.empty(0, dtype))
         if symmetric:
             p2 = p1
         else:
             p2 = np.empty((b.shape[0], N_POINT))
-            _in_threads(_point_rows, b.shape[0], b, p, p2)
+            _in_threads(_point_rows, b.shape[0], b, p, p2, np.empty(0, dtype))
         _check_point("x1", p1, params, dtype)
         _check_point("x2", p2, params, dtype)
         nngp = np.empty((a.shape[0], b.shape[0]), dtype)  # the pair scratch's dtype too
@@ -842,11 +904,11 @@ def _cuda_plan(n1, n2, itemsize, cuda, tile):
         if int(rows) < 1 or int(cols) < 1:
             raise ValueError(f"device_tile must be positive, got {tile!r}")
         rows, cols = min(int(rows), n1), min(int(cols), n2)
-    blocks = min(free // 2 // (N_SCRATCH * itemsize), CUDA_MAX_BLOCKS, rows * cols)
+    blocks = min(free // 2 // (N_SCRATCH_CUDA * itemsize), CUDA_MAX_BLOCKS, rows * cols)
     if blocks < 1 or 2 * rows * cols * itemsize > free // 2:
         raise MemoryError(
             f"only {free / 2**20:.0f} MiB free on the GPU, too little for one block's "
-            f"{N_SCRATCH * itemsize / 2**20:.1f} MiB of scratch and a {rows}x{cols} tile: "
+            f"{N_SCRATCH_CUDA * itemsize / 2**20:.1f} MiB of scratch and a {rows}x{cols} tile: "
             "free device memory, or use device=\"cpu\"")
     return rows, cols, int(blocks)
 
@@ -856,19 +918,19 @@ def _kernel_cuda(a, b, symmetric, want_ntk, p, dtype, tile=None):
     cuda = _cuda()
     n1, n2 = a.shape[0], b.shape[0]
     p1 = np.empty((n1, N_POINT))
-    _in_threads(_point_rows, n1, a, p, p1)
+    _in_threads(_point_rows, n1, a, p, p1, np.empty(0, dtype))
     if symmetric:
         p2 = p1
     else:
         p2 = np.empty((n2, N_POINT))
-        _in_threads(_point_rows, n2, b, p, p2)
+        _in_threads(_point_rows, n2, b, p, p2, np.empty(0, dtype))
     rows, cols, blocks = _cuda_plan(n1, n2, np.dtype(dtype).itemsize, cuda, tile)
     d_a = cuda.to_device(a)  # inputs and point rows stay on the device for every tile
     d_b = d_a if symmetric else cuda.to_device(b)
     d_p1 = cuda.to_device(p1)
     d_p2 = d_p1 if symmetric else cuda.to_device(p2)
     d_params = cuda.to_device(p)
-    scratch = cuda.device_array((blocks, N_SCRATCH), dtype)  # row k: block k's
+    scratch = cuda.device_array((blocks, N_SCRATCH_CUDA), dtype)  # row k: block k's
     bufs = [cuda.device_array(rows * cols, dtype) for _ in range(2)]
     outs = [np.empty((n1, n2), dtype) for _ in range(2 if want_ntk else 1)]
     # x2=None: tiles on and above the diagonal only (each tile row starts at its diagonal)
@@ -972,22 +1034,22 @@ def _cuda():
                     s[128 + i] = t1*t4
                 cuda.syncthreads()
                 for _e in range(_t, 64, _nt):
-                    s[192 + _e] = _conv_diag_entry_cuda(s, 0, 1, _G2, _e) * 0.1111111111111111
+                    s[64 + _e] = _conv_diag_entry_cuda(s, 0, 1, _G2, _e) * 0.1111111111111111
                 for _e in range(_t, 64, _nt):
-                    s[64 + _e] = _conv_diag_entry_cuda(s, 128, 1, _G2, _e) * 0.1111111111111111
+                    s[192 + _e] = _conv_diag_entry_cuda(s, 128, 1, _G2, _e) * 0.1111111111111111
                 cuda.syncthreads()
                 for i in range(_t, 64, _nt):
-                    t0 = (499849/250000)*s[192 + i] + 1/400
-                    t1 = t0 + (499849/250000)*s[64 + i]
+                    t0 = (499849/250000)*s[64 + i] + 1/400
+                    t1 = t0 + (499849/250000)*s[192 + i]
                     t2 = min(max(pt2[1347 + i]*pt1[1347 + i]*t0, -1.0), 1.0)
                     t3 = (1/2)/math.pi
                     t4 = -t3*_acos_cuda(t2) + 1/2
-                    s[128 + i] = t0*t4 + t3*pt2[1411 + i]*pt1[1411 + i]*math.sqrt(1 - t2**2)
-                    s[0 + i] = t1*t4
+                    s[0 + i] = t0*t4 + t3*pt2[1411 + i]*pt1[1411 + i]*math.sqrt(1 - t2**2)
+                    s[128 + i] = t1*t4
                 cuda.syncthreads()
                 _acc = 0.0
                 for _e in range(_t, 64, _nt):
-                    _acc += s[128 + _e]
+                    _acc += s[0 + _e]
                 _red[_t] = _acc
                 cuda.syncthreads()
                 _k = _nt // 2
@@ -1001,7 +1063,7 @@ def _cuda():
                 cuda.syncthreads()
                 _acc = 0.0
                 for _e in range(_t, 64, _nt):
-                    _acc += s[0 + _e]
+                    _acc += s[128 + _e]
                 _red[_t] = _acc
                 cuda.syncthreads()
                 _k = _nt // 2

@@ -98,7 +98,7 @@ def test_flatten_readout_needs_only_diagonals():
     assert pair_work(rec, structure) == 36 * sum(1 for a in rec.pair if a.spatial)
     source = compile_text(FLAT, "flat.ntk").source
     pair_code = source[source.index("def _pair_rows"):source.index("def _padded")]
-    assert "_conv_full_row(" not in pair_code and "_pool_full(" not in pair_code
+    assert "_conv_full_rows(" not in pair_code and "_pool_full(" not in pair_code
     called = set(re.findall(r"(_local\d+)\(", pair_code))
     assert called  # the pointwise formulas, outlined: each runs over one index
     for name in called:

@@ -17,7 +17,7 @@ from ntkc.codegen.stencil_kernels import (
     _conv_diag,
     _conv_diag_entry,
     _conv_entry,
-    _conv_full_row,
+    _conv_full_rows,
     _pool_diag,
     _pool_entry,
     _pool_full,
@@ -59,9 +59,13 @@ def test_stencils_match_tap_tables(spatial, shape, stride, padding, dtype, tol):
 
     dst = np.full(off + p * p, np.nan, dtype)
     tmp = np.full(max(q, g[1] * g[2] * g[1]), np.nan, dtype)
-    for oy in range(g[2]):
-        _conv_full_row(src, off, dst, off, tmp, g, oy, scale)
-    np.testing.assert_allclose(dst[off:].reshape(p, p), conv, rtol=0, atol=tol * top)
+    for xlo, xhi in ((0, g[3]), (0, 1), (1, g[3])):  # whole rows, and blocks of them
+        dst[:] = np.nan
+        for oy in range(g[2]):
+            _conv_full_rows(src, off, dst, off, tmp, g, oy, xlo, xhi, scale)
+        got = dst[off:].reshape(g[2], g[3], p)[:, xlo:xhi]
+        want = conv.reshape(g[2], g[3], p)[:, xlo:xhi]
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * top)
 
     _pool_full(src, off, dst, off, tmp, g, scale)
     np.testing.assert_allclose(dst[off:].reshape(p, p), pool, rtol=0, atol=tol * top)

@@ -7,8 +7,8 @@ CUDA_THREADS threads computes one pair (i, j) of a Gram tile at a time (a grid-s
 loop over the tile's pairs), layer by layer, in the block's row of a device scratch
 matrix S (blocks × N_SCRATCH, in the output dtype):
 
-* each stage of the pair plan (ntkc.codegen.spatial_plan: the same stages, slots and
-  formulas as the CPU kernels) is a loop of the block's threads over its entries:
+* each stage of the pair plan (ntkc.codegen.spatial_plan: the same stages and formulas
+  as the CPU kernels; every array a full slot, no block buffer) is a loop of the block's threads over its entries:
   thread t takes entries t, t + CUDA_THREADS, ..., so a warp reads and writes adjacent
   words (coalesced). A conv entry sums its taps (``_conv_entry`` of ntkc.codegen.
   stencil_kernels, compiled as a device function; the geometry is a small constant
@@ -55,11 +55,11 @@ def _cuda_plan(n1, n2, itemsize, cuda, tile):
         if int(rows) < 1 or int(cols) < 1:
             raise ValueError(f"device_tile must be positive, got {tile!r}")
         rows, cols = min(int(rows), n1), min(int(cols), n2)
-    blocks = min(free // 2 // (N_SCRATCH * itemsize), CUDA_MAX_BLOCKS, rows * cols)
+    blocks = min(free // 2 // (N_SCRATCH_CUDA * itemsize), CUDA_MAX_BLOCKS, rows * cols)
     if blocks < 1 or 2 * rows * cols * itemsize > free // 2:
         raise MemoryError(
             f"only {free / 2**20:.0f} MiB free on the GPU, too little for one block's "
-            f"{N_SCRATCH * itemsize / 2**20:.1f} MiB of scratch and a {rows}x{cols} tile: "
+            f"{N_SCRATCH_CUDA * itemsize / 2**20:.1f} MiB of scratch and a {rows}x{cols} tile: "
             "free device memory, or use device=\\"cpu\\"")
     return rows, cols, int(blocks)
 
@@ -69,19 +69,19 @@ def _kernel_cuda(a, b, symmetric, want_ntk, p, dtype, tile=None):
     cuda = _cuda()
     n1, n2 = a.shape[0], b.shape[0]
     p1 = np.empty((n1, N_POINT))
-    _in_threads(_point_rows, n1, a, p, p1)
+    _in_threads(_point_rows, n1, a, p, p1, np.empty(0, dtype))
     if symmetric:
         p2 = p1
     else:
         p2 = np.empty((n2, N_POINT))
-        _in_threads(_point_rows, n2, b, p, p2)
+        _in_threads(_point_rows, n2, b, p, p2, np.empty(0, dtype))
     rows, cols, blocks = _cuda_plan(n1, n2, np.dtype(dtype).itemsize, cuda, tile)
     d_a = cuda.to_device(a)  # inputs and point rows stay on the device for every tile
     d_b = d_a if symmetric else cuda.to_device(b)
     d_p1 = cuda.to_device(p1)
     d_p2 = d_p1 if symmetric else cuda.to_device(p2)
     d_params = cuda.to_device(p)
-    scratch = cuda.device_array((blocks, N_SCRATCH), dtype)  # row k: block k's
+    scratch = cuda.device_array((blocks, N_SCRATCH_CUDA), dtype)  # row k: block k's
     bufs = [cuda.device_array(rows * cols, dtype) for _ in range(2)]
     outs = [np.empty((n1, n2), dtype) for _ in range(2 if want_ntk else 1)]
     # x2=None: tiles on and above the diagonal only (each tile row starts at its diagonal)
@@ -153,7 +153,8 @@ class CudaSpatialWriter:
         w = self.w
         loop = w.structure[run[0].symbol]
         targets, exprs = w._local_exprs(run)
-        names = {s: w._ref_nb(s, "pair", loop) for e in exprs for s in e.free_symbols}
+        names = {s: w._ref_nb(s, "pair", loop, w.cuda_slots) for e in exprs
+                 for s in e.free_symbols}
         src = []
         body_ind = ind
         if loop == FULL:
@@ -167,7 +168,7 @@ class CudaSpatialWriter:
         body, outs = cse_block(exprs, CudaPrinter(names, {}), body_ind)
         src += body
         for t, o in zip(targets, outs):
-            slot = w.sslots.get(t)
+            slot = w.cuda_slots.get(t)
             if slot is None:
                 continue
             if slot.storage == SCALAR and not slot.array:
@@ -180,10 +181,10 @@ class CudaSpatialWriter:
     def _stencil(self, a, ind: str) -> list[str]:
         w = self.w
         st = a.stencil
-        out = w.sslots[a.symbol]
+        out = w.cuda_slots[a.symbol]
         scale = repr(float(st.scale))
         geometry = w.geometry.get(id(st.window), "")
-        src_slot = w.sslots[st.source] if st.source is not None else None
+        src_slot = w.cuda_slots[st.source] if st.source is not None else None
         if st.op == "input":
             cols = out.cols if out.storage == FULL else out.rows
             n = out.rows * out.cols if out.storage == FULL else out.rows
@@ -227,7 +228,8 @@ class CudaSpatialWriter:
                         body += self._stencil(a, ind)
                 body.append(f"{ind}cuda.syncthreads()")
         outs = [w.rec.outputs["nngp"], w.rec.outputs["ntk"]]
-        names = {s: w._ref_nb(s, "pair", SCALAR) for e in outs for s in e.free_symbols}
+        names = {s: w._ref_nb(s, "pair", SCALAR, w.cuda_slots) for e in outs
+                 for s in e.free_symbols}
         pr = CudaPrinter(names, {})
         return [
             "@cuda.jit",

@@ -69,19 +69,27 @@ class SpatialWriter:
             self.plans[phase] = groups(stages(ordered, self.structure), self.structure)
             for group in self.plans[phase]:
                 group.reads = self._reads(group)
+                if group.rows is not None and len(group.stages) == 2:
+                    conv = group.stages[0].run[0]
+                    group.block = _block_width(conv.stencil.window)[1] * conv.spatial[1]
         # symbols some stage or an output reads (a twin or x̃ copy reads its original)
         read = outputs | set().union(*(g.reads for p in self.plans.values() for g in p))
         read |= {self.twin_of.get(s) for s in read} | {self.twin3_of.get(s) for s in read}
         self.pslots, used = allocate(self.plans["point"], self.structure, "point", outputs, "w",
-                                     read)
+                                     read, blocks=True)
+        self.n_rbw = max(used["rb"], 1)
         for r in self.roots:  # the roots live in the point row after the quantities
             base = self.pslots[r.base]
             self.pslots[r.symbol] = Slot("pt", used["pt"], base.rows, base.cols, base.storage)
             used["pt"] += self.pslots[r.symbol].size()
         self.n_point, self.n_w = used["pt"] + 2, max(used["w"], 1)
         self.sslots, used = allocate(self.plans["pair"], self.structure, "pair", outputs, "s",
-                                     read)
-        self.n_s = max(used["s"], 1)
+                                     read, blocks=True)
+        self.n_s, self.n_rb = max(used["s"], 1), max(used["rb"], 1)
+        # the GPU kernel runs a stage over all its entries before the next: no blocks
+        self.cuda_slots, used = allocate(self.plans["pair"], self.structure, "pair", outputs,
+                                         "s", read)
+        self.n_s_cuda = max(used["s"], 1)
         self.n_tmp = max([1] + [_tmp_size(w) for w in self.windows.values()])
         self.outlined: dict[str, str] = {}  # loop text → function name (_nb_loop)
         self.outlined_defs: list[list[str]] = []
@@ -99,15 +107,19 @@ class SpatialWriter:
         return out
 
     # -- element references -----------------------------------------------------------------
-    def _ref_at(self, sym, phase: str, loop: str) -> str | tuple:
+    def _ref_at(self, sym, phase: str, loop: str, pair_slots: dict | None = None
+                ) -> str | tuple:
         """Where ``sym`` is read in a loop of shape ``loop``: a name (a param, a scalar
-        local), or (array, slot, row index, column index)."""
+        local), or (array, slot, row index, column index). pair_slots: the pair phase's
+        slots, if not the CPU kernels' (the GPU kernel's)."""
         j = "j" if loop == FULL else "i"
         if sym in self.params:
             return self.params[sym]
-        if phase == "pair" and sym in self.sslots:
-            slot = self.sslots[sym]
-            return self.rec.code_names[sym] if slot.storage == SCALAR else ("s", slot, "i", j)
+        sslots = self.sslots if pair_slots is None else pair_slots
+        if phase == "pair" and sym in sslots:
+            slot = sslots[sym]
+            return self.rec.code_names[sym] if slot.storage == SCALAR else (
+                slot.array, slot, "i", j)
         if sym in self.pslots:
             slot = self.pslots[sym]
             return ("pt1" if phase == "pair" else slot.array, slot, "i", j)
@@ -117,8 +129,8 @@ class SpatialWriter:
             return ("pt", self.pslots[self.twin3_of[sym]], j, j)
         raise KeyError(sym)
 
-    def _ref_nb(self, sym, phase: str, loop: str) -> str:
-        at = self._ref_at(sym, phase, loop)
+    def _ref_nb(self, sym, phase: str, loop: str, pair_slots: dict | None = None) -> str:
+        at = self._ref_at(sym, phase, loop, pair_slots)
         return at if isinstance(at, str) else nb_elem(at[1], at[0], at[2], at[3])
 
     def _ref_np(self, sym, phase: str, loop: str) -> str:
@@ -165,22 +177,25 @@ class SpatialWriter:
 
     def _nb_group(self, group: Group, phase: str) -> list[str]:
         """A group's code: its stages in turn, or, for a full conv (and the local run
-        fused with it), one output image row of every stage at a time."""
+        fused with it), a block of output positions (part of an image row) of every
+        stage at a time, column block by column block (ntkc.codegen.stencil_kernels)."""
         if group.rows is None:
             (stage,) = group.stages
             if stage.kind is StageKind.LOCAL:
                 return self._nb_local(stage.run, phase, "    ")
             return self._nb_stencil(stage.run, phase, "    ")
         conv, *local = group.stages
-        width = conv.run[0].stencil.window.geometry[3]  # wout
-        src = [f"    for _r in range({group.rows}):"]
-        src += self._nb_stencil(conv.run, phase, "        ", row="_r")
+        width, bw = _block_width(conv.run[0].stencil.window)
+        blocks = -(-width // bw)
+        xlo, xhi = f"_c * {bw}", f"min(_c * {bw} + {bw}, {width})"
+        src = [f"    for _c in range({blocks}):", f"        for _r in range({group.rows}):"]
+        src += self._nb_stencil(conv.run, phase, "            ", rows=("_r", xlo, xhi))
         if local:
-            src += self._nb_local(local[0].run, phase, "        ",
-                                  rows=f"_r * {width}, _r * {width} + {width}")
+            src += self._nb_local(local[0].run, phase, "            ",
+                                  rows=(f"_r * {width} + {xlo}", f"_r * {width} + {xhi}"))
         return src
 
-    def _nb_local(self, run, phase: str, indent: str, rows: str = "") -> list[str]:
+    def _nb_local(self, run, phase: str, indent: str, rows: tuple = ()) -> list[str]:
         targets, exprs = self._local_exprs(run)
         src = self._nb_loop(targets, exprs, self.structure[run[0].symbol], run[0].spatial,
                             phase, indent, rows)
@@ -190,12 +205,13 @@ class SpatialWriter:
                         self.structure[a.symbol] == FULL:
                     d = CpuPrinter({v: self._ref_nb(v, "point", DIAG)
                                       for v in a.diag.free_symbols}, {}).doprint(a.diag)
-                    src += [f"{indent}for i in range({rows or a.spatial[0]}):",
+                    bounds = ", ".join(rows) if rows else a.spatial[0]
+                    src += [f"{indent}for i in range({bounds}):",
                             f"{indent}    {nb_elem(self.pslots[a.symbol], 'w', 'i', 'i')} = {d}"]
         return src
 
     def _nb_loop(self, targets, exprs, loop: str, spatial, phase: str,
-                 indent: str, rows: str = "") -> list[str]:
+                 indent: str, rows: tuple = ()) -> list[str]:
         """The loop of a local run: a call of an outlined function (the same one for
         every run whose code differs only in its arrays' offsets: the layers of a deep
         network share one, so numba's compile time does not grow with depth), or, for
@@ -229,7 +245,8 @@ class SpatialWriter:
                 body.append(f"{ind}_ref{len(where) - 1}_ = {o}")
             else:
                 body.append(f"{ind}{nb_elem(slot, arr, *at[2:])} = {o}")
-        args = OutlinedArgs() if outline else None
+        first, stop = rows or ("0", str(spatial[0] if spatial else 1))
+        args = OutlinedArgs(first) if outline else None
         if outline:
             text = "\n".join(body)
             refs = {}
@@ -239,7 +256,7 @@ class SpatialWriter:
             body = [re.sub(r"_ref\d+_", lambda m: refs[m.group()], ln) for ln in body]
         if args is None:
             return body
-        arrays = "x1, x2, pt1, pt2, s" if phase == "pair" else "x, pt, w"
+        arrays = "x1, x2, pt1, pt2, s, rb" if phase == "pair" else "x, pt, w, rb"
         head = [*args.before, "    for i in range(_i0, _i1):", *args.per_row]
         if loop == FULL:
             head.append(f"        for j in range({spatial[1]}):")
@@ -250,7 +267,6 @@ class SpatialWriter:
                 ["", "@numba.njit(cache=True, error_model=\"numpy\")",
                  f"def {name}({arrays}, params, _i0, _i1, {', '.join(args.names)}):",
                  *head, *body, ""])
-        first, stop = (rows.split(", ") if rows else ("0", str(spatial[0])))
         values = [f"np.int64({off})" for off in (first, stop, *args.offsets)]
         return [f"{indent}{name}({arrays}, params, {', '.join(values)})"]
 
@@ -260,14 +276,23 @@ class SpatialWriter:
         slot = self.pslots[sym]
         return slot.array, slot
 
-    def _nb_stencil(self, run, phase: str, indent: str, row: str = "") -> list[str]:
+    def _nb_stencil(self, run, phase: str, indent: str, rows: tuple = ()) -> list[str]:
         slots = self.sslots if phase == "pair" else self.pslots
         st = run[0].stencil
         geometry = self.geometry.get(id(st.window), "")
         if st.op == "conv":
             scale = repr(float(st.scale))
-            return [nb_conv(*self._nb_source(a.stencil.source, phase), slots[a.symbol].array,
-                            slots[a.symbol], geometry, scale, indent, row) for a in run]
+            out = []
+            for a in run:
+                slot = slots[a.symbol]
+                at = None
+                if slot.array == "rb":  # the block's first output row at rb[offset]
+                    oy, xlo, _ = rows
+                    width = st.window.geometry[3]
+                    at = f"{slot.offset} - ({oy} * {width} + {xlo}) * {slot.cols}"
+                out.append(nb_conv(*self._nb_source(a.stencil.source, phase), slot.array,
+                                   slot, geometry, scale, indent, ", ".join(rows), at))
+            return out
         (a,) = run
         out_slot = slots[a.symbol]
         if out_slot.storage == SCALAR:  # flatten / global pools: one number
@@ -298,10 +323,12 @@ class SpatialWriter:
         pr = CpuPrinter(names, {})
         body += [f"    pt[{self.n_point - 2}] = {pr.doprint(outs[0])}",
                  f"    pt[{self.n_point - 1}] = {pr.doprint(outs[1])}"]
+        # pt: float64; the (x, x̃) arrays in the dtype of ``like`` (float32 inputs: float32)
         return ["@numba.njit(cache=True, nogil=True)",
-                "def _point_rows(X, params, out, rows):",
-                f"    w = np.full({self.n_w}, np.nan)  # a read before a write shows as NaN",
-                f"    tmp = np.empty({self.n_tmp})",
+                "def _point_rows(X, params, out, like, rows):",
+                f"    w = np.full({self.n_w}, np.nan, like.dtype)  # a read before a write: NaN",
+                f"    tmp = np.empty({self.n_tmp}, like.dtype)",
+                f"    rb = np.empty({self.n_rbw}, like.dtype)  # blocks of conv outputs (spatial_plan)",
                 "    for _n in rows:",
                 "        x, pt = X[_n], out[_n]",
                 *("    " + ln for ln in body), ""]
@@ -319,6 +346,7 @@ class SpatialWriter:
                 "def _pair_rows(X1, X2, P1, P2, params, K, T, symmetric, rows):",
                 f"    s = np.full({self.n_s}, np.nan, K.dtype)  # a read before a write: NaN",
                 f"    tmp = np.empty({self.n_tmp}, K.dtype)",
+                f"    rb = np.empty({self.n_rb}, K.dtype)  # blocks of conv outputs (spatial_plan)",
                 "    for _a in rows:",
                 "        for _b in range(_a if symmetric else 0, X2.shape[0]):",
                 "            x1, x2, pt1, pt2 = X1[_a], X2[_b], P1[_a], P2[_b]",
@@ -441,10 +469,11 @@ class OutlinedArgs:
     every access into a gather and keeps LLVM from vectorising the loop (12× on the conv
     rows, measured)."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: str) -> None:
+        self.first = first  # the loop's first row: the block buffer holds rows from it on
         self.refs: dict[tuple, str] = {}
         self.names: list[str] = []
-        self.offsets: list[int] = []
+        self.offsets: list[str] = []
         self.before: list[str] = []
         self.per_row: list[str] = []
 
@@ -455,7 +484,10 @@ class OutlinedArgs:
         k = len(self.names)
         name, view = f"_o{k}", f"_v{k}"
         self.names.append(name)
-        self.offsets.append(slot.offset)
+        if array == "rb":  # row i of the block at rb[offset + (i - first)·cols]
+            self.offsets.append(f"{slot.offset} - ({self.first}) * {slot.cols}")
+        else:
+            self.offsets.append(str(slot.offset))
         if slot.storage == DIAG:  # one index, i or j
             self.before.append(f"    {view} = {array}[{name}:{name} + {slot.rows}]")
             ref = f"{view}[{i}]"
@@ -467,6 +499,16 @@ class OutlinedArgs:
             ref = nb_elem(slot, array, i, j, name)
         self.refs[key] = ref
         return ref
+
+
+def _block_width(w) -> tuple[int, int]:
+    """(wout, output columns per block) of a full conv: the block's source rows of one
+    array (fh image rows, its columns only) within 2¹⁶ entries (512 kB float64), so
+    those of K and Θ, the buffer and the output rows stay in a core's L2."""
+    hin, win, wout, fh, fw, sw = (w.geometry[k] for k in (0, 1, 3, 4, 5, 7))
+    fit = max(1, ((1 << 16) // (fh * hin * win) - fw + 1) // sw)
+    blocks = -(-wout // min(wout, fit))
+    return wout, -(-wout // blocks)
 
 
 def _tmp_size(w) -> int:

@@ -35,6 +35,8 @@ def module_head(w, spec_name: str, spec_text: str, options: dict) -> list[str]:
         "DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)",
         f"N_SCRATCH = {w.n_s}  # scratch entries of one pair (float32 or float64)",
         f"N_TMP = {w.n_tmp}  # entries of the stencils' row buffer",
+        f"N_RB = {w.n_rb}  # entries of one pair's block buffer (conv outputs, a block of rows)",
+        f"N_SCRATCH_CUDA = {w.n_s_cuda}  # scratch entries of one pair on the GPU",
         f"N_W = {w.n_w}  # float64 scratch entries of one input's point phase",
         f"STRUCTURE = {line_structure(w.rec, w.structure)!r}",
         "",
@@ -116,12 +118,12 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         nngp, ntk = _pairs_numpy(a, b, p1, p2, p)
     else:
         p1 = np.empty((a.shape[0], N_POINT))
-        _in_threads(_point_rows, a.shape[0], a, p, p1)
+        _in_threads(_point_rows, a.shape[0], a, p, p1, np.empty(0, dtype))
         if symmetric:
             p2 = p1
         else:
             p2 = np.empty((b.shape[0], N_POINT))
-            _in_threads(_point_rows, b.shape[0], b, p, p2)
+            _in_threads(_point_rows, b.shape[0], b, p, p2, np.empty(0, dtype))
         _check_point("x1", p1, params, dtype)
         _check_point("x2", p2, params, dtype)
         nngp = np.empty((a.shape[0], b.shape[0]), dtype)  # the pair scratch's dtype too

@@ -44,6 +44,7 @@ class Group:
     stages: list[Stage]
     rows: int | None = None
     reads: set = field(default_factory=set)
+    block: int = 0  # entries of one block of a conv's output rows (fused groups), else 0
 
 
 @dataclass(frozen=True)
@@ -133,23 +134,33 @@ def groups(staged: list[Stage], structure: dict) -> list[Group]:
 
 
 def allocate(plan: list[Group], structure: dict, phase: str, keep: set,
-             reuse: str, read: set) -> tuple[dict, dict]:
+             reuse: str, read: set, blocks: bool = False) -> tuple[dict, dict]:
     """Slots of a phase's assignments, in plan order (each group's ``reads`` filled in
     by the caller). ``reuse``: the array whose slots are recycled after their last
     reader; symbols in ``keep`` are never freed (read by a later phase or the output).
     A pointwise result in ``reuse`` that nothing ``read``s gets no slot: its formula is
     not stored (K of a conv line that only its own Θ formula reads, in the same loop).
-    Returns the slots and the entries used per array."""
+    ``blocks``: a conv output that only the formulas fused with it read lives in the
+    block buffer "rb", one block of rows at a time (it never reaches memory: half the
+    traffic of a layer). Returns the slots and the entries used per array."""
     last: dict = {}
     for g, group in enumerate(plan):
         for sym in group.reads:
             last[sym] = g
     slots: dict = {}
-    used = {"pt": 0, "w": 0, "s": 0}
+    used = {"pt": 0, "w": 0, "s": 0, "rb": 0}
     free: dict[int, list[int]] = {}  # size → offsets of freed slots
     for g, group in enumerate(plan):
+        in_block = 0
         for stage in group.stages:
             for a in stage.run:
+                if blocks and group.block and stage.kind is StageKind.CONV and \
+                        last.get(a.symbol) == g and a.symbol not in keep:
+                    rows, cols = a.spatial
+                    slots[a.symbol] = Slot("rb", in_block * group.block, rows, cols, FULL)
+                    in_block += 1
+                    used["rb"] = max(used["rb"], in_block * group.block)
+                    continue
                 storage = structure[a.symbol]
                 rows, cols = a.spatial or (1, 1)
                 if phase == "point":
@@ -166,8 +177,8 @@ def allocate(plan: list[Group], structure: dict, phase: str, keep: set,
                     if array:
                         used[array] += size
                 slots[a.symbol] = Slot(array, offset, rows, cols, storage)
-        for sym, g_last in last.items():
-            slot = slots.get(sym)
-            if g_last == g and slot is not None and slot.array == reuse and sym not in keep:
-                free.setdefault(slot.size(), []).append(slot.offset)
+        done = [slots[sym] for sym, g_last in last.items() if g_last == g and sym not in keep
+                and sym in slots and slots[sym].array == reuse]
+        for slot in sorted(done, key=lambda sl: sl.offset, reverse=True):  # reproducible text
+            free.setdefault(slot.size(), []).append(slot.offset)
     return slots, used

@@ -39,30 +39,15 @@ def nb_stencil(a: Assignment, out: str, src: str | None, out_slot: Slot,
     full = out_slot.storage == FULL
     ind = indent
     if op == "input":
-        xa, xb = x
-        if full:
-            return [f"{ind}for i in range({out_slot.rows}):",
-                    f"{ind}    for j in range({out_slot.cols}):",
-                    f"{ind}        acc = 0.0",
-                    f"{ind}        for c in range({xa}.shape[1]):",
-                    f"{ind}            acc += {xa}[i, c] * {xb}[j, c]",
-                    f"{ind}        {nb_elem(out_slot, out, 'i', 'j')} = acc * {scale}"]
-        return [f"{ind}for i in range({out_slot.rows}):",
-                f"{ind}    acc = 0.0",
-                f"{ind}    for c in range({xa}.shape[1]):",
-                f"{ind}        acc += {xa}[i, c] * {xb}[i, c]",
-                f"{ind}    {nb_elem(out_slot, out, 'i', 'i')} = acc * {scale}"]
-    if op == "flatten":
-        return [f"{ind}acc = 0.0",
-                f"{ind}for i in range({src_slot.rows}):",
-                f"{ind}    acc += {nb_elem(src_slot, src, 'i', 'i')}",
-                f"{ind}{out} = acc * {scale}"]
+        fn = "_input_full" if full else "_input_diag"
+        return [f"{ind}{fn}({x[0]}, {x[1]}, {out}, np.int64({out_slot.offset}), {scale})"]
+    if op == "flatten":  # the mean of a diagonal, stored or read off a full array
+        step = src_slot.cols + 1 if src_slot.storage == FULL else 1
+        return [(f"{ind}{out} = _sum({src}, np.int64({src_slot.offset}), "
+                f"np.int64({src_slot.rows}), np.int64({step})) * {scale}")]
     if op == "global":
-        return [f"{ind}acc = 0.0",
-                f"{ind}for i in range({src_slot.rows}):",
-                f"{ind}    for j in range({src_slot.cols}):",
-                f"{ind}        acc += {nb_elem(src_slot, src, 'i', 'j')}",
-                f"{ind}{out} = acc * {scale}"]
+        return [(f"{ind}{out} = _sum({src}, np.int64({src_slot.offset}), "
+                f"np.int64({src_slot.rows * src_slot.cols}), np.int64(1)) * {scale}")]
     # pool: every pair of taps of the two windows (its source is always full)
     if full:
         return [(f"{ind}_pool_full({src}, np.int64({src_slot.offset}), {out}, "
@@ -72,12 +57,15 @@ def nb_stencil(a: Assignment, out: str, src: str | None, out_slot: Slot,
 
 
 def nb_conv(src: str, src_slot: Slot, out: str, out_slot: Slot, geometry: str,
-            scale: str, indent: str, row: str = "") -> str:
-    """A call of the compiled 𝒜: of a full array, output image row ``row`` (inside the
-    caller's row loop); of a diagonal (stored, or read off a full source)."""
-    so, do = f"np.int64({src_slot.offset})", f"np.int64({out_slot.offset})"
+            scale: str, indent: str, rows: str = "", out_at: str | None = None) -> str:
+    """A call of the compiled 𝒜: of a full array, the block of output rows ``rows``
+    ("oy, xlo, xhi", inside the caller's block loops); of a diagonal (stored, or read off
+    a full source). out_at: the output's offset, if not its slot's (the block buffer)."""
+    so = f"np.int64({src_slot.offset})"
+    do = f"np.int64({out_slot.offset if out_at is None else out_at})"
     if out_slot.storage == FULL:
-        return f"{indent}_conv_full_row({src}, {so}, {out}, {do}, tmp, {geometry}, {row}, {scale})"
+        return (f"{indent}_conv_full_rows({src}, {so}, {out}, {do}, tmp, {geometry}, {rows}, "
+                f"{scale})")
     step = src_slot.cols + 1 if src_slot.storage == FULL else 1
     return (f"{indent}_conv_diag({src}, {so}, np.int64({step}), {out}, {do}, {geometry}, "
             f"{scale})")

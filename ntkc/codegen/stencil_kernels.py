@@ -13,12 +13,13 @@ np.int64 (numba compiles a new version for each distinct literal argument).
 
 𝒜 (conv: the same tap offset on both sides) of a full P×P array is separable: the
 taps of a 2-D window are pairs (ty, tx) and a tap is valid when both are, so
-𝒜 = 𝒜_x ∘ 𝒜_y, fh + fw adds per entry instead of fh·fw. ``conv_full_row`` computes
-the output rows of one output image row ``oy`` (wout rows of P_out entries): its
-y-pass reads fh source image rows into a buffer of win·hout·win entries (kept in
-L1/L2), its x-pass sums that buffer into the output rows. The caller runs the
-layer's pointwise formula on the same rows right after (ntkc.codegen.emit_spatial),
-while they are in cache. Inner loops run over contiguous ranges, the valid range
+𝒜 = 𝒜_x ∘ 𝒜_y, fh + fw adds per entry instead of fh·fw. ``_conv_full_rows`` computes
+the output rows of a block of output positions (oy, xlo..xhi-1), each a row of P_out
+entries: its y-pass reads the fh source image rows (the block's source columns only)
+into a buffer, its x-pass sums that buffer into the output rows. The caller runs the
+layer's pointwise formulas on the same rows right after (ntkc.codegen.emit_spatial),
+while they are in cache, and walks the blocks column block by column block, oy
+inner, so consecutive blocks share fh - 1 of their source rows in L2. Inner loops run over contiguous ranges, the valid range
 of a tap computed once, so they have no branches and vectorise.
 
 The arrays may be float32 or float64 (numba compiles one version per dtype).
@@ -55,11 +56,16 @@ _tap_range_nb = numba.njit(inline="always")(_tap_range)
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _conv_full_row(src, so, dst, do, tmp, g, oy, scale):
-    """Output rows (oy, 0..wout-1) of 𝒜 of the full array at src[so:] into dst[do:]."""
+def _conv_full_rows(src, so, dst, do, tmp, g, oy, xlo, xhi, scale):
+    """Output rows (oy, xlo..xhi-1) of 𝒜 of the full array at src[so:] into dst[do:]."""
     hin, win, hout, wout, fh, fw, sh, sw, loh, low, circular = _unpack(g)
     pin, pout = hin * win, hout * wout
-    n_tmp = win * hout * win  # tmp[(x1·hout + o2y)·win + x2]: the y-pass of row oy
+    # the source columns x1 the block's taps read: a window of them, or all (circular)
+    x1lo, x1hi = 0, win
+    if not circular:
+        x1lo = max(0, xlo * sw - low)
+        x1hi = min(win, (xhi - 1) * sw - low + fw)
+    n_tmp = (x1hi - x1lo) * hout * win  # tmp[((x1-x1lo)·hout + o2y)·win + x2]: the y-pass
     for k in range(n_tmp):
         tmp[k] = 0.0
     # Rows are read through views indexed from 0 (see ntkc.codegen.emit_spatial.
@@ -68,17 +74,40 @@ def _conv_full_row(src, so, dst, do, tmp, g, oy, scale):
         y1 = _tap_nb(oy, ty, hin, sh, loh, circular)
         if y1 < 0:
             continue
+        if sh == 1 and not circular:
+            # stride 1: the valid o2y are a range, and (o2y, x2) is contiguous in both
+            # the source row and the buffer: one long loop per source column x1
+            ylo, yhi = _tap_range_nb(hin, hout, 1, ty - loh)
+            n = (yhi - ylo) * win
+            for x1 in range(x1lo, x1hi):
+                sb = so + (y1 * win + x1) * pin + (ylo + ty - loh) * win
+                tb = ((x1 - x1lo) * hout + ylo) * win
+                srow, trow = src[sb:sb + n], tmp[tb:tb + n]
+                for k in range(n):
+                    trow[k] += srow[k]
+            continue
         for o2y in range(hout):
             y2 = _tap_nb(o2y, ty, hin, sh, loh, circular)
             if y2 < 0:
                 continue
-            for x1 in range(win):
+            for x1 in range(x1lo, x1hi):
                 sb = so + (y1 * win + x1) * pin + y2 * win
-                tb = (x1 * hout + o2y) * win
+                tb = ((x1 - x1lo) * hout + o2y) * win
                 srow, trow = src[sb:sb + win], tmp[tb:tb + win]
                 for x2 in range(win):
                     trow[x2] += srow[x2]
-    for o1x in range(wout):
+    # stride 1, same width: output row (o2y, o2x) reads buffer entry (o2y, o2x + c), one
+    # long loop per tap, masked where o2x + c leaves the row (zero padding)
+    flat = sw == 1 and not circular and wout == win
+    if flat:
+        mask = np.empty((fw, pout), tmp.dtype)
+        for tx in range(fw):
+            lo, hi = _tap_range_nb(win, wout, 1, tx - low)
+            for o2x in range(wout):
+                mask[tx, o2x] = 1.0 if lo <= o2x < hi else 0.0
+            for k in range(wout, pout):
+                mask[tx, k] = mask[tx, k - wout]
+    for o1x in range(xlo, xhi):
         db = do + (oy * wout + o1x) * pout
         drow = dst[db:db + pout]
         for k in range(pout):
@@ -88,9 +117,17 @@ def _conv_full_row(src, so, dst, do, tmp, g, oy, scale):
             if x1 < 0:
                 continue
             c = tx - low
+            if flat:
+                tb = (x1 - x1lo) * hout * win
+                k0, k1 = max(0, -c), pout - max(0, c)
+                part, m = drow[k0:k1], mask[tx, k0:k1]
+                shifted = tmp[tb + k0 + c:tb + k1 + c]
+                for k in range(k1 - k0):
+                    part[k] += shifted[k] * m[k]
+                continue
             lo, hi = _tap_range_nb(win, wout, sw, c)
             for o2y in range(hout):
-                tb = (x1 * hout + o2y) * win
+                tb = ((x1 - x1lo) * hout + o2y) * win
                 trow, orow = tmp[tb:tb + win], drow[o2y * wout:o2y * wout + wout]
                 if circular:
                     for o2x in range(wout):
@@ -181,6 +218,48 @@ def _pool_diag(src, so, dst, do, g, scale):
                     if y2 >= 0 and x2 >= 0:
                         acc += src[so + (y1 * win + x1) * pin + y2 * win + x2]
             dst[do + oy * wout + ox] = acc * scale
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _input_full(xa, xb, dst, do, scale):
+    """The input's covariances: dst[do + i·P + j] = scale·Σ_c xa[i, c]·xb[j, c]. Over j
+    from xb transposed, so the inner loop runs over contiguous positions."""
+    p, channels = xa.shape
+    xbt = np.ascontiguousarray(xb.T)
+    for i in range(p):
+        row = dst[do + i * p:do + i * p + p]
+        for j in range(p):
+            row[j] = 0.0
+        for c in range(channels):
+            a = xa[i, c] * scale
+            col = xbt[c]
+            for j in range(p):
+                row[j] += a * col[j]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _input_diag(xa, xb, dst, do, scale):
+    """dst[do + i] = scale·Σ_c xa[i, c]·xb[i, c]."""
+    p, channels = xa.shape
+    for i in range(p):
+        acc = 0.0
+        for c in range(channels):
+            acc += xa[i, c] * xb[i, c]
+        dst[do + i] = acc * scale
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _sum(src, so, n, step):
+    """Σ_k src[so + k·step], k < n (flatten: a diagonal; global pools: step 1)."""
+    acc = 0.0
+    if step == 1:
+        part = src[so:so + n]
+        for k in range(n):
+            acc += part[k]
+        return acc
+    for k in range(n):
+        acc += src[so + k * step]
+    return acc
 
 
 # One entry of each stencil, for the GPU (ntkc.codegen.cuda_spatial compiles them as
