@@ -1,6 +1,6 @@
 """Benchmarks, each timed against something measured in the same run.
 
-    python -m ntkc.bench [--case fc|fc-gpu|cntk-gap|cnn-flatten]   (or: ntkc bench ...)
+    python -m ntkc.bench [--case fc|fc-gpu|cntk-gap|cnn-flatten|cifar-gap5|...]   (or: ntkc bench)
 
 fc: 3 × (dense + relu) + dense, N = 4000, d = 256, float64, train-train NNGP + NTK.
 Reports the wall time of kernel(), the input GEMM alone, writing two N×N float64
@@ -12,6 +12,8 @@ N×N float32 arrays from the device to the host (the floor of any GPU kernel tha
 returns host arrays). Needs an NVIDIA GPU and numba-cuda (pip install 'ntkc[cuda]').
 
 cntk-gap, cnn-flatten: convolutional networks (ntkc.bench_conv).
+cifar-gap5, cifar-gap21: the CNTK at 32×32×3, 5 and 21 layers: first call on empty caches,
+steady state, stencil GFLOP/s and GB/s against a copy's bandwidth (ntkc.bench_cifar).
 mlp-depth: compile time against depth (issue 10): k × (dense + relu|erf) + dense, d = 16,
 k in --depths (5 10 20 50 100), each in a fresh process on empty ntkc and numba caches;
 the time of ntkc.load (derive + codegen + import) and of the first kernel(x) on 8 inputs
@@ -214,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="ntkc bench", description=__doc__.split("\n")[0])
     ap.add_argument("--case", default="fc", choices=[
-        "fc", "fc-gpu", "mlp-depth", "cntk-gap", "cnn-flatten", "cntk21-gap-gpu", "cnn21-flatten-gpu"])
+        "fc", "fc-gpu", "mlp-depth", "cntk-gap", "cnn-flatten", "cifar-gap5", "cifar-gap21",
+        "cntk21-gap-gpu", "cnn21-flatten-gpu"])
     ap.add_argument("--n", type=int, help="points (default: 4000 for fc, 20000 for fc-gpu)")
     ap.add_argument("--d", type=int, help="input dimension (default: 256 for fc, 784 for fc-gpu)")
     ap.add_argument("--repeat", type=int, default=3)
@@ -235,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as e:  # no GPU / no numba.cuda: the generated module says why
             print(f"ntkc bench: error: {e}", file=sys.stderr)
             return 2
+        return 0
+    if args.case.startswith("cifar-"):
+        from .bench_cifar import bench_cifar, report_cifar
+
+        print(report_cifar(bench_cifar(args.case, args.n, args.repeat)))
         return 0
     if args.case in ("cntk-gap", "cnn-flatten"):
         from .bench_conv import bench_conv, report_conv
