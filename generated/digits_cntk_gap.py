@@ -236,22 +236,67 @@ def _conv_full_rows(src, so, dst, do, tmp, g, oy, xlo, xhi, scale):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _conv_diag(src, so, step, dst, do, g, scale):
+def _conv_diag(src, so, step, dst, do, tmp, g, scale):
     """𝒜 of a diagonal: dst[do + o] = scale·Σ_t src[so + step·tap(o, t)] (step 1: a
-    stored diagonal; P + 1: the diagonal of a full array)."""
+    stored diagonal; P + 1: the diagonal of a full array). Separable, like the full
+    case: the diagonal as an image (gathered into tmp), summed along x, then along y."""
     hin, win, hout, wout, fh, fw, sh, sw, loh, low, circular = _unpack(g)
-    for oy in range(hout):
-        for ox in range(wout):
-            acc = 0.0
+    pin = hin * win
+    image, along_x = tmp[:pin], tmp[pin:pin + hin * wout]
+    for k in range(pin):
+        image[k] = src[so + step * k]
+    for k in range(hin * wout):
+        along_x[k] = 0.0
+    if sw == 1 and not circular and wout == win:
+        # stride 1, same width: one long loop per tap over every row, masked where
+        # ox + c leaves its row (zero padding)
+        mask = tmp[2 * pin:3 * pin]
+        for tx in range(fw):
+            c = tx - low
+            lo, hi = _tap_range_nb(win, wout, 1, c)
+            for ox in range(win):
+                mask[ox] = 1.0 if lo <= ox < hi else 0.0
+            for k in range(win, pin):
+                mask[k] = mask[k - win]
+            k0, k1 = max(0, -c), pin - max(0, c)
+            part, m, shifted = along_x[k0:k1], mask[k0:k1], image[k0 + c:k1 + c]
+            for k in range(k1 - k0):
+                part[k] += shifted[k] * m[k]
+    else:
+        for y in range(hin):
+            row, out = image[y * win:y * win + win], along_x[y * wout:y * wout + wout]
+            for tx in range(fw):
+                c = tx - low
+                if circular:
+                    for ox in range(wout):
+                        out[ox] += row[(ox * sw + c) % win]
+                    continue
+                lo, hi = _tap_range_nb(win, wout, sw, c)
+                for ox in range(lo, hi):
+                    out[ox] += row[ox * sw + c]
+    out = dst[do:do + hout * wout]
+    for k in range(hout * wout):
+        out[k] = 0.0
+    if sh == 1 and not circular:
+        # stride 1: the output rows a tap reads are a range, contiguous in along_x
+        for ty in range(fh):
+            ylo, yhi = _tap_range_nb(hin, hout, 1, ty - loh)
+            part = out[ylo * wout:yhi * wout]
+            shifted = along_x[(ylo + ty - loh) * wout:(yhi + ty - loh) * wout]
+            for k in range((yhi - ylo) * wout):
+                part[k] += shifted[k]
+    else:
+        for oy in range(hout):
+            row = out[oy * wout:oy * wout + wout]
             for ty in range(fh):
                 y = _tap_nb(oy, ty, hin, sh, loh, circular)
                 if y < 0:
                     continue
-                for tx in range(fw):
-                    x = _tap_nb(ox, tx, win, sw, low, circular)
-                    if x >= 0:
-                        acc += src[so + step * (y * win + x)]
-            dst[do + oy * wout + ox] = acc * scale
+                part = along_x[y * wout:y * wout + wout]
+                for ox in range(wout):
+                    row[ox] += part[ox]
+    for k in range(hout * wout):
+        out[k] *= scale
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -479,68 +524,72 @@ def _acos(x):
 
 @numba.njit(cache=True, error_model="numpy")
 def _local0(x, pt, w, rb, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5):
-    _v0 = pt[_o0:_o0 + 64]
-    _v1 = pt[_o1:_o1 + 64]
-    _v2 = pt[_o2:_o2 + 64]
-    _v3 = pt[_o3:_o3 + 64]
-    _v4 = pt[_o4:_o4 + 64]
-    _v5 = pt[_o5:_o5 + 64]
-    for i in range(_i0, _i1):
-        t0 = (499849/250000)*_v0[i]
-        _v1[i] = t0
-        _v2[i] = 1/math.sqrt(max(1.0e-300, t0))
-        _v3[i] = (707/500)*math.sqrt(_v0[i])
-        _v4[i] = (499849/500000)*_v0[i]
-        _v5[i] = t0*(-1/2*_acos(min(max(_v0[i]/max(1.0e-300, abs(_v0[i])), -1.0), 1.0))/math.pi + 1/2)
+    _v0 = pt[_o0 + _i0:_o0 + _i1]
+    _v1 = pt[_o1 + _i0:_o1 + _i1]
+    _v2 = pt[_o2 + _i0:_o2 + _i1]
+    _v3 = pt[_o3 + _i0:_o3 + _i1]
+    _v4 = pt[_o4 + _i0:_o4 + _i1]
+    _v5 = pt[_o5 + _i0:_o5 + _i1]
+    for _k in range(_i1 - _i0):
+        i = _i0 + _k
+        t0 = (499849/250000)*_v0[_k]
+        _v1[_k] = t0
+        _v2[_k] = 1/math.sqrt(max(1.0e-300, t0))
+        _v3[_k] = (707/500)*math.sqrt(_v0[_k])
+        _v4[_k] = (499849/500000)*_v0[_k]
+        _v5[_k] = t0*(-1/2*_acos(min(max(_v0[_k]/max(1.0e-300, abs(_v0[_k])), -1.0), 1.0))/math.pi + 1/2)
 
 
 @numba.njit(cache=True, error_model="numpy")
 def _local1(x, pt, w, rb, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6, _o7):
-    _v0 = pt[_o0:_o0 + 64]
-    _v1 = pt[_o1:_o1 + 64]
-    _v2 = pt[_o2:_o2 + 64]
-    _v3 = pt[_o3:_o3 + 64]
-    _v4 = pt[_o4:_o4 + 64]
-    _v5 = pt[_o5:_o5 + 64]
-    _v6 = pt[_o6:_o6 + 64]
-    _v7 = pt[_o7:_o7 + 64]
-    for i in range(_i0, _i1):
-        t0 = (499849/250000)*_v0[i]
-        t1 = t0 + (499849/250000)*_v1[i]
-        _v2[i] = t0
-        _v3[i] = 1/math.sqrt(max(1.0e-300, t0))
-        _v4[i] = (707/500)*math.sqrt(_v0[i])
-        _v5[i] = t1
-        _v6[i] = (499849/500000)*_v0[i]
-        _v7[i] = t1*(-1/2*_acos(min(max(_v0[i]/max(1.0e-300, abs(_v0[i])), -1.0), 1.0))/math.pi + 1/2)
+    _v0 = pt[_o0 + _i0:_o0 + _i1]
+    _v1 = pt[_o1 + _i0:_o1 + _i1]
+    _v2 = pt[_o2 + _i0:_o2 + _i1]
+    _v3 = pt[_o3 + _i0:_o3 + _i1]
+    _v4 = pt[_o4 + _i0:_o4 + _i1]
+    _v5 = pt[_o5 + _i0:_o5 + _i1]
+    _v6 = pt[_o6 + _i0:_o6 + _i1]
+    _v7 = pt[_o7 + _i0:_o7 + _i1]
+    for _k in range(_i1 - _i0):
+        i = _i0 + _k
+        t0 = (499849/250000)*_v0[_k]
+        t1 = t0 + (499849/250000)*_v1[_k]
+        _v2[_k] = t0
+        _v3[_k] = 1/math.sqrt(max(1.0e-300, t0))
+        _v4[_k] = (707/500)*math.sqrt(_v0[_k])
+        _v5[_k] = t1
+        _v6[_k] = (499849/500000)*_v0[_k]
+        _v7[_k] = t1*(-1/2*_acos(min(max(_v0[_k]/max(1.0e-300, abs(_v0[_k])), -1.0), 1.0))/math.pi + 1/2)
 
 
 @numba.njit(cache=True, error_model="numpy")
 def _local2(x, pt, w, rb, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6):
-    _v1 = pt[_o1:_o1 + 64]
+    _v1 = pt[_o1 + _i0:_o1 + _i1]
     _v2 = pt[_o2:_o2 + 64]
-    _v4 = pt[_o4:_o4 + 64]
+    _v4 = pt[_o4 + _i0:_o4 + _i1]
     _v5 = pt[_o5:_o5 + 64]
-    for i in range(_i0, _i1):
+    for _k in range(_i1 - _i0):
+        i = _i0 + _k
         _v0 = rb[_o0 + i * 64:_o0 + i * 64 + 64]
         _v3 = w[_o3 + i * 64:_o3 + i * 64 + 64]
         _v6 = w[_o6 + i * 64:_o6 + i * 64 + 64]
         for j in range(64):
             t0 = (499849/250000)*_v0[j]
-            t1 = min(max(_v1[i]*_v2[j]*t0, -1.0), 1.0)
+            t1 = min(max(_v1[_k]*_v2[j]*t0, -1.0), 1.0)
             t2 = (1/2)/math.pi
             t3 = t0*(-t2*_acos(t1) + 1/2)
-            _v3[j] = t2*_v4[i]*_v5[j]*math.sqrt(1 - t1**2) + t3
+            _v3[j] = t2*_v4[_k]*_v5[j]*math.sqrt(1 - t1**2) + t3
             _v6[j] = t3
 
 
 @numba.njit(cache=True, error_model="numpy")
 def _local3(x, pt, w, rb, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6, _o7):
-    _v2 = pt[_o2:_o2 + 64]
+    _v2 = pt[_o2 + _i0:_o2 + _i1]
     _v3 = pt[_o3:_o3 + 64]
-    _v5 = pt[_o5:_o5 + 64]
+    _v5 = pt[_o5 + _i0:_o5 + _i1]
     _v6 = pt[_o6:_o6 + 64]
-    for i in range(_i0, _i1):
+    for _k in range(_i1 - _i0):
+        i = _i0 + _k
         _v0 = rb[_o0 + i * 64:_o0 + i * 64 + 64]
         _v1 = rb[_o1 + i * 64:_o1 + i * 64 + 64]
         _v4 = w[_o4 + i * 64:_o4 + i * 64 + 64]
@@ -548,39 +597,41 @@ def _local3(x, pt, w, rb, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6, _
         for j in range(64):
             t0 = (499849/250000)*_v0[j]
             t1 = t0 + (499849/250000)*_v1[j]
-            t2 = min(max(_v2[i]*_v3[j]*t0, -1.0), 1.0)
+            t2 = min(max(_v2[_k]*_v3[j]*t0, -1.0), 1.0)
             t3 = (1/2)/math.pi
             t4 = -t3*_acos(t2) + 1/2
-            _v4[j] = t0*t4 + t3*_v5[i]*_v6[j]*math.sqrt(1 - t2**2)
+            _v4[j] = t0*t4 + t3*_v5[_k]*_v6[j]*math.sqrt(1 - t2**2)
             _v7[j] = t1*t4
 
 
 @numba.njit(cache=True, error_model="numpy")
 def _local4(x1, x2, pt1, pt2, s, rb, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6):
     _v1 = pt2[_o1:_o1 + 64]
-    _v2 = pt1[_o2:_o2 + 64]
+    _v2 = pt1[_o2 + _i0:_o2 + _i1]
     _v4 = pt2[_o4:_o4 + 64]
-    _v5 = pt1[_o5:_o5 + 64]
-    for i in range(_i0, _i1):
+    _v5 = pt1[_o5 + _i0:_o5 + _i1]
+    for _k in range(_i1 - _i0):
+        i = _i0 + _k
         _v0 = rb[_o0 + i * 64:_o0 + i * 64 + 64]
         _v3 = s[_o3 + i * 64:_o3 + i * 64 + 64]
         _v6 = s[_o6 + i * 64:_o6 + i * 64 + 64]
         for j in range(64):
             t0 = (499849/250000)*_v0[j]
-            t1 = min(max(_v1[j]*_v2[i]*t0, -1.0), 1.0)
+            t1 = min(max(_v1[j]*_v2[_k]*t0, -1.0), 1.0)
             t2 = (1/2)/math.pi
             t3 = t0*(-t2*_acos(t1) + 1/2)
-            _v3[j] = t2*_v4[j]*_v5[i]*math.sqrt(1 - t1**2) + t3
+            _v3[j] = t2*_v4[j]*_v5[_k]*math.sqrt(1 - t1**2) + t3
             _v6[j] = t3
 
 
 @numba.njit(cache=True, error_model="numpy")
 def _local5(x1, x2, pt1, pt2, s, rb, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, _o5, _o6, _o7):
     _v2 = pt2[_o2:_o2 + 64]
-    _v3 = pt1[_o3:_o3 + 64]
+    _v3 = pt1[_o3 + _i0:_o3 + _i1]
     _v5 = pt2[_o5:_o5 + 64]
-    _v6 = pt1[_o6:_o6 + 64]
-    for i in range(_i0, _i1):
+    _v6 = pt1[_o6 + _i0:_o6 + _i1]
+    for _k in range(_i1 - _i0):
+        i = _i0 + _k
         _v0 = rb[_o0 + i * 64:_o0 + i * 64 + 64]
         _v1 = rb[_o1 + i * 64:_o1 + i * 64 + 64]
         _v4 = s[_o4 + i * 64:_o4 + i * 64 + 64]
@@ -588,27 +639,27 @@ def _local5(x1, x2, pt1, pt2, s, rb, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, 
         for j in range(64):
             t0 = (499849/250000)*_v0[j]
             t1 = t0 + (499849/250000)*_v1[j]
-            t2 = min(max(_v2[j]*_v3[i]*t0, -1.0), 1.0)
+            t2 = min(max(_v2[j]*_v3[_k]*t0, -1.0), 1.0)
             t3 = (1/2)/math.pi
             t4 = -t3*_acos(t2) + 1/2
-            _v4[j] = t0*t4 + t3*_v5[j]*_v6[i]*math.sqrt(1 - t2**2)
+            _v4[j] = t0*t4 + t3*_v5[j]*_v6[_k]*math.sqrt(1 - t2**2)
             _v7[j] = t1*t4
 
 @numba.njit(cache=True, nogil=True)
 def _point_rows(X, params, out, like, rows):
     w = np.full(16384, np.nan, like.dtype)  # a read before a write: NaN
-    tmp = np.empty(512, like.dtype)
+    tmp = np.empty(512)  # float64: diagonal convs pass pt through it
     rb = np.empty(1024, like.dtype)  # blocks of conv outputs (spatial_plan)
     for _n in rows:
         x, pt = X[_n], out[_n]
         _input_diag(x, x, pt, np.int64(0), 1.0)
-        _conv_diag(pt, np.int64(0), np.int64(1), pt, np.int64(64), _G0, 0.1111111111111111)
+        _conv_diag(pt, np.int64(0), np.int64(1), pt, np.int64(64), tmp, _G0, 0.1111111111111111)
         _local0(x, pt, w, rb, params, np.int64(0), np.int64(64), np.int64(64), np.int64(128), np.int64(1091), np.int64(1155), np.int64(192), np.int64(256))
-        _conv_diag(pt, np.int64(192), np.int64(1), pt, np.int64(320), _G1, 0.1111111111111111)
-        _conv_diag(pt, np.int64(256), np.int64(1), pt, np.int64(384), _G1, 0.1111111111111111)
+        _conv_diag(pt, np.int64(192), np.int64(1), pt, np.int64(320), tmp, _G1, 0.1111111111111111)
+        _conv_diag(pt, np.int64(256), np.int64(1), pt, np.int64(384), tmp, _G1, 0.1111111111111111)
         _local1(x, pt, w, rb, params, np.int64(0), np.int64(64), np.int64(320), np.int64(384), np.int64(448), np.int64(1219), np.int64(1283), np.int64(512), np.int64(576), np.int64(640))
-        _conv_diag(pt, np.int64(576), np.int64(1), pt, np.int64(704), _G2, 0.1111111111111111)
-        _conv_diag(pt, np.int64(640), np.int64(1), pt, np.int64(768), _G2, 0.1111111111111111)
+        _conv_diag(pt, np.int64(576), np.int64(1), pt, np.int64(704), tmp, _G2, 0.1111111111111111)
+        _conv_diag(pt, np.int64(640), np.int64(1), pt, np.int64(768), tmp, _G2, 0.1111111111111111)
         _local1(x, pt, w, rb, params, np.int64(0), np.int64(64), np.int64(704), np.int64(768), np.int64(832), np.int64(1347), np.int64(1411), np.int64(896), np.int64(960), np.int64(1024))
         _input_full(x, x, w, np.int64(0), 1.0)
         for _c in range(1):

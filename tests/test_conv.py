@@ -103,7 +103,7 @@ def test_flatten_readout_needs_only_diagonals():
     assert called  # the pointwise formulas, outlined: each runs over one index
     for name in called:
         body = source[source.index(f"def {name}("):].split("\n\n")[0]
-        assert "for i in range" in body and "for j in range" not in body
+        assert "for _k in range" in body and "for j in range" not in body
 
 
 def test_a_line_read_by_pool_and_flatten():
@@ -182,3 +182,20 @@ def test_memory_estimate_printed_then_refused(models, capsys):
     with pytest.raises(MemoryError, match=r"needs 596\.3 GiB \(.*Gram matrices 596\.0 GiB\), "
                        r"over the 1\.0 GiB available"):
         m.kernel(np.zeros((200000, *m.input_shape)), memory_limit=2**30)
+
+
+def test_module_does_not_grow_with_the_image_and_shares_layers():
+    """Issue 10: no tables or code per position (the size of a 32×32 module is the size of
+    an 8×8 one, up to the digits of the offsets), and a deeper net calls the same outlined
+    formulas (numba's compile time is the same few functions)."""
+    from ntkc.bench_conv import deep_spec
+
+    def source(depth, side):
+        return compile_text(deep_spec(depth, (side, side, 3), "global_avg_pool", "n"),
+                            "n.ntk").source
+
+    small, large = source(3, 8), source(3, 32)
+    assert len(large) < 1.1 * len(small)
+    shallow, deep = source(3, 32), source(12, 32)
+    assert deep.count("\ndef _local") == shallow.count("\ndef _local") <= 8
+    assert len(deep) < 200_000

@@ -58,7 +58,7 @@ def test_stencils_match_tap_tables(spatial, shape, stride, padding, dtype, tol):
     top = np.abs(pool).max()
 
     dst = np.full(off + p * p, np.nan, dtype)
-    tmp = np.full(max(q, g[1] * g[2] * g[1]), np.nan, dtype)
+    tmp = np.full(max(3 * q, g[1] * g[2] * g[1]), np.nan, dtype)
     for xlo, xhi in ((0, g[3]), (0, 1), (1, g[3])):  # whole rows, and blocks of them
         dst[:] = np.nan
         for oy in range(g[2]):
@@ -73,9 +73,9 @@ def test_stencils_match_tap_tables(spatial, shape, stride, padding, dtype, tol):
     # diagonals: of a stored diagonal (step 1) and of the full array (step P + 1)
     diag = np.concatenate([np.full(off, np.nan), np.diag(k)]).astype(dtype)
     out = np.full(off + p, np.nan, dtype)
-    _conv_diag(diag, off, 1, out, off, g, scale)
+    _conv_diag(diag, off, 1, out, off, tmp, g, scale)
     np.testing.assert_allclose(out[off:], np.diag(conv), rtol=0, atol=tol * top)
-    _conv_diag(src, off, q + 1, out, off, g, scale)
+    _conv_diag(src, off, q + 1, out, off, tmp, g, scale)
     np.testing.assert_allclose(out[off:], np.diag(conv), rtol=0, atol=tol * top)
     _pool_diag(src, off, out, off, g, scale)
     np.testing.assert_allclose(out[off:], np.diag(pool), rtol=0, atol=tol * top)

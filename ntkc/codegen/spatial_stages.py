@@ -67,7 +67,7 @@ def nb_conv(src: str, src_slot: Slot, out: str, out_slot: Slot, geometry: str,
         return (f"{indent}_conv_full_rows({src}, {so}, {out}, {do}, tmp, {geometry}, {rows}, "
                 f"{scale})")
     step = src_slot.cols + 1 if src_slot.storage == FULL else 1
-    return (f"{indent}_conv_diag({src}, {so}, np.int64({step}), {out}, {do}, {geometry}, "
+    return (f"{indent}_conv_diag({src}, {so}, np.int64({step}), {out}, {do}, tmp, {geometry}, "
             f"{scale})")
 
 

@@ -144,22 +144,67 @@ def _conv_full_rows(src, so, dst, do, tmp, g, oy, xlo, xhi, scale):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _conv_diag(src, so, step, dst, do, g, scale):
+def _conv_diag(src, so, step, dst, do, tmp, g, scale):
     """𝒜 of a diagonal: dst[do + o] = scale·Σ_t src[so + step·tap(o, t)] (step 1: a
-    stored diagonal; P + 1: the diagonal of a full array)."""
+    stored diagonal; P + 1: the diagonal of a full array). Separable, like the full
+    case: the diagonal as an image (gathered into tmp), summed along x, then along y."""
     hin, win, hout, wout, fh, fw, sh, sw, loh, low, circular = _unpack(g)
-    for oy in range(hout):
-        for ox in range(wout):
-            acc = 0.0
+    pin = hin * win
+    image, along_x = tmp[:pin], tmp[pin:pin + hin * wout]
+    for k in range(pin):
+        image[k] = src[so + step * k]
+    for k in range(hin * wout):
+        along_x[k] = 0.0
+    if sw == 1 and not circular and wout == win:
+        # stride 1, same width: one long loop per tap over every row, masked where
+        # ox + c leaves its row (zero padding)
+        mask = tmp[2 * pin:3 * pin]
+        for tx in range(fw):
+            c = tx - low
+            lo, hi = _tap_range_nb(win, wout, 1, c)
+            for ox in range(win):
+                mask[ox] = 1.0 if lo <= ox < hi else 0.0
+            for k in range(win, pin):
+                mask[k] = mask[k - win]
+            k0, k1 = max(0, -c), pin - max(0, c)
+            part, m, shifted = along_x[k0:k1], mask[k0:k1], image[k0 + c:k1 + c]
+            for k in range(k1 - k0):
+                part[k] += shifted[k] * m[k]
+    else:
+        for y in range(hin):
+            row, out = image[y * win:y * win + win], along_x[y * wout:y * wout + wout]
+            for tx in range(fw):
+                c = tx - low
+                if circular:
+                    for ox in range(wout):
+                        out[ox] += row[(ox * sw + c) % win]
+                    continue
+                lo, hi = _tap_range_nb(win, wout, sw, c)
+                for ox in range(lo, hi):
+                    out[ox] += row[ox * sw + c]
+    out = dst[do:do + hout * wout]
+    for k in range(hout * wout):
+        out[k] = 0.0
+    if sh == 1 and not circular:
+        # stride 1: the output rows a tap reads are a range, contiguous in along_x
+        for ty in range(fh):
+            ylo, yhi = _tap_range_nb(hin, hout, 1, ty - loh)
+            part = out[ylo * wout:yhi * wout]
+            shifted = along_x[(ylo + ty - loh) * wout:(yhi + ty - loh) * wout]
+            for k in range((yhi - ylo) * wout):
+                part[k] += shifted[k]
+    else:
+        for oy in range(hout):
+            row = out[oy * wout:oy * wout + wout]
             for ty in range(fh):
                 y = _tap_nb(oy, ty, hin, sh, loh, circular)
                 if y < 0:
                     continue
-                for tx in range(fw):
-                    x = _tap_nb(ox, tx, win, sw, low, circular)
-                    if x >= 0:
-                        acc += src[so + step * (y * win + x)]
-            dst[do + oy * wout + ox] = acc * scale
+                part = along_x[y * wout:y * wout + wout]
+                for ox in range(wout):
+                    row[ox] += part[ox]
+    for k in range(hout * wout):
+        out[k] *= scale
 
 
 @numba.njit(cache=True, error_model="numpy")
