@@ -105,6 +105,10 @@ STRUCTURE = {'x': 'diag', 'g1': 'diag', 'h1': 'diag', 'g2': 'diag', 'h2': 'diag'
 # The compiled stencils (ntkc/codegen/stencil_kernels.py)
 
 
+# Offsets and counts are passed as _i64(n): numba compiles a new version of a function
+# for each distinct literal int argument, and once for int64.
+_i64 = np.int64
+
 
 def _tap(o, t, n, s, lo, circular):
     # input index of tap t of output o along one axis; -1: zero padding
@@ -591,17 +595,17 @@ def _point_rows(X, params, out, like, rows):
     rb = np.empty(1, like.dtype)  # blocks of conv outputs (spatial_plan)
     for _n in rows:
         x, pt = X[_n], out[_n]
-        _input_diag(x, x, pt, np.int64(0), 1.0)
-        _conv_diag(pt, np.int64(0), np.int64(1), pt, np.int64(64), tmp, _G0, 0.1111111111111111)
-        _local0(x, pt, w, rb, params, np.int64(0), np.int64(64), np.int64(64), np.int64(128), np.int64(1091), np.int64(1155), np.int64(192), np.int64(256))
-        _conv_diag(pt, np.int64(192), np.int64(1), pt, np.int64(320), tmp, _G1, 0.1111111111111111)
-        _conv_diag(pt, np.int64(256), np.int64(1), pt, np.int64(384), tmp, _G1, 0.1111111111111111)
-        _local1(x, pt, w, rb, params, np.int64(0), np.int64(64), np.int64(320), np.int64(384), np.int64(448), np.int64(1219), np.int64(1283), np.int64(512), np.int64(576), np.int64(640))
-        _conv_diag(pt, np.int64(576), np.int64(1), pt, np.int64(704), tmp, _G2, 0.1111111111111111)
-        _conv_diag(pt, np.int64(640), np.int64(1), pt, np.int64(768), tmp, _G2, 0.1111111111111111)
-        _local1(x, pt, w, rb, params, np.int64(0), np.int64(64), np.int64(704), np.int64(768), np.int64(832), np.int64(1347), np.int64(1411), np.int64(896), np.int64(960), np.int64(1024))
-        pt[1088] = _sum(pt, np.int64(960), np.int64(64), np.int64(1)) * 0.015625
-        pt[1089] = _sum(pt, np.int64(1024), np.int64(64), np.int64(1)) * 0.015625
+        _input_diag(x, x, pt, _i64(0), 1.0)
+        _conv_diag(pt, _i64(0), _i64(1), pt, _i64(64), tmp, _G0, 0.1111111111111111)
+        _local0(x, pt, w, rb, params, _i64(0), _i64(64), _i64(64), _i64(128), _i64(1091), _i64(1155), _i64(192), _i64(256))
+        _conv_diag(pt, _i64(192), _i64(1), pt, _i64(320), tmp, _G1, 0.1111111111111111)
+        _conv_diag(pt, _i64(256), _i64(1), pt, _i64(384), tmp, _G1, 0.1111111111111111)
+        _local1(x, pt, w, rb, params, _i64(0), _i64(64), _i64(320), _i64(384), _i64(448), _i64(1219), _i64(1283), _i64(512), _i64(576), _i64(640))
+        _conv_diag(pt, _i64(576), _i64(1), pt, _i64(704), tmp, _G2, 0.1111111111111111)
+        _conv_diag(pt, _i64(640), _i64(1), pt, _i64(768), tmp, _G2, 0.1111111111111111)
+        _local1(x, pt, w, rb, params, _i64(0), _i64(64), _i64(704), _i64(768), _i64(832), _i64(1347), _i64(1411), _i64(896), _i64(960), _i64(1024))
+        pt[1088] = _sum(pt, _i64(960), _i64(64), _i64(1)) * 0.015625
+        pt[1089] = _sum(pt, _i64(1024), _i64(64), _i64(1)) * 0.015625
         pt[1090] = pt[1088] + pt[1089]
         pt[1475] = pt[1088]
         pt[1476] = pt[1090]
@@ -614,17 +618,17 @@ def _pair_rows(X1, X2, P1, P2, params, K, T, symmetric, rows):
     for _a in rows:
         for _b in range(_a if symmetric else 0, X2.shape[0]):
             x1, x2, pt1, pt2 = X1[_a], X2[_b], P1[_a], P2[_b]
-            _input_diag(x1, x2, s, np.int64(0), 1.0)
-            _conv_diag(s, np.int64(0), np.int64(1), s, np.int64(64), tmp, _G0, 0.1111111111111111)
-            _local2(x1, x2, pt1, pt2, s, rb, params, np.int64(0), np.int64(64), np.int64(64), np.int64(1091), np.int64(1091), np.int64(0), np.int64(1155), np.int64(1155), np.int64(128))
-            _conv_diag(s, np.int64(0), np.int64(1), s, np.int64(64), tmp, _G1, 0.1111111111111111)
-            _conv_diag(s, np.int64(128), np.int64(1), s, np.int64(192), tmp, _G1, 0.1111111111111111)
-            _local3(x1, x2, pt1, pt2, s, rb, params, np.int64(0), np.int64(64), np.int64(64), np.int64(192), np.int64(1219), np.int64(1219), np.int64(0), np.int64(1283), np.int64(1283), np.int64(128))
-            _conv_diag(s, np.int64(0), np.int64(1), s, np.int64(64), tmp, _G2, 0.1111111111111111)
-            _conv_diag(s, np.int64(128), np.int64(1), s, np.int64(192), tmp, _G2, 0.1111111111111111)
-            _local3(x1, x2, pt1, pt2, s, rb, params, np.int64(0), np.int64(64), np.int64(64), np.int64(192), np.int64(1347), np.int64(1347), np.int64(0), np.int64(1411), np.int64(1411), np.int64(128))
-            S12K_8_f = _sum(s, np.int64(0), np.int64(64), np.int64(1)) * 0.015625
-            S12T_11_f = _sum(s, np.int64(128), np.int64(64), np.int64(1)) * 0.015625
+            _input_diag(x1, x2, s, _i64(0), 1.0)
+            _conv_diag(s, _i64(0), _i64(1), s, _i64(64), tmp, _G0, 0.1111111111111111)
+            _local2(x1, x2, pt1, pt2, s, rb, params, _i64(0), _i64(64), _i64(64), _i64(1091), _i64(1091), _i64(0), _i64(1155), _i64(1155), _i64(128))
+            _conv_diag(s, _i64(0), _i64(1), s, _i64(64), tmp, _G1, 0.1111111111111111)
+            _conv_diag(s, _i64(128), _i64(1), s, _i64(192), tmp, _G1, 0.1111111111111111)
+            _local3(x1, x2, pt1, pt2, s, rb, params, _i64(0), _i64(64), _i64(64), _i64(192), _i64(1219), _i64(1219), _i64(0), _i64(1283), _i64(1283), _i64(128))
+            _conv_diag(s, _i64(0), _i64(1), s, _i64(64), tmp, _G2, 0.1111111111111111)
+            _conv_diag(s, _i64(128), _i64(1), s, _i64(192), tmp, _G2, 0.1111111111111111)
+            _local3(x1, x2, pt1, pt2, s, rb, params, _i64(0), _i64(64), _i64(64), _i64(192), _i64(1347), _i64(1347), _i64(0), _i64(1411), _i64(1411), _i64(128))
+            S12K_8_f = _sum(s, _i64(0), _i64(64), _i64(1)) * 0.015625
+            S12T_11_f = _sum(s, _i64(128), _i64(64), _i64(1)) * 0.015625
             T_8_y = S12K_8_f + S12T_11_f
             K[_a, _b] = S12K_8_f
             T[_a, _b] = T_8_y
@@ -1058,7 +1062,7 @@ def _cuda():
                     s[0 + _e] = _acc * 1.0
                 cuda.syncthreads()
                 for _e in range(_t, 64, _nt):
-                    s[64 + _e] = _conv_diag_entry_cuda(s, 0, 1, _G0, _e) * 0.1111111111111111
+                    s[64 + _e] = _conv_diag_entry_cuda(s, _i64(0), _i64(1), _G0, _e) * 0.1111111111111111
                 cuda.syncthreads()
                 for i in range(_t, 64, _nt):
                     t0 = (499849/250000)*s[64 + i] + 1/400
@@ -1069,9 +1073,9 @@ def _cuda():
                     s[128 + i] = t3
                 cuda.syncthreads()
                 for _e in range(_t, 64, _nt):
-                    s[64 + _e] = _conv_diag_entry_cuda(s, 0, 1, _G1, _e) * 0.1111111111111111
+                    s[64 + _e] = _conv_diag_entry_cuda(s, _i64(0), _i64(1), _G1, _e) * 0.1111111111111111
                 for _e in range(_t, 64, _nt):
-                    s[192 + _e] = _conv_diag_entry_cuda(s, 128, 1, _G1, _e) * 0.1111111111111111
+                    s[192 + _e] = _conv_diag_entry_cuda(s, _i64(128), _i64(1), _G1, _e) * 0.1111111111111111
                 cuda.syncthreads()
                 for i in range(_t, 64, _nt):
                     t0 = (499849/250000)*s[64 + i] + 1/400
@@ -1083,9 +1087,9 @@ def _cuda():
                     s[128 + i] = t1*t4
                 cuda.syncthreads()
                 for _e in range(_t, 64, _nt):
-                    s[64 + _e] = _conv_diag_entry_cuda(s, 0, 1, _G2, _e) * 0.1111111111111111
+                    s[64 + _e] = _conv_diag_entry_cuda(s, _i64(0), _i64(1), _G2, _e) * 0.1111111111111111
                 for _e in range(_t, 64, _nt):
-                    s[192 + _e] = _conv_diag_entry_cuda(s, 128, 1, _G2, _e) * 0.1111111111111111
+                    s[192 + _e] = _conv_diag_entry_cuda(s, _i64(128), _i64(1), _G2, _e) * 0.1111111111111111
                 cuda.syncthreads()
                 for i in range(_t, 64, _nt):
                     t0 = (499849/250000)*s[64 + i] + 1/400

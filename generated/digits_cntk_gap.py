@@ -122,6 +122,10 @@ STRUCTURE = {'x': 'full', 'g1': 'full', 'h1': 'full', 'g2': 'full', 'h2': 'full'
 # The compiled stencils (ntkc/codegen/stencil_kernels.py)
 
 
+# Offsets and counts are passed as _i64(n): numba compiles a new version of a function
+# for each distinct literal int argument, and once for int64.
+_i64 = np.int64
+
 
 def _tap(o, t, n, s, lo, circular):
     # input index of tap t of output o along one axis; -1: zero padding
@@ -652,44 +656,44 @@ def _point_rows(X, params, out, like, rows):
     rb = np.empty(1024, like.dtype)  # blocks of conv outputs (spatial_plan)
     for _n in rows:
         x, pt = X[_n], out[_n]
-        _input_diag(x, x, pt, np.int64(0), 1.0)
-        _conv_diag(pt, np.int64(0), np.int64(1), pt, np.int64(64), tmp, _G0, 0.1111111111111111)
-        _local0(x, pt, w, rb, params, np.int64(0), np.int64(64), np.int64(64), np.int64(128), np.int64(1091), np.int64(1155), np.int64(192), np.int64(256))
-        _conv_diag(pt, np.int64(192), np.int64(1), pt, np.int64(320), tmp, _G1, 0.1111111111111111)
-        _conv_diag(pt, np.int64(256), np.int64(1), pt, np.int64(384), tmp, _G1, 0.1111111111111111)
-        _local1(x, pt, w, rb, params, np.int64(0), np.int64(64), np.int64(320), np.int64(384), np.int64(448), np.int64(1219), np.int64(1283), np.int64(512), np.int64(576), np.int64(640))
-        _conv_diag(pt, np.int64(576), np.int64(1), pt, np.int64(704), tmp, _G2, 0.1111111111111111)
-        _conv_diag(pt, np.int64(640), np.int64(1), pt, np.int64(768), tmp, _G2, 0.1111111111111111)
-        _local1(x, pt, w, rb, params, np.int64(0), np.int64(64), np.int64(704), np.int64(768), np.int64(832), np.int64(1347), np.int64(1411), np.int64(896), np.int64(960), np.int64(1024))
-        _input_full(x, x, w, np.int64(0), 1.0)
+        _input_diag(x, x, pt, _i64(0), 1.0)
+        _conv_diag(pt, _i64(0), _i64(1), pt, _i64(64), tmp, _G0, 0.1111111111111111)
+        _local0(x, pt, w, rb, params, _i64(0), _i64(64), _i64(64), _i64(128), _i64(1091), _i64(1155), _i64(192), _i64(256))
+        _conv_diag(pt, _i64(192), _i64(1), pt, _i64(320), tmp, _G1, 0.1111111111111111)
+        _conv_diag(pt, _i64(256), _i64(1), pt, _i64(384), tmp, _G1, 0.1111111111111111)
+        _local1(x, pt, w, rb, params, _i64(0), _i64(64), _i64(320), _i64(384), _i64(448), _i64(1219), _i64(1283), _i64(512), _i64(576), _i64(640))
+        _conv_diag(pt, _i64(576), _i64(1), pt, _i64(704), tmp, _G2, 0.1111111111111111)
+        _conv_diag(pt, _i64(640), _i64(1), pt, _i64(768), tmp, _G2, 0.1111111111111111)
+        _local1(x, pt, w, rb, params, _i64(0), _i64(64), _i64(704), _i64(768), _i64(832), _i64(1347), _i64(1411), _i64(896), _i64(960), _i64(1024))
+        _input_full(x, x, w, _i64(0), 1.0)
         for _c in range(1):
             for _r in range(8):
-                _conv_full_rows(w, np.int64(0), rb, np.int64(0 - (_r * 8 + _c * 8) * 64), tmp, _G0, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
-                _local2(x, pt, w, rb, params, np.int64(_r * 8 + _c * 8), np.int64(_r * 8 + min(_c * 8 + 8, 8)), np.int64(0 - (_r * 8 + _c * 8) * 64), np.int64(1091), np.int64(1091), np.int64(4096), np.int64(1155), np.int64(1155), np.int64(8192))
+                _conv_full_rows(w, _i64(0), rb, _i64(0 - (_r * 8 + _c * 8) * 64), tmp, _G0, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
+                _local2(x, pt, w, rb, params, _i64(_r * 8 + _c * 8), _i64(_r * 8 + min(_c * 8 + 8, 8)), _i64(0 - (_r * 8 + _c * 8) * 64), _i64(1091), _i64(1091), _i64(4096), _i64(1155), _i64(1155), _i64(8192))
                 for i in range(_r * 8 + _c * 8, _r * 8 + min(_c * 8 + 8, 8)):
                     w[4096 + i * 64 + i] = pt[192 + i]
                 for i in range(_r * 8 + _c * 8, _r * 8 + min(_c * 8 + 8, 8)):
                     w[8192 + i * 64 + i] = pt[256 + i]
         for _c in range(1):
             for _r in range(8):
-                _conv_full_rows(w, np.int64(4096), rb, np.int64(0 - (_r * 8 + _c * 8) * 64), tmp, _G1, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
-                _conv_full_rows(w, np.int64(8192), rb, np.int64(512 - (_r * 8 + _c * 8) * 64), tmp, _G1, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
-                _local3(x, pt, w, rb, params, np.int64(_r * 8 + _c * 8), np.int64(_r * 8 + min(_c * 8 + 8, 8)), np.int64(0 - (_r * 8 + _c * 8) * 64), np.int64(512 - (_r * 8 + _c * 8) * 64), np.int64(1219), np.int64(1219), np.int64(0), np.int64(1283), np.int64(1283), np.int64(12288))
+                _conv_full_rows(w, _i64(4096), rb, _i64(0 - (_r * 8 + _c * 8) * 64), tmp, _G1, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
+                _conv_full_rows(w, _i64(8192), rb, _i64(512 - (_r * 8 + _c * 8) * 64), tmp, _G1, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
+                _local3(x, pt, w, rb, params, _i64(_r * 8 + _c * 8), _i64(_r * 8 + min(_c * 8 + 8, 8)), _i64(0 - (_r * 8 + _c * 8) * 64), _i64(512 - (_r * 8 + _c * 8) * 64), _i64(1219), _i64(1219), _i64(0), _i64(1283), _i64(1283), _i64(12288))
                 for i in range(_r * 8 + _c * 8, _r * 8 + min(_c * 8 + 8, 8)):
                     w[0 + i * 64 + i] = pt[576 + i]
                 for i in range(_r * 8 + _c * 8, _r * 8 + min(_c * 8 + 8, 8)):
                     w[12288 + i * 64 + i] = pt[640 + i]
         for _c in range(1):
             for _r in range(8):
-                _conv_full_rows(w, np.int64(0), rb, np.int64(0 - (_r * 8 + _c * 8) * 64), tmp, _G2, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
-                _conv_full_rows(w, np.int64(12288), rb, np.int64(512 - (_r * 8 + _c * 8) * 64), tmp, _G2, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
-                _local3(x, pt, w, rb, params, np.int64(_r * 8 + _c * 8), np.int64(_r * 8 + min(_c * 8 + 8, 8)), np.int64(0 - (_r * 8 + _c * 8) * 64), np.int64(512 - (_r * 8 + _c * 8) * 64), np.int64(1347), np.int64(1347), np.int64(4096), np.int64(1411), np.int64(1411), np.int64(8192))
+                _conv_full_rows(w, _i64(0), rb, _i64(0 - (_r * 8 + _c * 8) * 64), tmp, _G2, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
+                _conv_full_rows(w, _i64(12288), rb, _i64(512 - (_r * 8 + _c * 8) * 64), tmp, _G2, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
+                _local3(x, pt, w, rb, params, _i64(_r * 8 + _c * 8), _i64(_r * 8 + min(_c * 8 + 8, 8)), _i64(0 - (_r * 8 + _c * 8) * 64), _i64(512 - (_r * 8 + _c * 8) * 64), _i64(1347), _i64(1347), _i64(4096), _i64(1411), _i64(1411), _i64(8192))
                 for i in range(_r * 8 + _c * 8, _r * 8 + min(_c * 8 + 8, 8)):
                     w[4096 + i * 64 + i] = pt[960 + i]
                 for i in range(_r * 8 + _c * 8, _r * 8 + min(_c * 8 + 8, 8)):
                     w[8192 + i * 64 + i] = pt[1024 + i]
-        pt[1088] = _sum(w, np.int64(4096), np.int64(4096), np.int64(1)) * 0.000244140625
-        pt[1089] = _sum(w, np.int64(8192), np.int64(4096), np.int64(1)) * 0.000244140625
+        pt[1088] = _sum(w, _i64(4096), _i64(4096), _i64(1)) * 0.000244140625
+        pt[1089] = _sum(w, _i64(8192), _i64(4096), _i64(1)) * 0.000244140625
         pt[1090] = pt[1088] + pt[1089]
         pt[1475] = pt[1088]
         pt[1476] = pt[1090]
@@ -702,23 +706,23 @@ def _pair_rows(X1, X2, P1, P2, params, K, T, symmetric, rows):
     for _a in rows:
         for _b in range(_a if symmetric else 0, X2.shape[0]):
             x1, x2, pt1, pt2 = X1[_a], X2[_b], P1[_a], P2[_b]
-            _input_full(x1, x2, s, np.int64(0), 1.0)
+            _input_full(x1, x2, s, _i64(0), 1.0)
             for _c in range(1):
                 for _r in range(8):
-                    _conv_full_rows(s, np.int64(0), rb, np.int64(0 - (_r * 8 + _c * 8) * 64), tmp, _G0, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
-                    _local4(x1, x2, pt1, pt2, s, rb, params, np.int64(_r * 8 + _c * 8), np.int64(_r * 8 + min(_c * 8 + 8, 8)), np.int64(0 - (_r * 8 + _c * 8) * 64), np.int64(1091), np.int64(1091), np.int64(4096), np.int64(1155), np.int64(1155), np.int64(8192))
+                    _conv_full_rows(s, _i64(0), rb, _i64(0 - (_r * 8 + _c * 8) * 64), tmp, _G0, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
+                    _local4(x1, x2, pt1, pt2, s, rb, params, _i64(_r * 8 + _c * 8), _i64(_r * 8 + min(_c * 8 + 8, 8)), _i64(0 - (_r * 8 + _c * 8) * 64), _i64(1091), _i64(1091), _i64(4096), _i64(1155), _i64(1155), _i64(8192))
             for _c in range(1):
                 for _r in range(8):
-                    _conv_full_rows(s, np.int64(4096), rb, np.int64(0 - (_r * 8 + _c * 8) * 64), tmp, _G1, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
-                    _conv_full_rows(s, np.int64(8192), rb, np.int64(512 - (_r * 8 + _c * 8) * 64), tmp, _G1, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
-                    _local5(x1, x2, pt1, pt2, s, rb, params, np.int64(_r * 8 + _c * 8), np.int64(_r * 8 + min(_c * 8 + 8, 8)), np.int64(0 - (_r * 8 + _c * 8) * 64), np.int64(512 - (_r * 8 + _c * 8) * 64), np.int64(1219), np.int64(1219), np.int64(0), np.int64(1283), np.int64(1283), np.int64(12288))
+                    _conv_full_rows(s, _i64(4096), rb, _i64(0 - (_r * 8 + _c * 8) * 64), tmp, _G1, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
+                    _conv_full_rows(s, _i64(8192), rb, _i64(512 - (_r * 8 + _c * 8) * 64), tmp, _G1, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
+                    _local5(x1, x2, pt1, pt2, s, rb, params, _i64(_r * 8 + _c * 8), _i64(_r * 8 + min(_c * 8 + 8, 8)), _i64(0 - (_r * 8 + _c * 8) * 64), _i64(512 - (_r * 8 + _c * 8) * 64), _i64(1219), _i64(1219), _i64(0), _i64(1283), _i64(1283), _i64(12288))
             for _c in range(1):
                 for _r in range(8):
-                    _conv_full_rows(s, np.int64(0), rb, np.int64(0 - (_r * 8 + _c * 8) * 64), tmp, _G2, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
-                    _conv_full_rows(s, np.int64(12288), rb, np.int64(512 - (_r * 8 + _c * 8) * 64), tmp, _G2, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
-                    _local5(x1, x2, pt1, pt2, s, rb, params, np.int64(_r * 8 + _c * 8), np.int64(_r * 8 + min(_c * 8 + 8, 8)), np.int64(0 - (_r * 8 + _c * 8) * 64), np.int64(512 - (_r * 8 + _c * 8) * 64), np.int64(1347), np.int64(1347), np.int64(4096), np.int64(1411), np.int64(1411), np.int64(8192))
-            S12K_8_p = _sum(s, np.int64(4096), np.int64(4096), np.int64(1)) * 0.000244140625
-            S12T_11_p = _sum(s, np.int64(8192), np.int64(4096), np.int64(1)) * 0.000244140625
+                    _conv_full_rows(s, _i64(0), rb, _i64(0 - (_r * 8 + _c * 8) * 64), tmp, _G2, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
+                    _conv_full_rows(s, _i64(12288), rb, _i64(512 - (_r * 8 + _c * 8) * 64), tmp, _G2, _r, _c * 8, min(_c * 8 + 8, 8), 0.1111111111111111)
+                    _local5(x1, x2, pt1, pt2, s, rb, params, _i64(_r * 8 + _c * 8), _i64(_r * 8 + min(_c * 8 + 8, 8)), _i64(0 - (_r * 8 + _c * 8) * 64), _i64(512 - (_r * 8 + _c * 8) * 64), _i64(1347), _i64(1347), _i64(4096), _i64(1411), _i64(1411), _i64(8192))
+            S12K_8_p = _sum(s, _i64(4096), _i64(4096), _i64(1)) * 0.000244140625
+            S12T_11_p = _sum(s, _i64(8192), _i64(4096), _i64(1)) * 0.000244140625
             T_8_y = S12K_8_p + S12T_11_p
             K[_a, _b] = S12K_8_p
             T[_a, _b] = T_8_y
@@ -1205,7 +1209,7 @@ def _cuda():
                     s[0 + _e] = _acc * 1.0
                 cuda.syncthreads()
                 for _e in range(_t, 4096, _nt):
-                    s[4096 + _e] = _conv_entry_cuda(s, 0, _G0, _e // 64, _e - (_e // 64) * 64) * 0.1111111111111111
+                    s[4096 + _e] = _conv_entry_cuda(s, _i64(0), _G0, _e // 64, _e - (_e // 64) * 64) * 0.1111111111111111
                 cuda.syncthreads()
                 for _e in range(_t, 4096, _nt):
                     i = _e // 64
@@ -1218,9 +1222,9 @@ def _cuda():
                     s[12288 + i * 64 + j] = t3
                 cuda.syncthreads()
                 for _e in range(_t, 4096, _nt):
-                    s[0 + _e] = _conv_entry_cuda(s, 8192, _G1, _e // 64, _e - (_e // 64) * 64) * 0.1111111111111111
+                    s[0 + _e] = _conv_entry_cuda(s, _i64(8192), _G1, _e // 64, _e - (_e // 64) * 64) * 0.1111111111111111
                 for _e in range(_t, 4096, _nt):
-                    s[4096 + _e] = _conv_entry_cuda(s, 12288, _G1, _e // 64, _e - (_e // 64) * 64) * 0.1111111111111111
+                    s[4096 + _e] = _conv_entry_cuda(s, _i64(12288), _G1, _e // 64, _e - (_e // 64) * 64) * 0.1111111111111111
                 cuda.syncthreads()
                 for _e in range(_t, 4096, _nt):
                     i = _e // 64
@@ -1234,9 +1238,9 @@ def _cuda():
                     s[20480 + i * 64 + j] = t1*t4
                 cuda.syncthreads()
                 for _e in range(_t, 4096, _nt):
-                    s[0 + _e] = _conv_entry_cuda(s, 16384, _G2, _e // 64, _e - (_e // 64) * 64) * 0.1111111111111111
+                    s[0 + _e] = _conv_entry_cuda(s, _i64(16384), _G2, _e // 64, _e - (_e // 64) * 64) * 0.1111111111111111
                 for _e in range(_t, 4096, _nt):
-                    s[4096 + _e] = _conv_entry_cuda(s, 20480, _G2, _e // 64, _e - (_e // 64) * 64) * 0.1111111111111111
+                    s[4096 + _e] = _conv_entry_cuda(s, _i64(20480), _G2, _e // 64, _e - (_e // 64) * 64) * 0.1111111111111111
                 cuda.syncthreads()
                 for _e in range(_t, 4096, _nt):
                     i = _e // 64

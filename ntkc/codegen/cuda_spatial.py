@@ -208,11 +208,13 @@ class CudaSpatialWriter:
             n = pout
         if st.op == "conv" and out.storage == DIAG:
             step = src_slot.cols + 1 if src_slot.storage == FULL else 1
-            value = f"_conv_diag_entry_cuda(s, {src_slot.offset}, {step}, {geometry}, _e)"
+            # _i64: one compiled device function for every offset (ntkc.codegen.stencil_kernels)
+            value = (f"_conv_diag_entry_cuda(s, _i64({src_slot.offset}), _i64({step}), "
+                     f"{geometry}, _e)")
         elif st.op == "conv":
-            value = f"_conv_entry_cuda(s, {src_slot.offset}, {geometry}, {o1}, {o2})"
+            value = f"_conv_entry_cuda(s, _i64({src_slot.offset}), {geometry}, {o1}, {o2})"
         else:  # pool
-            value = f"_pool_entry_cuda(s, {src_slot.offset}, {geometry}, {o1}, {o2})"
+            value = f"_pool_entry_cuda(s, _i64({src_slot.offset}), {geometry}, {o1}, {o2})"
         return [self._entries(n, ind), f"{ind}    s[{out.offset} + _e] = {value} * {scale}"]
 
     def kernel(self) -> list[str]:

@@ -23,10 +23,11 @@ from ..structure import DIAG, FULL, SCALAR, analyse
 from .emit import TARGETS
 from .fast_acos import ACOS_SOURCE
 from .hoist import hoist_roots
-from .printers import ArrayPrinter, CpuPrinter, cse_block
+from .printers import CpuPrinter, cse_block
 from .spatial_driver import SPATIAL_DRIVER, module_head
+from .spatial_numpy import NumpyPhases
 from .spatial_plan import Group, Slot, StageKind, allocate, groups, schedule, stages
-from .spatial_stages import NUMPY_STENCILS, nb_conv, nb_elem, nb_stencil, np_stencil, np_value
+from .spatial_stages import NUMPY_STENCILS, OutlinedArgs, nb_conv, nb_elem, nb_stencil
 
 # The compiled stencils: the text of ntkc/codegen/stencil_kernels.py below its marker.
 _MARKER = "# --- module text below: pasted into the generated modules"
@@ -34,7 +35,7 @@ _KERNELS = Path(__file__).with_name("stencil_kernels.py").read_text(encoding="ut
 STENCIL_SOURCE = _KERNELS[_KERNELS.index(_MARKER):].split("\n", 1)[1]
 
 
-class SpatialWriter:
+class SpatialWriter(NumpyPhases):
     def __init__(self, rec: Recursion, target: str = "cpu"):
         if target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
@@ -133,27 +134,6 @@ class SpatialWriter:
         at = self._ref_at(sym, phase, loop, pair_slots)
         return at if isinstance(at, str) else nb_elem(at[1], at[0], at[2], at[3])
 
-    def _ref_np(self, sym, phase: str, loop: str) -> str:
-        if sym in self.params:
-            return self.params[sym]
-        full = loop == FULL
-        if phase == "pair" and sym in self.sslots:
-            return np_value(self.sslots[sym], self.rec.code_names[sym], loop)
-        if sym in self.pslots:
-            slot = self.pslots[sym]
-            if phase == "point":
-                if slot.storage == FULL:
-                    return self.rec.code_names[sym]
-                v = _np_slice("pt", ":", slot)
-                return f"{v}[:, :, None]" if full else v
-            v = _np_slice("P1", "a", slot)
-            return f"{v}[:, None]" if full else v
-        twin = self.twin_of.get(sym) or self.twin3_of.get(sym)
-        slot = self.pslots[twin]
-        v = _np_slice("P2" if sym in self.twin_of else "pt", ":", slot)
-        return f"{v}[:, None, :]" if full else v
-
-    # -- phases -----------------------------------------------------------------------------
     def _local_exprs(self, run) -> tuple[list, list]:
         """(targets, expressions) of a fused loop: the run's assignments, then the
         per-input roots of any of them (computed in the same loop, entry by entry)."""
@@ -269,7 +249,7 @@ class SpatialWriter:
                 ["", "@numba.njit(cache=True, error_model=\"numpy\")",
                  f"def {name}({arrays}, params, _i0, _i1, {', '.join(args.names)}):",
                  *head, *body, ""])
-        values = [f"np.int64({off})" for off in (first, stop, *args.offsets)]
+        values = [f"_i64({off})" for off in (first, stop, *args.offsets)]
         return [f"{indent}{name}({arrays}, params, {', '.join(values)})"]
 
     def _nb_source(self, sym, phase: str):
@@ -354,90 +334,6 @@ class SpatialWriter:
                 "            x1, x2, pt1, pt2 = X1[_a], X2[_b], P1[_a], P2[_b]",
                 *("        " + ln for ln in body), ""]
 
-    def numpy_point(self) -> list[str]:
-        src = ["def _point_numpy(X, params):",
-               f"    pt = numpy.zeros((X.shape[0], {self.n_point}))", "    x = X"]
-        src += self._np_phase(self.rec.point, "point")
-        for k, key in ((2, "nngp_diag"), (1, "ntk_diag")):
-            e = self.rec.outputs[key]
-            names = {s: self._ref_np(s, "point", SCALAR) for s in e.free_symbols}
-            src.append(f"    pt[:, {self.n_point - k}] = {ArrayPrinter(names, {}).doprint(e)}")
-        return src + ["    return pt", ""]
-
-    def numpy_pair(self) -> list[str]:
-        src = ["def _pairs_numpy(X1, X2, P1, P2, params):",
-               "    nngp = numpy.empty((X1.shape[0], X2.shape[0]))",
-               "    ntk = numpy.empty_like(nngp)",
-               "    for a in range(X1.shape[0]):",
-               "        x1, x2 = numpy.broadcast_to(X1[a], X2.shape), X2"]
-        src += ["    " + ln for ln in self._np_phase(self.rec.pair, "pair")]
-        for key, target in (("nngp", "nngp"), ("ntk", "ntk")):
-            e = self.rec.outputs[key]
-            names = {s: self._ref_np(s, "pair", SCALAR) for s in e.free_symbols}
-            src.append(f"        {target}[a] = {ArrayPrinter(names, {}).doprint(e)}")
-        return src + ["    return nngp, ntk", ""]
-
-    def _np_phase(self, assignments, phase: str) -> list[str]:
-        src = []
-        slots = self.sslots if phase == "pair" else self.pslots
-        for stage in (st for g in self.plans[phase] for st in g.stages):
-            run = stage.run
-            if stage.kind is StageKind.LOCAL:
-                src += self._np_local(run, phase, slots)
-                continue
-            for a in run:
-                st = a.stencil
-                s = None
-                if st.source is not None:
-                    view = DIAG if st.op == "flatten" or (
-                        st.op == "conv" and slots[a.symbol].storage == DIAG) else FULL
-                    s = self._ref_np(st.source, phase, view) if not (
-                        phase == "point" and self.pslots[st.source].storage == FULL) else \
-                        self.rec.code_names[st.source]
-                    if phase == "point" and st.source in self.pslots and view == DIAG:
-                        s = _np_slice("pt", ":", self.pslots[st.source])
-                x = ("x1", "x2") if phase == "pair" else ("x", "x")
-                e = np_stencil(a, s, slots[a.symbol], self.taps.get(id(st.window), ""), x,
-                               repr(float(st.scale)))
-                src.append(f"    {self._np_target(a.symbol, phase)} = {e}")
-            targets, exprs = self._stencil_roots(run)
-            if targets:
-                src += self._np_loop(targets, exprs, self.structure[run[0].symbol], phase)
-        return src
-
-    def _np_loop(self, targets, exprs, loop: str, phase: str, spatial=None) -> list[str]:
-        names = {s: self._ref_np(s, phase, loop) for e in exprs for s in e.free_symbols}
-        src, outs = cse_block(exprs, ArrayPrinter(names, {}), "    ")
-        if spatial is not None and loop != SCALAR:
-            # a constant array (layer_norm's variance, φ of a zero line) is an array all
-            # the same: the stencils below read it with its batch and position axes
-            batch = "x2.shape[0]" if phase == "pair" else "x.shape[0]"
-            shape = f"({batch}, {spatial[0]}" + (f", {spatial[1]})" if loop == FULL else ")")
-            outs = [f"numpy.full({shape}, {o})" if e.is_Number else o
-                    for e, o in zip(exprs, outs)]
-        return src + [f"    {self._np_target(t, phase)} = {o}" for t, o in zip(targets, outs)]
-
-    def _np_local(self, run, phase: str, slots) -> list[str]:
-        loop = self.structure[run[0].symbol]
-        targets, exprs = self._local_exprs(run)
-        src = self._np_loop(targets, exprs, loop, phase, run[0].spatial)
-        for a in run:
-            if phase == "point" and a.diag is not None and loop == FULL:
-                name = self.rec.code_names[a.symbol]
-                d = ArrayPrinter({v: self._ref_np(v, "point", DIAG)
-                                  for v in a.diag.free_symbols}, {}).doprint(a.diag)
-                src.append(f"    {name} = {name} + numpy.zeros((x.shape[0], "
-                           f"{a.spatial[0]}, {a.spatial[1]}))")
-                src.append(f"    {name}[:, numpy.arange({a.spatial[0]}), "
-                           f"numpy.arange({a.spatial[0]})] = {d}")
-        return src
-
-    def _np_target(self, symbol, phase: str) -> str:
-        slot = (self.sslots if phase == "pair" else self.pslots).get(symbol)
-        if phase == "point" and slot is not None and slot.storage != FULL:
-            return _np_slice("pt", ":", slot)
-        return self.rec.code_names[symbol]
-
     def module(self, spec_name: str, spec_text: str, options: dict) -> str:
         code = [self.numba_point()] + ([self.numba_pair()] if "cpu" in self.targets else [])
         cuda = ""
@@ -462,50 +358,6 @@ class SpatialWriter:
         return "\n".join("\n".join(p) for p in parts) + "\n" + SPATIAL_DRIVER + cuda
 
 
-class OutlinedArgs:
-    """The offset arguments of an outlined loop and the array views it reads through.
-
-    An element is read through a view of its row (full arrays, per i) or of the diagonal
-    (before the loops), indexed by counters that start at 0 (_k, j): numba then knows the
-    index is non-negative and drops its negative-index wraparound, which otherwise turns
-    every access into a gather and keeps LLVM from vectorising the loop (12× on the conv
-    rows, 4× on a diagonal relu loop, measured)."""
-
-    def __init__(self, first: str) -> None:
-        self.first = first  # the loop's first row: the block buffer holds rows from it on
-        self.refs: dict[tuple, str] = {}
-        self.names: list[str] = []
-        self.offsets: list[str] = []
-        self.before: list[str] = []
-        self.per_row: list[str] = []
-
-    def ref(self, array: str, slot: Slot, i: str, j: str, loop: str) -> str:
-        key = (array, slot.offset, slot.storage, i, j)
-        if key in self.refs:
-            return self.refs[key]
-        k = len(self.names)
-        name, view = f"_o{k}", f"_v{k}"
-        self.names.append(name)
-        if array == "rb":  # row i of the block at rb[offset + (i - first)·cols]
-            self.offsets.append(f"{slot.offset} - ({self.first}) * {slot.cols}")
-        else:
-            self.offsets.append(str(slot.offset))
-        if slot.storage == DIAG and i == "i":  # the loop's rows, from _i0: index _k ≥ 0
-            self.before.append(f"    {view} = {array}[{name} + _i0:{name} + _i1]")
-            ref = f"{view}[_k]"
-        elif slot.storage == DIAG:  # indexed by the column j
-            self.before.append(f"    {view} = {array}[{name}:{name} + {slot.rows}]")
-            ref = f"{view}[{i}]"
-        elif slot.storage == FULL and (i, j) == ("i", "j") and loop == FULL:
-            row = f"{name} + i * {slot.cols}"
-            self.per_row.append(f"        {view} = {array}[{row}:{row} + {slot.cols}]")
-            ref = f"{view}[j]"
-        else:  # a scalar, or the diagonal of a full array
-            ref = nb_elem(slot, array, i, j, name)
-        self.refs[key] = ref
-        return ref
-
-
 def _block_width(w) -> tuple[int, int]:
     """(wout, output columns per block) of a full conv: the block's source rows of one
     array (fh image rows, its columns only) within 2¹⁶ entries (512 kB float64), so
@@ -521,12 +373,6 @@ def _tmp_size(w) -> int:
     a pool row (P_in), or a diagonal conv's image, its sums along x and a mask (3·P_in)."""
     hin, win, hout = w.geometry[:3]
     return max(win * hout * win, 3 * hin * win)
-
-
-def _np_slice(array: str, row: str, slot) -> str:
-    if slot.storage == SCALAR:
-        return f"{array}[{row}, {slot.offset}]"
-    return f"{array}[{row}, {slot.offset}:{slot.offset + slot.rows}]"
 
 
 __all__ = ["SpatialWriter"]

@@ -9,7 +9,7 @@ axis reads input ``o·s + t - lo``; zero padding where that falls outside, or th
 position modulo n when ``circular``. So a module's size and numba's compile time
 do not grow with the image, and every conv of a network shares one compiled
 function: the geometry and the offsets are runtime arguments, typed int64 arrays and
-np.int64 (numba compiles a new version for each distinct literal argument).
+int64 (``_i64``: numba compiles a new version for each distinct literal argument).
 
 𝒜 (conv: the same tap offset on both sides) of a full P×P array is separable: the
 taps of a 2-D window are pairs (ty, tx) and a tap is valid when both are, so
@@ -29,6 +29,10 @@ import numba
 import numpy as np
 
 # --- module text below: pasted into the generated modules -----------------------------
+
+# Offsets and counts are passed as _i64(n): numba compiles a new version of a function
+# for each distinct literal int argument, and once for int64.
+_i64 = np.int64
 
 
 def _tap(o, t, n, s, lo, circular):

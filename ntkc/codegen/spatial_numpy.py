@@ -1,0 +1,125 @@
+"""The numpy reference backend of a convolutional module: the same recursion, whole
+arrays with a leading batch axis, the stencils through tap tables (ntkc.codegen.
+spatial_stages.NUMPY_STENCILS). A mixin of ntkc.codegen.emit_spatial.SpatialWriter, whose
+plan, slots and formulas it prints."""
+
+from __future__ import annotations
+
+from ..structure import DIAG, FULL, SCALAR
+from .printers import ArrayPrinter, cse_block
+from .spatial_plan import StageKind
+from .spatial_stages import np_stencil, np_value
+
+
+class NumpyPhases:
+    def _ref_np(self, sym, phase: str, loop: str) -> str:
+        if sym in self.params:
+            return self.params[sym]
+        full = loop == FULL
+        if phase == "pair" and sym in self.sslots:
+            return np_value(self.sslots[sym], self.rec.code_names[sym], loop)
+        if sym in self.pslots:
+            slot = self.pslots[sym]
+            if phase == "point":
+                if slot.storage == FULL:
+                    return self.rec.code_names[sym]
+                v = _np_slice("pt", ":", slot)
+                return f"{v}[:, :, None]" if full else v
+            v = _np_slice("P1", "a", slot)
+            return f"{v}[:, None]" if full else v
+        twin = self.twin_of.get(sym) or self.twin3_of.get(sym)
+        slot = self.pslots[twin]
+        v = _np_slice("P2" if sym in self.twin_of else "pt", ":", slot)
+        return f"{v}[:, None, :]" if full else v
+
+    # -- phases -----------------------------------------------------------------------------
+    def numpy_point(self) -> list[str]:
+        src = ["def _point_numpy(X, params):",
+               f"    pt = numpy.zeros((X.shape[0], {self.n_point}))", "    x = X"]
+        src += self._np_phase(self.rec.point, "point")
+        for k, key in ((2, "nngp_diag"), (1, "ntk_diag")):
+            e = self.rec.outputs[key]
+            names = {s: self._ref_np(s, "point", SCALAR) for s in e.free_symbols}
+            src.append(f"    pt[:, {self.n_point - k}] = {ArrayPrinter(names, {}).doprint(e)}")
+        return src + ["    return pt", ""]
+
+    def numpy_pair(self) -> list[str]:
+        src = ["def _pairs_numpy(X1, X2, P1, P2, params):",
+               "    nngp = numpy.empty((X1.shape[0], X2.shape[0]))",
+               "    ntk = numpy.empty_like(nngp)",
+               "    for a in range(X1.shape[0]):",
+               "        x1, x2 = numpy.broadcast_to(X1[a], X2.shape), X2"]
+        src += ["    " + ln for ln in self._np_phase(self.rec.pair, "pair")]
+        for key, target in (("nngp", "nngp"), ("ntk", "ntk")):
+            e = self.rec.outputs[key]
+            names = {s: self._ref_np(s, "pair", SCALAR) for s in e.free_symbols}
+            src.append(f"        {target}[a] = {ArrayPrinter(names, {}).doprint(e)}")
+        return src + ["    return nngp, ntk", ""]
+
+    def _np_phase(self, assignments, phase: str) -> list[str]:
+        src = []
+        slots = self.sslots if phase == "pair" else self.pslots
+        for stage in (st for g in self.plans[phase] for st in g.stages):
+            run = stage.run
+            if stage.kind is StageKind.LOCAL:
+                src += self._np_local(run, phase, slots)
+                continue
+            for a in run:
+                st = a.stencil
+                s = None
+                if st.source is not None:
+                    view = DIAG if st.op == "flatten" or (
+                        st.op == "conv" and slots[a.symbol].storage == DIAG) else FULL
+                    s = self._ref_np(st.source, phase, view) if not (
+                        phase == "point" and self.pslots[st.source].storage == FULL) else \
+                        self.rec.code_names[st.source]
+                    if phase == "point" and st.source in self.pslots and view == DIAG:
+                        s = _np_slice("pt", ":", self.pslots[st.source])
+                x = ("x1", "x2") if phase == "pair" else ("x", "x")
+                e = np_stencil(a, s, slots[a.symbol], self.taps.get(id(st.window), ""), x,
+                               repr(float(st.scale)))
+                src.append(f"    {self._np_target(a.symbol, phase)} = {e}")
+            targets, exprs = self._stencil_roots(run)
+            if targets:
+                src += self._np_loop(targets, exprs, self.structure[run[0].symbol], phase)
+        return src
+
+    def _np_loop(self, targets, exprs, loop: str, phase: str, spatial=None) -> list[str]:
+        names = {s: self._ref_np(s, phase, loop) for e in exprs for s in e.free_symbols}
+        src, outs = cse_block(exprs, ArrayPrinter(names, {}), "    ")
+        if spatial is not None and loop != SCALAR:
+            # a constant array (layer_norm's variance, φ of a zero line) is an array all
+            # the same: the stencils below read it with its batch and position axes
+            batch = "x2.shape[0]" if phase == "pair" else "x.shape[0]"
+            shape = f"({batch}, {spatial[0]}" + (f", {spatial[1]})" if loop == FULL else ")")
+            outs = [f"numpy.full({shape}, {o})" if e.is_Number else o
+                    for e, o in zip(exprs, outs)]
+        return src + [f"    {self._np_target(t, phase)} = {o}" for t, o in zip(targets, outs)]
+
+    def _np_local(self, run, phase: str, slots) -> list[str]:
+        loop = self.structure[run[0].symbol]
+        targets, exprs = self._local_exprs(run)
+        src = self._np_loop(targets, exprs, loop, phase, run[0].spatial)
+        for a in run:
+            if phase == "point" and a.diag is not None and loop == FULL:
+                name = self.rec.code_names[a.symbol]
+                d = ArrayPrinter({v: self._ref_np(v, "point", DIAG)
+                                  for v in a.diag.free_symbols}, {}).doprint(a.diag)
+                src.append(f"    {name} = {name} + numpy.zeros((x.shape[0], "
+                           f"{a.spatial[0]}, {a.spatial[1]}))")
+                src.append(f"    {name}[:, numpy.arange({a.spatial[0]}), "
+                           f"numpy.arange({a.spatial[0]})] = {d}")
+        return src
+
+    def _np_target(self, symbol, phase: str) -> str:
+        slot = (self.sslots if phase == "pair" else self.pslots).get(symbol)
+        if phase == "point" and slot is not None and slot.storage != FULL:
+            return _np_slice("pt", ":", slot)
+        return self.rec.code_names[symbol]
+
+
+def _np_slice(array: str, row: str, slot) -> str:
+    if slot.storage == SCALAR:
+        return f"{array}[{row}, {slot.offset}]"
+    return f"{array}[{row}, {slot.offset}:{slot.offset + slot.rows}]"
+
