@@ -311,6 +311,31 @@ def _check_inputs(name, x):
     return x
 
 
+def _kernel_arguments(x1, x2, get, backend, device):
+    """kernel()'s arguments checked: (names, device, x1, x2, symmetric, dtype)."""
+    names = (get,) if isinstance(get, str) else tuple(get)
+    if not names or any(g not in ("nngp", "ntk") for g in names):
+        raise ValueError(f"get must be 'nngp', 'ntk' or a tuple of them, got {get!r}")
+    if backend not in ("numba", "numpy"):
+        raise ValueError(f"backend must be 'numba' or 'numpy', got {backend!r}")
+    if device is None:
+        device = "cpu" if backend == "numpy" else TARGETS[0]
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if backend == "numpy" and device != "cpu":
+        raise ValueError("backend='numpy' is the CPU reference: use device='cpu' with it")
+    if backend == "numba" and device not in TARGETS:
+        raise ValueError(
+            f"this module was compiled without the {device} target (TARGETS = {TARGETS}): "
+            f"recompile it with `ntkc compile --target all` (or --target {device})")
+    x1 = _check_inputs("x1", x1)
+    symmetric = x2 is None or x2 is x1
+    x2 = x1 if symmetric else _check_inputs("x2", x2)
+    both32 = x1.dtype == np.float32 and x2.dtype == np.float32
+    dtype = np.float32 if both32 else np.float64
+    return names, device, x1, x2, symmetric, dtype
+
+
 def param_vector(params=None):
     """The params as the kernels' runtime argument: defaults, overridden by ``params``
     (finite real numbers, by name)."""
@@ -382,26 +407,7 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
     default: from the free device memory.
     float32 inputs give float32 Gram matrices; anything else float64.
     """
-    names = (get,) if isinstance(get, str) else tuple(get)
-    if not names or any(g not in ("nngp", "ntk") for g in names):
-        raise ValueError(f"get must be 'nngp', 'ntk' or a tuple of them, got {get!r}")
-    if backend not in ("numba", "numpy"):
-        raise ValueError(f"backend must be 'numba' or 'numpy', got {backend!r}")
-    if device is None:
-        device = "cpu" if backend == "numpy" else TARGETS[0]
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if backend == "numpy" and device != "cpu":
-        raise ValueError("backend='numpy' is the CPU reference: use device='cpu' with it")
-    if backend == "numba" and device not in TARGETS:
-        raise ValueError(
-            f"this module was compiled without the {device} target (TARGETS = {TARGETS}): "
-            f"recompile it with `ntkc compile --target all` (or --target {device})")
-    x1 = _check_inputs("x1", x1)
-    symmetric = x2 is None or x2 is x1
-    x2 = x1 if symmetric else _check_inputs("x2", x2)
-    both32 = x1.dtype == np.float32 and x2.dtype == np.float32
-    dtype = np.float32 if both32 else np.float64
+    names, device, x1, x2, symmetric, dtype = _kernel_arguments(x1, x2, get, backend, device)
     a = x1.reshape(x1.shape[0], -1).astype(dtype, copy=False)
     b = a if symmetric else x2.reshape(x2.shape[0], -1).astype(dtype, copy=False)
     want_ntk = "ntk" in names
