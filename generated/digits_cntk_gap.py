@@ -54,7 +54,7 @@ TARGETS = ('cpu', 'cuda')  # devices with kernels here; the first is the default
 N_POINT = 1477
 DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)
 N_SCRATCH = 16384  # scratch entries of one pair (float32 or float64)
-N_TMP = 512  # entries of the stencils' row buffer
+N_TMP = 704  # entries of the stencils' row buffer
 N_RB = 1024  # entries of one pair's block buffer (conv outputs, a block of rows)
 N_SCRATCH_CUDA = 24576  # scratch entries of one pair on the GPU
 N_W = 16384  # float64 scratch entries of one input's point phase
@@ -195,14 +195,16 @@ def _conv_full_rows(src, so, dst, do, tmp, g, oy, xlo, xhi, scale):
     # stride 1, same width: output row (o2y, o2x) reads buffer entry (o2y, o2x + c), one
     # long loop per tap, masked where o2x + c leaves the row (zero padding)
     flat = sw == 1 and not circular and wout == win
+    # the masks, one row of pout per tap, after the y-pass buffer (its largest extent)
+    mb = win * hout * win
     if flat:
-        mask = np.empty((fw, pout), tmp.dtype)
         for tx in range(fw):
             lo, hi = _tap_range_nb(win, wout, 1, tx - low)
+            mask = tmp[mb + tx * pout:mb + tx * pout + pout]
             for o2x in range(wout):
-                mask[tx, o2x] = 1.0 if lo <= o2x < hi else 0.0
+                mask[o2x] = 1.0 if lo <= o2x < hi else 0.0
             for k in range(wout, pout):
-                mask[tx, k] = mask[tx, k - wout]
+                mask[k] = mask[k - wout]
     for o1x in range(xlo, xhi):
         db = do + (oy * wout + o1x) * pout
         drow = dst[db:db + pout]
@@ -216,7 +218,7 @@ def _conv_full_rows(src, so, dst, do, tmp, g, oy, xlo, xhi, scale):
             if flat:
                 tb = (x1 - x1lo) * hout * win
                 k0, k1 = max(0, -c), pout - max(0, c)
-                part, m = drow[k0:k1], mask[tx, k0:k1]
+                part, m = drow[k0:k1], tmp[mb + tx * pout + k0:mb + tx * pout + k1]
                 shifted = tmp[tb + k0 + c:tb + k1 + c]
                 for k in range(k1 - k0):
                     part[k] += shifted[k] * m[k]
@@ -652,7 +654,7 @@ def _local5(x1, x2, pt1, pt2, s, rb, params, _i0, _i1, _o0, _o1, _o2, _o3, _o4, 
 @numba.njit(cache=True, nogil=True)
 def _point_rows(X, params, out, like, rows):
     w = np.full(16384, np.nan, like.dtype)  # a read before a write: NaN
-    tmp = np.empty(512)  # float64: diagonal convs pass pt through it
+    tmp = np.empty(704)  # float64: diagonal convs pass pt through it
     rb = np.empty(1024, like.dtype)  # blocks of conv outputs (spatial_plan)
     for _n in rows:
         x, pt = X[_n], out[_n]
@@ -701,7 +703,7 @@ def _point_rows(X, params, out, like, rows):
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _pair_rows(X1, X2, P1, P2, params, K, T, symmetric, rows):
     s = np.full(16384, np.nan, K.dtype)  # a read before a write: NaN
-    tmp = np.empty(512, K.dtype)
+    tmp = np.empty(704, K.dtype)
     rb = np.empty(1024, K.dtype)  # blocks of conv outputs (spatial_plan)
     for _a in rows:
         for _b in range(_a if symmetric else 0, X2.shape[0]):
@@ -1021,6 +1023,14 @@ def _in_threads(rows_fn, n, *args):
             done.result()
 
 
+def _point_phase(x, p, dtype):
+    """The point rows (n, N_POINT) of inputs x (n, P, C), by the compiled point phase; its
+    full (x, x̃) arrays in ``dtype`` (the CPU and the GPU targets both start with it)."""
+    out = np.empty((x.shape[0], N_POINT))
+    _in_threads(_point_rows, x.shape[0], x, p, out, np.empty(0, dtype))
+    return out
+
+
 def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", device=None,
            device_tile=None):
     """NNGP and/or NTK Gram matrices of the network's output.
@@ -1055,13 +1065,8 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         _check_point("x2", p2, params, dtype)
         nngp, ntk = _pairs_numpy(a, b, p1, p2, p)
     else:
-        p1 = np.empty((a.shape[0], N_POINT))
-        _in_threads(_point_rows, a.shape[0], a, p, p1, np.empty(0, dtype))
-        if symmetric:
-            p2 = p1
-        else:
-            p2 = np.empty((b.shape[0], N_POINT))
-            _in_threads(_point_rows, b.shape[0], b, p, p2, np.empty(0, dtype))
+        p1 = _point_phase(a, p, dtype)
+        p2 = p1 if symmetric else _point_phase(b, p, dtype)
         _check_point("x1", p1, params, dtype)
         _check_point("x2", p2, params, dtype)
         nngp = np.empty((a.shape[0], b.shape[0]), dtype)  # the pair scratch's dtype too
@@ -1123,13 +1128,8 @@ def _kernel_cuda(a, b, symmetric, want_ntk, p, dtype, tile=None):
     """[nngp, ntk or None] on the GPU: the point phase on the CPU, tiles on the device."""
     cuda = _cuda()
     n1, n2 = a.shape[0], b.shape[0]
-    p1 = np.empty((n1, N_POINT))
-    _in_threads(_point_rows, n1, a, p, p1, np.empty(0, dtype))
-    if symmetric:
-        p2 = p1
-    else:
-        p2 = np.empty((n2, N_POINT))
-        _in_threads(_point_rows, n2, b, p, p2, np.empty(0, dtype))
+    p1 = _point_phase(a, p, dtype)
+    p2 = p1 if symmetric else _point_phase(b, p, dtype)
     rows, cols, blocks = _cuda_plan(n1, n2, np.dtype(dtype).itemsize, cuda, tile)
     d_a = cuda.to_device(a)  # inputs and point rows stay on the device for every tile
     d_b = d_a if symmetric else cuda.to_device(b)

@@ -38,27 +38,33 @@ def _reference(k, taps, same_offset):
     return sum(padded[taps[:, s][:, None], taps[:, t][None, :]] for s, t in pairs)
 
 
-@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 1e-5)])
-@pytest.mark.parametrize("padding", ["same", "valid", "circular"])
-@pytest.mark.parametrize("spatial,shape,stride", CASES)
-def test_stencils_match_tap_tables(spatial, shape, stride, padding, dtype, tol):
+def _case(spatial, shape, stride, padding, seed):
+    """(geometry, P_out, P_in, a random P_in×P_in array, its conv 𝒜 and pool sums through
+    the independent tap table), or a skip where the window does not fit."""
     try:
         win = window(spatial, shape, stride, padding)
     except ValueError:
         pytest.skip("the window does not fit")
     taps = _taps(spatial, shape, stride, padding)
-    p, q = win.taps.shape[0], int(np.prod(spatial))
-    rng = np.random.default_rng(0)
-    k = rng.standard_normal((q, q))
-    g, scale = win.geometry, 0.5
+    q = int(np.prod(spatial))
+    k = np.random.default_rng(seed).standard_normal((q, q))
+    return (win.geometry, win.taps.shape[0], q, k, _reference(k, taps, True),
+            _reference(k, taps, False))
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 1e-5)])
+@pytest.mark.parametrize("padding", ["same", "valid", "circular"])
+@pytest.mark.parametrize("spatial,shape,stride", CASES)
+def test_stencils_match_tap_tables(spatial, shape, stride, padding, dtype, tol):
+    g, p, q, k, conv, pool = _case(spatial, shape, stride, padding, seed=0)
+    scale = 0.5
     off = 3  # arrays at an offset inside a larger scratch, as in the modules
     src = np.concatenate([np.full(off, np.nan), k.ravel(), np.full(off, np.nan)]).astype(dtype)
-    conv = _reference(k, taps, True) * scale
-    pool = _reference(k, taps, False) * scale
+    conv, pool = conv * scale, pool * scale
     top = np.abs(pool).max()
 
     dst = np.full(off + p * p, np.nan, dtype)
-    tmp = np.full(max(3 * q, g[1] * g[2] * g[1]), np.nan, dtype)
+    tmp = np.full(max(3 * q, g[1] * g[2] * g[1] + g[5] * p), np.nan, dtype)
     for xlo, xhi in ((0, g[3]), (0, 1), (1, g[3])):  # whole rows, and blocks of them
         dst[:] = np.nan
         for oy in range(g[2]):
@@ -86,15 +92,8 @@ def test_stencils_match_tap_tables(spatial, shape, stride, padding, dtype, tol):
 def test_gpu_entries_match_tap_tables(spatial, shape, stride, padding):
     """The per-entry functions the GPU kernel compiles as device functions, run here as
     plain Python on the same checks."""
-    try:
-        win = window(spatial, shape, stride, padding)
-    except ValueError:
-        pytest.skip("the window does not fit")
-    taps = _taps(spatial, shape, stride, padding)
-    p, q = win.taps.shape[0], int(np.prod(spatial))
-    k = np.random.default_rng(1).standard_normal((q, q))
-    src, g = np.concatenate([[np.nan] * 2, k.ravel()]), win.geometry
-    conv, pool = _reference(k, taps, True), _reference(k, taps, False)
+    g, p, q, k, conv, pool = _case(spatial, shape, stride, padding, seed=1)
+    src = np.concatenate([[np.nan] * 2, k.ravel()])
     got = np.array([[_conv_entry(src, 2, g, a, b) for b in range(p)] for a in range(p)])
     np.testing.assert_allclose(got, conv, rtol=0, atol=1e-13 * np.abs(pool).max())
     got = np.array([[_pool_entry(src, 2, g, a, b) for b in range(p)] for a in range(p)])

@@ -17,7 +17,7 @@ matrix S (blocks × N_SCRATCH, in the output dtype):
 * flatten and global pools are block reductions (shared memory, a tree of halvings),
   and the scalar formulas after them run in every thread (the same values);
 * x2=None: the pairs below the diagonal are skipped, the diagonal takes the per-input
-  formulas, the host mirrors. The point phase runs on the CPU (``_point_rows``).
+  formulas, the host mirrors. The point phase runs on the CPU (``_point_phase``).
 
 float32 inputs: float32 scratch, so a block moves half the bytes; the formulas are
 evaluated in float64 from float32 reads, as on the CPU.
@@ -68,13 +68,8 @@ def _kernel_cuda(a, b, symmetric, want_ntk, p, dtype, tile=None):
     """[nngp, ntk or None] on the GPU: the point phase on the CPU, tiles on the device."""
     cuda = _cuda()
     n1, n2 = a.shape[0], b.shape[0]
-    p1 = np.empty((n1, N_POINT))
-    _in_threads(_point_rows, n1, a, p, p1, np.empty(0, dtype))
-    if symmetric:
-        p2 = p1
-    else:
-        p2 = np.empty((n2, N_POINT))
-        _in_threads(_point_rows, n2, b, p, p2, np.empty(0, dtype))
+    p1 = _point_phase(a, p, dtype)
+    p2 = p1 if symmetric else _point_phase(b, p, dtype)
     rows, cols, blocks = _cuda_plan(n1, n2, np.dtype(dtype).itemsize, cuda, tile)
     d_a = cuda.to_device(a)  # inputs and point rows stay on the device for every tile
     d_b = d_a if symmetric else cuda.to_device(b)

@@ -26,7 +26,16 @@ from .hoist import hoist_roots
 from .printers import CpuPrinter, cse_block
 from .spatial_driver import SPATIAL_DRIVER, module_head
 from .spatial_numpy import NumpyPhases
-from .spatial_plan import Group, Slot, StageKind, allocate, groups, schedule, stages
+from .spatial_plan import (
+    Group,
+    Slot,
+    StageKind,
+    allocate,
+    block_width,
+    groups,
+    schedule,
+    stages,
+)
 from .spatial_stages import NUMPY_STENCILS, OutlinedArgs, nb_conv, nb_elem, nb_stencil
 
 # The compiled stencils: the text of ntkc/codegen/stencil_kernels.py below its marker.
@@ -70,9 +79,6 @@ class SpatialWriter(NumpyPhases):
             self.plans[phase] = groups(stages(ordered, self.structure), self.structure)
             for group in self.plans[phase]:
                 group.reads = self._reads(group)
-                if group.rows is not None and len(group.stages) == 2:
-                    conv = group.stages[0].run[0]
-                    group.block = _block_width(conv.stencil.window)[1] * conv.spatial[1]
         # symbols some stage or an output reads (a twin or x̃ copy reads its original)
         read = outputs | set().union(*(g.reads for p in self.plans.values() for g in p))
         read |= {self.twin_of.get(s) for s in read} | {self.twin3_of.get(s) for s in read}
@@ -165,7 +171,7 @@ class SpatialWriter(NumpyPhases):
                 return self._nb_local(stage.run, phase, "    ")
             return self._nb_stencil(stage.run, phase, "    ")
         conv, *local = group.stages
-        width, bw = _block_width(conv.run[0].stencil.window)
+        width, bw = block_width(conv.run[0].stencil.window)
         blocks = -(-width // bw)
         xlo, xhi = f"_c * {bw}", f"min(_c * {bw} + {bw}, {width})"
         src = [f"    for _c in range({blocks}):", f"        for _r in range({group.rows}):"]
@@ -358,21 +364,12 @@ class SpatialWriter(NumpyPhases):
         return "\n".join("\n".join(p) for p in parts) + "\n" + SPATIAL_DRIVER + cuda
 
 
-def _block_width(w) -> tuple[int, int]:
-    """(wout, output columns per block) of a full conv: the block's source rows of one
-    array (fh image rows, its columns only) within 2¹⁶ entries (512 kB float64), so
-    those of K and Θ, the buffer and the output rows stay in a core's L2."""
-    hin, win, wout, fh, fw, sw = (w.geometry[k] for k in (0, 1, 3, 4, 5, 7))
-    fit = max(1, ((1 << 16) // (fh * hin * win) - fw + 1) // sw)
-    blocks = -(-wout // min(wout, fit))
-    return wout, -(-wout // blocks)
-
-
 def _tmp_size(w) -> int:
-    """Entries of the stencils' buffer a window needs: a conv row's y-pass (win·hout·win),
-    a pool row (P_in), or a diagonal conv's image, its sums along x and a mask (3·P_in)."""
-    hin, win, hout = w.geometry[:3]
-    return max(win * hout * win, 3 * hin * win)
+    """Entries of the stencils' buffer a window needs: a full conv's y-pass (win·hout·win)
+    and its masks (fw·P_out), a pool row (P_in), or a diagonal conv's image, its sums
+    along x and a mask (3·P_in)."""
+    hin, win, hout, wout, _, fw = w.geometry[:6]
+    return max(win * hout * win + fw * hout * wout, 3 * hin * win)
 
 
 __all__ = ["SpatialWriter"]

@@ -64,6 +64,14 @@ def _in_threads(rows_fn, n, *args):
             done.result()
 
 
+def _point_phase(x, p, dtype):
+    """The point rows (n, N_POINT) of inputs x (n, P, C), by the compiled point phase; its
+    full (x, x̃) arrays in ``dtype`` (the CPU and the GPU targets both start with it)."""
+    out = np.empty((x.shape[0], N_POINT))
+    _in_threads(_point_rows, x.shape[0], x, p, out, np.empty(0, dtype))
+    return out
+
+
 def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", device=None,
            device_tile=None):
     """NNGP and/or NTK Gram matrices of the network's output.
@@ -98,13 +106,8 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         _check_point("x2", p2, params, dtype)
         nngp, ntk = _pairs_numpy(a, b, p1, p2, p)
     else:
-        p1 = np.empty((a.shape[0], N_POINT))
-        _in_threads(_point_rows, a.shape[0], a, p, p1, np.empty(0, dtype))
-        if symmetric:
-            p2 = p1
-        else:
-            p2 = np.empty((b.shape[0], N_POINT))
-            _in_threads(_point_rows, b.shape[0], b, p, p2, np.empty(0, dtype))
+        p1 = _point_phase(a, p, dtype)
+        p2 = p1 if symmetric else _point_phase(b, p, dtype)
         _check_point("x1", p1, params, dtype)
         _check_point("x2", p2, params, dtype)
         nngp = np.empty((a.shape[0], b.shape[0]), dtype)  # the pair scratch's dtype too

@@ -110,9 +110,20 @@ def stages(ordered: list[Assignment], structure: dict) -> list[Stage]:
     return [Stage(k[0], list(run)) for k, run in groupby(ordered, key)]
 
 
+def block_width(w) -> tuple[int, int]:
+    """(wout, output columns per block) of a full conv: the block's source rows of one
+    array (fh image rows, its columns only) within 2¹⁶ entries (512 kB float64), so
+    those of K and Θ, the buffer and the output rows stay in a core's L2."""
+    hin, win, wout, fh, fw, sw = (w.geometry[k] for k in (0, 1, 3, 4, 5, 7))
+    fit = max(1, ((1 << 16) // (fh * hin * win) - fw + 1) // sw)
+    blocks = -(-wout // min(wout, fit))
+    return wout, -(-wout // blocks)
+
+
 def groups(staged: list[Stage], structure: dict) -> list[Group]:
     """The stages in groups: a full conv with the local run after it when that run has
-    the conv's shape (it reads the conv's rows entry by entry), else one stage each."""
+    the conv's shape (it reads the conv's rows entry by entry), computed in blocks of
+    ``block_width`` output positions, else one stage each."""
     out: list[Group] = []
     k = 0
     while k < len(staged):
@@ -123,7 +134,8 @@ def groups(staged: list[Stage], structure: dict) -> list[Group]:
             nxt = staged[k + 1] if k + 1 < len(staged) else None
             if nxt is not None and nxt.kind is StageKind.LOCAL and \
                     structure[nxt.run[0].symbol] == FULL and nxt.run[0].spatial == first.spatial:
-                out.append(Group([st, nxt], rows))
+                block = block_width(first.stencil.window)[1] * first.spatial[1]
+                out.append(Group([st, nxt], rows, block=block))
                 k += 2
                 continue
             out.append(Group([st], rows))

@@ -103,14 +103,16 @@ def _conv_full_rows(src, so, dst, do, tmp, g, oy, xlo, xhi, scale):
     # stride 1, same width: output row (o2y, o2x) reads buffer entry (o2y, o2x + c), one
     # long loop per tap, masked where o2x + c leaves the row (zero padding)
     flat = sw == 1 and not circular and wout == win
+    # the masks, one row of pout per tap, after the y-pass buffer (its largest extent)
+    mb = win * hout * win
     if flat:
-        mask = np.empty((fw, pout), tmp.dtype)
         for tx in range(fw):
             lo, hi = _tap_range_nb(win, wout, 1, tx - low)
+            mask = tmp[mb + tx * pout:mb + tx * pout + pout]
             for o2x in range(wout):
-                mask[tx, o2x] = 1.0 if lo <= o2x < hi else 0.0
+                mask[o2x] = 1.0 if lo <= o2x < hi else 0.0
             for k in range(wout, pout):
-                mask[tx, k] = mask[tx, k - wout]
+                mask[k] = mask[k - wout]
     for o1x in range(xlo, xhi):
         db = do + (oy * wout + o1x) * pout
         drow = dst[db:db + pout]
@@ -124,7 +126,7 @@ def _conv_full_rows(src, so, dst, do, tmp, g, oy, xlo, xhi, scale):
             if flat:
                 tb = (x1 - x1lo) * hout * win
                 k0, k1 = max(0, -c), pout - max(0, c)
-                part, m = drow[k0:k1], mask[tx, k0:k1]
+                part, m = drow[k0:k1], tmp[mb + tx * pout + k0:mb + tx * pout + k1]
                 shifted = tmp[tb + k0 + c:tb + k1 + c]
                 for k in range(k1 - k0):
                     part[k] += shifted[k] * m[k]
