@@ -8,10 +8,10 @@ Everything runs in one fresh process on empty ntkc and numba caches, which repor
   first call   from ntkc.load to the end of the first kernel(x): derive, codegen,
                import, numba's JIT and the run, what a new user waits for;
   steady       the best of --repeat further calls, and per pair;
-  stencils     the conv work counted from the tap tables (the adds of every tap of 𝒜,
-               on both sides, for every full array of both phases) in GFLOP/s, and the
-               bytes those stencils must move at least (each source read once, each
-               output written once) in GB/s;
+  stencils     the conv work counted from the tap tables (ntkc.bench_conv.conv_work:
+               the adds of every tap of 𝒜 and the scaling, for every conv of both
+               phases) in GFLOP/s, and the bytes those stencils must move at least (each
+               source read once, each output written once) in GB/s;
   floor        a memory-bandwidth floor measured in the same process: np.copyto of the
                same number of bytes (half read, half written), and the steady time as a
                multiple of it.
@@ -20,7 +20,6 @@ Everything runs in one fresh process on empty ntkc and numba caches, which repor
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -28,7 +27,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from .bench_conv import deep_spec
+from .bench_conv import conv_work, deep_spec
+from .structure import analyse
 
 CASES = {"cifar-gap5": (5, 8, "float64"), "cifar-gap21": (21, 4, "float32")}
 
@@ -57,24 +57,14 @@ RUN = textwrap.dedent('''
 
 
 def stencil_work(recursion, n: int, itemsize: int) -> tuple[int, int]:
-    """(adds, bytes) of the conv stencils of one x2=None kernel call on n inputs: every
-    full conv array of the pair phase N(N+1)/2 times, of the point phase N times."""
-    from .structure import FULL, analyse
-
+    """(flops, bytes) of the conv stencils of one x2=None kernel call on n inputs
+    (ntkc.bench_conv.conv_work): the pair phase's N(N+1)/2 times, the point phase's N."""
     structure = analyse(recursion)
-    total = {}
-    for phase, count in (("point", n), ("pair", n * (n + 1) // 2)):
-        adds = nbytes = 0
-        for a in getattr(recursion, phase):
-            if a.stencil is None or a.stencil.op != "conv" or structure[a.symbol] != FULL:
-                continue
-            win = a.stencil.window
-            valid = (win.taps >= 0).sum(axis=0)  # output positions per tap
-            adds += int((valid.astype(int) ** 2).sum())
-            p_in, p_out = math.prod(win.in_spatial), math.prod(win.out_spatial)
-            nbytes += (p_in**2 + p_out**2) * itemsize
-        total[phase] = (adds * count, nbytes * count)
-    return (total["point"][0] + total["pair"][0], total["point"][1] + total["pair"][1])
+    flops = nbytes = 0
+    for assignments, count in ((recursion.point, n), (recursion.pair, n * (n + 1) // 2)):
+        f, entries = conv_work(assignments, structure)
+        flops, nbytes = flops + f * count, nbytes + entries * itemsize * count
+    return flops, nbytes
 
 
 def bench_cifar(case: str, n: int | None = None, repeat: int = 2) -> dict:

@@ -8,6 +8,8 @@ float64, train-train (x2=None) NNGP + NTK.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .bench import _best, load_spec
@@ -17,19 +19,29 @@ CASES = {"cntk-gap": ((8, 8, 1), 100, "global_avg_pool"),
          "cnn-flatten": ((16, 16, 3), 400, "flatten")}
 
 
-def conv_flops_per_pair(recursion) -> int:
-    """Adds and the scaling multiply of every conv stencil of the pair phase."""
-    structure = analyse(recursion)
-    total = 0
-    for a in recursion.pair:
+def conv_work(assignments, structure: dict) -> tuple[int, int]:
+    """(flops, array entries moved) of the conv stencils among ``assignments``: per tap,
+    an add at every output position where it is valid (pairs of them for a full array),
+    and the scaling multiply; each source entry read once, each output written once."""
+    flops = entries = 0
+    for a in assignments:
         if a.stencil is None or a.stencil.op != "conv":
             continue
-        valid = (a.stencil.window.taps >= 0).sum(axis=0)  # output positions per tap
+        win = a.stencil.window
+        valid = (win.taps >= 0).sum(axis=0).astype(int)  # output positions per tap
+        p_in, p_out = math.prod(win.in_spatial), math.prod(win.out_spatial)
         if structure[a.symbol] == FULL:
-            total += int((valid**2).sum()) + a.stencil.window.taps.shape[0] ** 2
+            flops += int((valid**2).sum()) + p_out**2
+            entries += p_in**2 + p_out**2
         else:
-            total += int(valid.sum()) + a.stencil.window.taps.shape[0]
-    return total
+            flops += int(valid.sum()) + p_out
+            entries += p_in + p_out
+    return flops, entries
+
+
+def conv_flops_per_pair(recursion) -> int:
+    """Adds and the scaling multiply of every conv stencil of the pair phase."""
+    return conv_work(recursion.pair, analyse(recursion))[0]
 
 
 def bench_conv(case: str, n: int | None = None, repeat: int = 3,
