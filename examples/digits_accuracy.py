@@ -19,7 +19,7 @@ parameterization). "NNGP" is the posterior mean of the Bayesian network; "NTK" i
 infinite-time ensemble of networks trained by gradient descent on MSE (kernel regression
 with Θ). For each size and kernel, ``diag_reg`` (relative to the mean diagonal) is chosen
 from a small grid by the negative log marginal likelihood of the training targets
-(``ntkc.fit.select_diag_reg``); the test set plays no part in that choice.
+(``ntkc.predict.fit.select_diag_reg``); the test set plays no part in that choice.
 
     python examples/digits_accuracy.py            # table + examples/figures/digits_accuracy.*
     python examples/digits_accuracy.py --quick    # train 300, test 200; prints only
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 import ntkc
-from ntkc.fit import fit, select_diag_reg
+from ntkc.predict.fit import fit, select_diag_reg
 
 HERE = Path(__file__).resolve().parent
 SPEC = HERE / "digits_fc.ntk"

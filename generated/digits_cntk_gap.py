@@ -469,7 +469,7 @@ def _pool_entry(src, so, g, o1, o2):
 
 def _axis_taps(n, f, s, padding):
     """(out, f) input indices along one axis, -1 for zero padding (lax's conventions:
-    see ntkc.geometry)."""
+    see ntkc.semantics.geometry)."""
     if padding == "valid":
         if f > n:
             raise ValueError(f"a window of {f} does not fit a VALID input of size {n}")

@@ -104,7 +104,7 @@ def _acos(x):
     large = (3.14159265358979311600e+00 - 2.0 * (s + (w - 6.12323399573676603587e-17))
              if x < 0.0 else 2.0 * (s + w))
     return large if big else small
-# Quadrature (ntkc.quadrature): trapezoidal rule, 32 nodes per axis at variance
+# Quadrature (ntkc.semantics.quadrature): trapezoidal rule, 32 nodes per axis at variance
 # <= 0.5, refined m-fold (m = ceil(sqrt(k / 0.5)) <= 10) above.
 QUAD_TOL = 1e-06  # the run-time guard's bound on the relative error
 _Q_N0 = 32
@@ -186,7 +186,7 @@ def quadrature_error(name, k, params):
     if not math.isfinite(k):
         return math.inf, k
     f, dims, polar = _Q_HELPERS[name]
-    if polar:  # level m against level m + 1 (ntkc.quadrature_polar)
+    if polar:  # level m against level m + 1 (ntkc.semantics.quadrature_polar)
         return _qp_quadrature_error(name, f, dims, k, params)
     m = int(_q_levels(numpy.array([k]))[0])
     k = 2.0 ** (math.ceil(8.0 * math.log2(max(k, 1e-300))) / 8.0)

@@ -5,8 +5,7 @@
     model.formulas()                        # the derived recursion, as sympy
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .errors import SpecError
 from .runtime import Model, load
 

@@ -82,7 +82,7 @@ def _positive_int(text: str) -> int:
 
 
 def _gram(args) -> int:
-    from .runtime import load
+    from .runtime.model import load
 
     get = ("nngp", "ntk") if args.get == "both" else args.get
     # One kernel: K.npy; both: one K.npz archive with arrays nngp and ntk.
@@ -103,8 +103,8 @@ def _gram(args) -> int:
 
 
 def _predict(args) -> int:
-    from .fit import fit
-    from .runtime import load
+    from .predict.fit import fit
+    from .runtime.model import load
 
     def npz(path, what):
         try:
@@ -139,7 +139,7 @@ def _predict(args) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import main as bench_main
+    from .bench.main import main as bench_main
 
     return bench_main(args.rest)
 

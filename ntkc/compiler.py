@@ -7,11 +7,11 @@ from pathlib import Path
 
 from .codegen.emit import ModuleWriter
 from .codegen.emit_spatial import SpatialWriter
-from .derive import DeriveError, Recursion, derive
 from .errors import Diagnostic, SpecError
 from .frontend import program_from_text
 from .ir import Program
-from .quadrature import DEFAULT_DEGREE
+from .semantics.derive import DeriveError, Recursion, derive
+from .semantics.quadrature import DEFAULT_DEGREE
 
 
 @dataclass

@@ -33,7 +33,7 @@ class Param:
 @dataclass
 class Node:
     name: str
-    op: str  # key into ntkc.rules.RULES
+    op: str  # key into ntkc.semantics.rules.RULES
     inputs: tuple[str, ...]
     attrs: dict[str, Any]
     pos: Pos

@@ -7,8 +7,8 @@ import re
 
 import sympy
 
-from .derive import Recursion
-from .structure import analyse, line_structure, pair_work
+from .semantics.derive import Recursion
+from .semantics.structure import analyse, line_structure, pair_work
 
 EXPAND_LIMIT = 600  # operations; deeper nets print the recursion only
 

@@ -36,8 +36,8 @@ import numpy as np
 import scipy.special as ss
 import sympy
 
-from ntkc.duals import numeric_phi, numeric_phi_prime
 from ntkc.ir import Program
+from ntkc.semantics.duals import numeric_phi, numeric_phi_prime
 
 LAYER_NORM_EPS = 1e-12  # Neural Tangents' LayerNorm default (inside the sqrt)
 

@@ -7,7 +7,7 @@ can go wrong without the rules being wrong. This oracle shares none of them:
 it stacks all inputs and keeps, for every pair of lines, the whole joint
 covariance over (input, position) × (input, position) as one dense array, and
 applies the rules of DESIGN §2 to those arrays with numpy. Window geometry is
-recomputed here from the padding conventions, not read from ntkc.geometry.
+recomputed here from the padding conventions, not read from ntkc.semantics.geometry.
 
 What it does share with ntkc: the parser and builder (the program's meaning),
 and the closed-form duals E[φ(u)φ(v)] of one nonlinearity of one Gaussian line
@@ -24,9 +24,9 @@ import math
 import numpy as np
 import sympy
 
-from ntkc.duals import numeric_phi, numeric_phi_prime
 from ntkc.frontend import program_from_text
-from ntkc.quadrature import GaussExpectation
+from ntkc.semantics.duals import numeric_phi, numeric_phi_prime
+from ntkc.semantics.quadrature import GaussExpectation
 
 LINEAR = ("lincomb", "concat", "layer_norm", "avg_pool", "sum_pool", "global_avg_pool",
           "global_sum_pool", "flatten")

@@ -35,10 +35,10 @@ from ntkc.codegen.driver_template import comment, identifier
 from ntkc.codegen.emit import ModuleWriter
 from ntkc.codegen.emit_spatial import SpatialWriter
 from ntkc.compiler import compile_text
-from ntkc.derive import derive
 from ntkc.errors import SpecError
 from ntkc.frontend import program_from_text
-from ntkc.runtime import import_module_file, module_name
+from ntkc.runtime.model import import_module_file, module_name
+from ntkc.semantics.derive import derive
 
 TINY = """network {name}
 input x : vector[2]

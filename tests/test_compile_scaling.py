@@ -18,10 +18,10 @@ import re
 
 import sympy
 
-from ntkc.bench import mlp_spec
+from ntkc.bench.dense import mlp_spec
 from ntkc.codegen.emit import ModuleWriter
-from ntkc.derive import derive
 from ntkc.frontend import program_from_text
+from ntkc.semantics.derive import derive
 
 
 def _writer(depth: int, act: str) -> ModuleWriter:

@@ -16,7 +16,7 @@ import pytest
 
 import ntkc
 from ntkc.compiler import compile_text
-from ntkc.structure import line_structure, pair_work
+from ntkc.semantics.structure import line_structure, pair_work
 
 FLAT = """network flat
 input x : image[6, 6, 2]
@@ -85,13 +85,13 @@ output y
 
 def _structure(text: str) -> dict[str, str]:
     rec = compile_text(text, "t.ntk").recursion
-    from ntkc.structure import analyse
+    from ntkc.semantics.structure import analyse
     return line_structure(rec, analyse(rec))
 
 
 def test_flatten_readout_needs_only_diagonals():
     rec = compile_text(FLAT, "flat.ntk").recursion
-    from ntkc.structure import analyse
+    from ntkc.semantics.structure import analyse
     structure = analyse(rec)
     assert set(line_structure(rec, structure).values()) == {"diag", "scalar"}
     # 36 positions per spatial array: no P² work anywhere per pair.
@@ -188,7 +188,7 @@ def test_module_does_not_grow_with_the_image_and_shares_layers():
     """Issue 10: no tables or code per position (the size of a 32×32 module is the size of
     an 8×8 one, up to the digits of the offsets), and a deeper net calls the same outlined
     formulas (numba's compile time is the same few functions)."""
-    from ntkc.bench_conv import deep_spec
+    from ntkc.bench.conv import deep_spec
 
     def source(depth, side):
         return compile_text(deep_spec(depth, (side, side, 3), "global_avg_pool", "n"),

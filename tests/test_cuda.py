@@ -73,7 +73,7 @@ COMPARE = textwrap.dedent('''
     from pathlib import Path
     import numpy as np
     import ntkc
-    from ntkc.runtime import import_module_file
+    from ntkc.runtime.model import import_module_file
 
     m = import_module_file(Path(sys.argv[1]))
     model = ntkc.load(sys.argv[1])
@@ -365,7 +365,7 @@ PTX = textwrap.dedent('''
         raise SystemExit(77)
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
     cuda.is_available = lambda: True
-    from ntkc.runtime import import_module_file
+    from ntkc.runtime.model import import_module_file
     for path in sys.argv[1:]:
         m = import_module_file(Path(path))
         m._cuda()

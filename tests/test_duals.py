@@ -1,4 +1,4 @@
-"""Tests of ntkc.duals: closed-form dual activations against independent numerics.
+"""Tests of ntkc.semantics.duals: closed-form dual activations against independent numerics.
 
 References used here (none of them reuses the closed forms under test):
 * smooth φ: 2-D Gauss–Hermite quadrature (probabilists', 240 nodes per axis) in the
@@ -27,16 +27,15 @@ import scipy.special as ss
 import sympy
 from reference_cases import case_names, load_case
 
-from ntkc.duals import (
-    BUILTINS,
+from ntkc.semantics.duals import (
     Clip1,
     DualActivation,
-    builtin_dual,
     gaussian_moment,
     numeric_phi,
     numeric_phi_prime,
     polynomial_dual,
 )
+from ntkc.semantics.rules.activations import BUILTINS, builtin_dual
 
 K11, K12, K22, K = sympy.symbols("k11 k12 k22 k")
 

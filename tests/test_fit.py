@@ -1,4 +1,4 @@
-"""ntkc.fit against direct dense linear algebra on the kernels from model.kernel.
+"""ntkc.predict.fit against direct dense linear algebra on the kernels from model.kernel.
 
 The references solve with np.linalg.solve and evolve with scipy.linalg.expm of the
 explicit matrix, independently of ntkc.predict's Cholesky / eigenbasis code; so
@@ -14,7 +14,7 @@ import scipy.linalg
 import scipy.stats
 
 import ntkc
-from ntkc.fit import DEFAULT_DIAG_REGS, FittedModel, fit, select_diag_reg
+from ntkc.predict.fit import DEFAULT_DIAG_REGS, FittedModel, fit, select_diag_reg
 
 SPEC = """\
 network fit_erf

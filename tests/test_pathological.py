@@ -13,7 +13,7 @@ import pytest
 
 from ntkc.compiler import compile_text
 from ntkc.errors import SpecError
-from ntkc.runtime import import_module_file
+from ntkc.runtime.model import import_module_file
 
 HEAD = "input x : vector[3]\ng = dense(x, w_std=1.2, b_std=0.1)\n"
 X = np.random.default_rng(0).standard_normal((4, 3))

@@ -1,9 +1,9 @@
-"""The quadrature of user nonlinearities without a closed form (ntkc.quadrature), on
+"""The quadrature of user nonlinearities without a closed form (ntkc.semantics.quadrature), on
 examples/tanh_mlp.ntk: both backends give the same numbers, the rule is symmetric under
 x ↔ x' by construction (to the bit), duplicate inputs give a PSD matrix, the rule and the
 whole kernel agree with scipy's dblquad (independent, adaptive) where the run-time guard
 accepts the variances, and the guard refuses the variances where it does not. The polar rule
-(kinks and steps at 0, ntkc.quadrature_polar): closed forms, split dblquad, symmetry to the
+(kinks and steps at 0, ntkc.semantics.quadrature_polar): closed forms, split dblquad, symmetry to the
 bit, ρ → 1, and whole kernels of programs that mix two nonlinearities of one line.
 
 Errors are relative to E|φ(u)ψ(v)| (for φ = ψ: to sqrt(K(x,x)·K(x',x'))), the scale the
@@ -20,8 +20,8 @@ import sympy
 from scipy import integrate, special
 
 import ntkc
-from ntkc import quadrature
 from ntkc.codegen.printers import ArrayPrinter, NumbaPrinter
+from ntkc.semantics import quadrature
 
 # scipy's quad reports round-off where it reaches ~1e-14 instead of the 1e-12 asked for.
 pytestmark = pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
@@ -203,7 +203,7 @@ def test_kink_away_from_zero_refused_unless_accepted(tmp_path):
 
 
 # ---------------------------------------------------------------- the polar rule
-# Integrands whose kinks and steps are all at 0 (ntkc.quadrature_polar). The rule is exact
+# Integrands whose kinks and steps are all at 0 (ntkc.semantics.quadrature_polar). The rule is exact
 # for piecewise polynomials up to rounding, so the closed forms are asserted at 1e-13 of
 # E|f g|; against dblquad (split at the kinks, epsrel 1e-12: its own error is ~1e-12) at
 # 1e-10, which also bounds the polar rule's error for smooth factors (erf, tanh: at most

@@ -17,8 +17,8 @@ from reference_cases import (
 )
 
 import ntkc
-from ntkc.duals import BUILTINS
-from ntkc.rules import RULES
+from ntkc.semantics.rules import RULES
+from ntkc.semantics.rules.activations import BUILTINS
 
 FC_CASES = case_names("fc_")
 CONV_CASES = case_names("conv")

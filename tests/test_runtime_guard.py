@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ntkc
-from ntkc.outofcore import MANIFEST, work_bytes
+from ntkc.runtime.outofcore import MANIFEST, work_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 

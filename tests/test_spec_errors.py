@@ -11,7 +11,7 @@ import pytest
 from ntkc.compiler import compile_text
 from ntkc.errors import SpecError
 from ntkc.frontend import program_from_text
-from ntkc.runtime import import_module_file
+from ntkc.runtime.model import import_module_file
 
 HEAD = "network t\ninput x : vector[3]\n"
 IMG = "network t\ninput x : image[4, 4, 3]\n"

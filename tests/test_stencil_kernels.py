@@ -22,7 +22,7 @@ from ntkc.codegen.stencil_kernels import (
     _pool_entry,
     _pool_full,
 )
-from ntkc.geometry import window
+from ntkc.semantics.geometry import window
 
 CASES = [((5,), (3,), (1,)), ((7,), (2,), (2,)), ((4, 5), (3, 3), (1, 1)),
          ((6, 5), (2, 3), (2, 1)), ((5, 4), (3, 2), (3, 2)), ((3, 3), (3, 3), (1, 1))]

@@ -36,8 +36,7 @@ from __future__ import annotations
 
 import sympy
 
-from .emit import ModuleWriter, needed_defs, quad_scalar
-from .printers import NumbaPrinter, cse_block
+from .printers import NumbaPrinter, cse_block, needed_defs, quad_scalar
 
 CUDA_BLOCK = 16  # threads per block edge: 256 threads, one pair each
 
@@ -167,9 +166,10 @@ def _kernel_cuda(a, b, symmetric, want_ntk, p, dtype, tile=None):
 
 
 class CudaWriter:
-    """numba.cuda source for the network a ModuleWriter holds (dense networks)."""
+    """numba.cuda source for the network a ModuleWriter (ntkc.codegen.emit) holds: dense
+    networks. The writer is passed in, not imported: emit imports this module."""
 
-    def __init__(self, writer: ModuleWriter):
+    def __init__(self, writer) -> None:
         self.w = writer
         if writer.rec.spatial:
             raise ValueError("the cuda target supports dense networks only (for now): "

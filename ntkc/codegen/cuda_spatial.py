@@ -25,7 +25,7 @@ evaluated in float64 from float32 reads, as on the CPU.
 
 from __future__ import annotations
 
-from ..structure import DIAG, FULL, SCALAR
+from ..semantics.structure import DIAG, FULL, SCALAR
 from .cuda import CUDA_ERROR, builder_head
 from .printers import NumbaPrinter, cse_block
 from .spatial_plan import StageKind

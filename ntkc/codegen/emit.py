@@ -20,13 +20,23 @@ import hashlib
 
 import sympy
 
-from .. import __version__, quadrature
-from ..derive import Recursion
-from ..quadrature import DEFAULT_DEGREE, GaussExpectation
+from .._version import __version__
+from ..semantics import quadrature
+from ..semantics.derive import Recursion
+from ..semantics.quadrature import DEFAULT_DEGREE, GaussExpectation
 from .driver_template import DRIVER, comment, module_prologue
 from .fast_acos import ACOS_SOURCE
 from .hoist import hoist_roots
-from .printers import ArrayPrinter, CpuPrinter, NumbaPrinter, cse_block
+from .printers import (
+    ArrayPrinter,
+    CpuPrinter,
+    Defs,
+    NumbaPrinter,
+    cse_block,
+    needed_defs,
+    quad_printed,
+    quad_scalar,
+)
 
 # numba's inline="always" copies _acos's IR into every call site before typing: with one
 # call per relu layer and phase, numba's front end was most of the first call (65 s at
@@ -39,37 +49,6 @@ assert _ACOS_DENSE != ACOS_SOURCE, "fast_acos changed: update _ACOS_DENSE"
 # What `--target` asks for → the device kernels the module gets. The point phase
 # (numba, CPU) and the numpy reference are in every module.
 TARGETS = {"cpu": ("cpu",), "cuda": ("cuda",), "all": ("cpu", "cuda")}
-
-
-Defs = list[tuple[sympy.Symbol, sympy.Expr]]  # (quantity, its formula) in order
-
-
-def needed_defs(defs: Defs, outputs: list[sympy.Expr]) -> Defs:
-    """The defs the outputs read, directly or through other defs, in their order: the
-    NNGP-only pair kernel computes no Θ."""
-    need = set().union(*(e.free_symbols for e in outputs))
-    out = []
-    for sym, e in reversed(defs):
-        if sym in need:
-            out.append((sym, e))
-            need |= e.free_symbols
-    return out[::-1]
-
-
-def _quad_printed(t: type, printer) -> tuple[str, str | None]:
-    """f(u) and g(v) of an expectation class, printed."""
-    it = t.integrand
-    # real, as the integrand's z: otherwise xreplace re-evaluates nested functions (2× per level)
-    u, v = sympy.Symbol("u", real=True), sympy.Symbol("v", real=True)
-    printer.names[u], printer.names[v] = "u", "v"
-    fu = printer.doprint(it.f.xreplace({it.z: u}))
-    return fu, None if it.dims == 1 else printer.doprint(it.g.xreplace({it.z: v}))
-
-
-def quad_scalar(name: str, t: type, printer) -> list[str]:
-    """A scalar quadrature helper (no decorator): the same text serves @numba.njit
-    and @cuda.jit(device=True), so the CPU and GPU kernels integrate identically."""
-    return quadrature.scalar_helper(name, t.integrand, *_quad_printed(t, printer))
 
 
 class ModuleWriter:
@@ -152,7 +131,7 @@ class ModuleWriter:
     # -- quadrature helpers ----------------------------------------------------------------
     def quadrature(self) -> list[str]:
         """The rule's tables, its numpy form, the run-time guard and one scalar (numba)
-        and one numpy helper per expectation (ntkc.quadrature)."""
+        and one numpy helper per expectation (ntkc.semantics.quadrature)."""
         if not self.helpers:
             return []
         src = quadrature.module_text(self.quad_degree, self.helpers)
@@ -162,7 +141,7 @@ class ModuleWriter:
             nb = NumbaPrinter(dict(self.names), dict(self.helpers))
             src += [f"# {t.__name__}: Gaussian expectation by quadrature",
                     "@numba.njit(cache=True)", *quad_scalar(name, t, nb), "", ""]
-            src += quadrature.numpy_helper(name, t.integrand, *_quad_printed(t, npy)) + [""]
+            src += quadrature.numpy_helper(name, t.integrand, *quad_printed(t, npy)) + [""]
         return src + quadrature.guard_text(self.helpers, self.quad_checks)
 
     # -- point and pair phases -------------------------------------------------------------

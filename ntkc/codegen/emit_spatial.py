@@ -17,25 +17,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..derive import Recursion
-from ..quadrature import GaussExpectation
-from ..structure import DIAG, FULL, SCALAR, analyse
+from ..semantics.derive import Recursion
+from ..semantics.quadrature import GaussExpectation
+from ..semantics.structure import DIAG, FULL, SCALAR, analyse
 from .emit import TARGETS
 from .fast_acos import ACOS_SOURCE
 from .hoist import hoist_roots
 from .printers import CpuPrinter, cse_block
 from .spatial_driver import SPATIAL_DRIVER, module_head
 from .spatial_numpy import NumpyPhases
-from .spatial_plan import (
-    Group,
-    Slot,
-    StageKind,
-    allocate,
-    block_width,
-    groups,
-    schedule,
-    stages,
-)
+from .spatial_plan import Group, Slot, StageKind, allocate, block_width, groups, schedule, stages
 from .spatial_stages import NUMPY_STENCILS, OutlinedArgs, nb_conv, nb_elem, nb_stencil
 
 # The compiled stencils: the text of ntkc/codegen/stencil_kernels.py below its marker.

@@ -11,6 +11,7 @@ import sympy
 from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
+from ..semantics import quadrature
 from .hoist import TINY
 
 
@@ -141,3 +142,35 @@ class ArrayPrinter(_Names, NumPyPrinter):
 
     def _print_DiracDelta(self, e):
         return f"numpy.zeros_like({self._print(e.args[0])})"
+
+
+# -- shared by the dense CPU and GPU writers --------------------------------------------
+Defs = list[tuple[sympy.Symbol, sympy.Expr]]  # (quantity, its formula) in order
+
+
+def needed_defs(defs: Defs, outputs: list[sympy.Expr]) -> Defs:
+    """The defs the outputs read, directly or through other defs, in their order: the
+    NNGP-only pair kernel computes no Θ."""
+    need = set().union(*(e.free_symbols for e in outputs))
+    out = []
+    for sym, e in reversed(defs):
+        if sym in need:
+            out.append((sym, e))
+            need |= e.free_symbols
+    return out[::-1]
+
+
+def quad_printed(t: type, printer) -> tuple[str, str | None]:
+    """f(u) and g(v) of an expectation class, printed."""
+    it = t.integrand
+    # real, as the integrand's z: otherwise xreplace re-evaluates nested functions (2× per level)
+    u, v = sympy.Symbol("u", real=True), sympy.Symbol("v", real=True)
+    printer.names[u], printer.names[v] = "u", "v"
+    fu = printer.doprint(it.f.xreplace({it.z: u}))
+    return fu, None if it.dims == 1 else printer.doprint(it.g.xreplace({it.z: v}))
+
+
+def quad_scalar(name: str, t: type, printer) -> list[str]:
+    """A scalar quadrature helper (no decorator): the same text serves @numba.njit
+    and @cuda.jit(device=True), so the CPU and GPU kernels integrate identically."""
+    return quadrature.scalar_helper(name, t.integrand, *quad_printed(t, printer))

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 
-from .. import __version__
+from .._version import __version__
 from .driver_template import COMMON, comment, module_prologue
 
 
 def module_head(w, spec_name: str, spec_text: str, options: dict) -> list[str]:
     """The docstring and constants of the module a SpatialWriter ``w`` writes."""
-    from ..structure import line_structure
+    from ..semantics.structure import line_structure
 
     prog = w.prog
     sha = hashlib.sha256(spec_text.encode()).hexdigest()
@@ -38,7 +38,7 @@ def module_head(w, spec_name: str, spec_text: str, options: dict) -> list[str]:
         f"N_RB = {w.n_rb}  # entries of one pair's block buffer (conv outputs, a block of rows)",
         f"N_SCRATCH_CUDA = {w.n_s_cuda}  # scratch entries of one pair on the GPU",
         f"N_W = {w.n_w}  # float64 scratch entries of one input's point phase",
-        f"STRUCTURE = {line_structure(w.rec, w.structure)!r}",
+        f"STRUCTURE = { {k: s.value for k, s in line_structure(w.rec, w.structure).items()}!r}",
         "",
         "# The recursion, one entry (i, j) of each array (K: NNGP kernel, Θ: NTK):",
         *[comment(f"#   {a.symbol} = {a.expr}") for a in w.rec.point + w.rec.pair],

@@ -5,7 +5,7 @@ plan, slots and formulas it prints."""
 
 from __future__ import annotations
 
-from ..structure import DIAG, FULL, SCALAR
+from ..semantics.structure import DIAG, FULL, SCALAR
 from .printers import ArrayPrinter, cse_block
 from .spatial_plan import StageKind
 from .spatial_stages import np_stencil, np_value

@@ -20,8 +20,8 @@ import enum
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from ..derive import Assignment
-from ..structure import FULL, SCALAR
+from ..semantics.derive import Assignment
+from ..semantics.structure import FULL, SCALAR
 
 
 class StageKind(enum.Enum):

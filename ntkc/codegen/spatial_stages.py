@@ -11,8 +11,8 @@ input's channel sums, conv 𝒜, pools, flatten, global pools).
 
 from __future__ import annotations
 
-from ..derive import Assignment
-from ..structure import DIAG, FULL, SCALAR
+from ..semantics.derive import Assignment
+from ..semantics.structure import DIAG, FULL, SCALAR
 from .spatial_plan import Slot
 
 

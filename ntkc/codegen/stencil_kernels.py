@@ -1,6 +1,6 @@
 """The stencils of the convolutional kernels: fixed numba code, pasted into every
 convolutional module below the marker line (ntkc.codegen.emit_spatial), and the tap
-geometry ntkc.geometry builds its tables with.
+geometry ntkc.semantics.geometry builds its tables with.
 
 A window is described by eleven integers, not a table: its geometry, an int64 array
 ``g = (hin, win, hout, wout, fh, fw, sh, sw, loh, low, circular)``, every spatial
@@ -377,7 +377,7 @@ def _pool_entry(src, so, g, o1, o2):
 
 def _axis_taps(n, f, s, padding):
     """(out, f) input indices along one axis, -1 for zero padding (lax's conventions:
-    see ntkc.geometry)."""
+    see ntkc.semantics.geometry)."""
     if padding == "valid":
         if f > n:
             raise ValueError(f"a window of {f} does not fit a VALID input of size {n}")

@@ -74,7 +74,7 @@ def load_text(text: str):
 
 
 def uses_quadrature(model) -> bool:
-    from ntkc.quadrature import GaussExpectation
+    from ntkc.semantics.quadrature import GaussExpectation
 
     rec = model.compiled.recursion
     return any(a.expr.atoms(GaussExpectation) for a in rec.point + rec.pair

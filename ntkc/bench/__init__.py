@@ -1,0 +1,1 @@
+"""`ntkc bench`: the benchmarks behind the README's figures (dense, conv, CIFAR-size)."""

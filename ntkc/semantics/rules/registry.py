@@ -1,0 +1,115 @@
+"""What a rule declares about its op, and the registry the rest of the compiler reads.
+
+A rule file under rules/ builds one Rule (or a few, for a family such as the pools) and
+registers it. Everything else asks the registry: the builder (which names a spec may
+call, with which arguments), the passes (shapes, which lines must be Gaussian), the
+derivation (how a line is opened, its K/Θ rule), the structure pass (what each stencil
+reads) and the finite-width target (the op's forward at finite width).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+REQUIRED = object()  # sentinel: an argument without default
+
+
+class ArgKind(enum.Enum):
+    NUMBER = "number"  # a number or an expression in params
+    INT = "int"  # a non-negative integer literal
+    INTS = "ints"  # a list of integers (filter, window, stride)
+    CHOICE = "choice"  # one of Arg.choices, written bare (padding=same)
+    NUMBER_LIST = "number_list"  # a list of numbers (polynomial coefficients)
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    kind: ArgKind
+    default: Any = REQUIRED
+    choices: tuple[str, ...] = ()
+
+
+class Opening(enum.Enum):
+    """How the derivation opens a covariance of this op's line with another line."""
+
+    INPUT = "input"  # the network input: K is x·x'/d, Θ is 0
+    AFFINE = "affine"  # fresh zero-mean weights: correlates only with itself
+    POINTWISE = "pointwise"  # φ of a Gaussian: a Gaussian expectation
+    LINEAR = "linear"  # a linear map of other lines (sums, concat, pools, norms): opened first
+
+
+class Structure(str, enum.Enum):
+    """Which position pairs a per-pair array holds (ntkc.semantics.structure)."""
+
+    SCALAR = "scalar"  # a vector line: one number
+    DIAG = "diag"  # same-position pairs only: P entries
+    FULL = "full"  # every pair of positions: P² entries
+
+    # printed as its value ("diag"), in generated comments and `ntkc show`, on every Python
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+@dataclass(frozen=True)
+class StencilKind:
+    """A value computed from a whole array (an Assignment's ``stencil``), as a rule emits
+    it through ``eng.stencil(name, ...)``.
+
+    reads: structure transfer, the structure this stencil needs of its source array given
+    the structure asked of its output; None for a stencil that reads no array (the input's
+    channel sums). label: its name in formulas, a format of {line} and {kind} ("K"/"T").
+    to_scalar: it sums positions away (one number per pair of inputs). The codegen backends
+    print each kind (ntkc.codegen.spatial_stages, emit_spatial, cuda_spatial and the numpy
+    reference)."""
+
+    name: str
+    reads: Callable[[Structure], Structure] | None
+    label: str
+    to_scalar: bool = False
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Everything the compiler knows about one op.
+
+    shape(node, in_shapes, program) -> Shape, raising ValueError with the message a user
+    sees (at the line); derive(eng, kind, node, ...) -> the line's K ("K") or Θ ("T")
+    rule: (eng, kind, node, p, q) for INPUT and AFFINE (the line with itself), (eng, kind,
+    node, other, p, q) for LINEAR (against any line), (eng, kind, a, b, p, q) for POINTWISE.
+    """
+
+    op: str
+    opening: Opening
+    args: tuple[Arg, ...]
+    n_inputs: int | None  # None: one or more
+    shape: Callable[..., Any]
+    derive: Callable[..., Any]
+    gaussian: bool = True  # the output is Gaussian (LINEAR: when all its inputs are)
+    needs_gaussian: bool = False  # its input must be Gaussian (checked at the line)
+    callable: bool = True  # called by name in a spec; input, lincomb, nonlin have syntax
+    mixes_positions: bool = False  # its covariance with another line needs the same op
+    stencils: tuple[StencilKind, ...] = ()  # the stencils its derive emits
+    doc: str = ""
+
+
+RULES: dict[str, Rule] = {}
+STENCILS: dict[str, StencilKind] = {}
+
+
+def register(rule: Rule) -> Rule:
+    if rule.op in RULES:
+        raise RuntimeError(f"rule {rule.op!r} registered twice")
+    RULES[rule.op] = rule
+    for s in rule.stencils:
+        if STENCILS.setdefault(s.name, s) is not s:
+            raise RuntimeError(f"stencil {s.name!r} registered twice")
+    return rule
+
+
+def callable_ops() -> frozenset[str]:
+    """The op names a spec may call: ``g = dense(...)``."""
+    return frozenset(op for op, r in RULES.items() if r.callable)
