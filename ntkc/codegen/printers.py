@@ -106,6 +106,9 @@ class NumbaPrinter(_Names, PythonCodePrinter):
         x = self._print(e.args[0])
         return f"(1.0 if {x} > 0 else (-1.0 if {x} < 0 else 0.0))"
 
+    def _print_KroneckerDelta(self, e):  # δ_ij of two positions (ntkc.semantics.positions)
+        return f"(1.0 if {self._print(e.args[0])} == {self._print(e.args[1])} else 0.0)"
+
 
 class CpuPrinter(NumbaPrinter):
     """NumbaPrinter for the CPU target: arccos by the vectorisable _acos of every
@@ -142,6 +145,9 @@ class ArrayPrinter(_Names, NumPyPrinter):
 
     def _print_DiracDelta(self, e):
         return f"numpy.zeros_like({self._print(e.args[0])})"
+
+    def _print_KroneckerDelta(self, e):  # of two position index arrays: 1.0 where equal
+        return f"numpy.equal({self._print(e.args[0])}, {self._print(e.args[1])}) * 1.0"
 
 
 # -- shared by the dense CPU and GPU writers --------------------------------------------

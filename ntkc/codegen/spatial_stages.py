@@ -121,6 +121,8 @@ def np_value(slot: Slot, var: str, view: str) -> str:
     """A stored array seen as a diagonal (n, P), a full (n, P, P) array or a scalar (n,)."""
     if view == DIAG and slot.storage == FULL:
         return f"numpy.einsum('nii->ni', {var})"
+    if view == FULL and slot.storage == DIAG:  # a diagonal stencil: read at the row
+        return f"{var}[:, :, None]"
     return var
 
 
