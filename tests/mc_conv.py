@@ -25,6 +25,9 @@ default, standard parameterization with ``parameterization="standard"`` (see bel
   max((out-1)·s + f - L, 0) zeros, total//2 before and the rest after; ``circular``: the
   same amounts as ``same``, filled by wrapping around (NT pads with np.pad(mode='wrap'),
   then runs a VALID conv), i.e. padded position j reads x[(j - total//2) mod L].
+* conv_local(filter, stride, padding, w_std, b_std): a locally connected layer (NT's
+  ConvLocal): the same, but every output position o has its own W_o ~ N(0, 1) of shape
+  (F·C_in, C_out) and β_o ~ N(0, 1) per channel, out_o = c·patch_o·W_o + b_std·β_o.
 * dense(w_std, b_std): the same with a filter of size 1 (on a vector; on a sequence or an
   image it acts on the channel axis at every position, as NT's Dense does).
 * avg_pool / sum_pool(window, stride, padding (default valid)): the mean (sum) over the
@@ -53,7 +56,9 @@ padding. With h̃ the input with the zero slot appended, a conv is patches = h̃
     Σ_W ∂f(x)/∂W ∂f(x')/∂W = c² Σ_{o,o'} Σ_t (h̃ h̃ᵀ)[x, taps[o,t]; x', taps[o',t]] · (δ δᵀ)[x, o; x', o']
 
 (c = w_std/√(C_in·F); the channel Gram h̃ h̃ᵀ is computed once, then gathered per tap, so
-no per-example gradient is formed), and of its bias b² Σ_{o,o'} (δ δᵀ)[x, o; x', o'].
+no per-example gradient is formed), and of its bias b² Σ_{o,o'} (δ δᵀ)[x, o; x', o']. A
+conv_local's weights and biases are separate per output position: the same sums with
+o = o' only.
 
 Parameterizations (both sample the same function from the same N(0, 1) draws Z, β; they
 differ only in what is trained, i.e. in the factors of the two sums above):
@@ -157,6 +162,7 @@ class Node:
     b_std: float | None = None  # conv: None = no bias
     matrix: np.ndarray | None = None  # pool: (P_out, P_in) linear map over positions
     phi: tuple = field(default=())  # nonlin: (φ, φ')
+    local: bool = False  # conv: a conv_local (weights and biases per output position)
 
     @property
     def positions(self) -> int:
@@ -233,8 +239,8 @@ class ConvNetwork:
     def _layer(self, op: str, a: dict, src: str, last: bool) -> str:
         h = self.node(src)
         nd = len(h.spatial)
-        if op in ("conv", "dense"):
-            if op == "conv":
+        if op in ("conv", "dense", "conv_local"):
+            if op != "dense":
                 window = tuple(a["filter"])
                 stride = tuple(a.get("stride") or (1,) * len(window))
                 padding = a.get("padding", "valid")
@@ -249,7 +255,8 @@ class ConvNetwork:
             b = a.get("b_std")
             return self._add(Node("", "conv", (src,), out, c_out, taps=taps,
                                   scale=float(a["w_std"]) / np.sqrt(fan_in),
-                                  b_std=None if b is None else float(b)))
+                                  b_std=None if b is None else float(b),
+                                  local=op == "conv_local"))
         if last:
             raise ValueError("the last layer must be a dense readout")
         if op in ("avg_pool", "sum_pool"):
@@ -297,9 +304,10 @@ class ConvNetwork:
             if node.op != "conv":
                 continue
             fan = node.taps.shape[1] * self.node(node.inputs[0]).channels
-            z = rng.standard_normal((nb, fan, node.channels), dtype=self.dtype)
+            per = (node.positions,) if node.local else ()  # conv_local: per output position
+            z = rng.standard_normal((nb, *per, fan, node.channels), dtype=self.dtype)
             beta = (None if node.b_std is None
-                    else rng.standard_normal((nb, node.channels), dtype=self.dtype))
+                    else rng.standard_normal((nb, *per, node.channels), dtype=self.dtype))
             params[node.name] = (z, beta)
         return params
 
@@ -329,7 +337,8 @@ class ConvNetwork:
             if node.op == "conv":
                 src = self.node(node.inputs[0])
                 fan_in = node.taps.shape[1] * src.channels
-                total += fan_in * node.channels + n_pts * node.positions * fan_in
+                total += (fan_in * node.channels * (node.positions if node.local else 1)
+                          + n_pts * node.positions * fan_in)
                 total += 2 * (n_pts * node.positions) ** 2 + (n_pts * (src.positions + 1)) ** 2
         return total
 
@@ -350,6 +359,9 @@ class ConvNetwork:
                 z, beta = params[node.name]
                 nb = z.shape[0]
                 patches = _with_zero_slot(h)[:, :, node.taps, :]  # (., N, P_out, F, C_in)
+                if node.local:
+                    acts[node.name] = self._local_forward(node, patches, z, beta)
+                    continue
                 patches = patches.reshape(h.shape[0], n_pts * node.positions, -1)
                 if h.shape[0] == 1:  # the same patches for every draw: one GEMM
                     g = patches[0] @ z.transpose(1, 0, 2).reshape(z.shape[1], -1)
@@ -404,8 +416,12 @@ class ConvNetwork:
                 if self.node(src).op != "input":  # no gradient needed into the data
                     z = params[node.name][0]
                     p_out = node.positions
-                    dp = node.scale * np.matmul(d.reshape(nb, n_pts * p_out, -1),
-                                                z.transpose(0, 2, 1))
+                    if node.local:  # dp[n, o, :] = c·W_o d[n, o, :]
+                        dp = node.scale * np.matmul(d.transpose(0, 2, 1, 3),
+                                                    z.transpose(0, 1, 3, 2)).transpose(0, 2, 1, 3)
+                    else:
+                        dp = node.scale * np.matmul(d.reshape(nb, n_pts * p_out, -1),
+                                                    z.transpose(0, 2, 1))
                     dp = dp.reshape(nb, n_pts, p_out * node.taps.shape[1], -1)
                     add(src, np.matmul(self._scatter(node), dp)[:, :, :-1, :])
             elif node.op == "nonlin":
@@ -448,6 +464,8 @@ class ConvNetwork:
         nb, n_pts, p_out, _ = d.shape
         dd = np.matmul(d.reshape(nb, n_pts * p_out, -1), d.reshape(nb, n_pts * p_out, -1)
                        .transpose(0, 2, 1)).reshape(nb, n_pts, p_out, n_pts, p_out)
+        if node.local:  # each output position's own weights pair o with o only
+            dd = dd * np.eye(p_out, dtype=dd.dtype)[:, None, :]
         he = _with_zero_slot(h)
         q = he.shape[2]
         hh = np.matmul(he.reshape(he.shape[0], n_pts * q, -1),
@@ -463,6 +481,17 @@ class ConvNetwork:
         if node.b_std is not None:
             ntk = ntk + cb2 * dd.sum(axis=(2, 4))
         return ntk
+
+    @staticmethod
+    def _local_forward(node: Node, patches: np.ndarray, z: np.ndarray,
+                       beta: np.ndarray | None) -> np.ndarray:
+        """A conv_local: out[., n, o] = c·patch[n, o]·W_o (+ b·β_o), (nb, N, P_out, C_out)."""
+        lead, n_pts, p_out = patches.shape[:3]
+        pt = patches.reshape(lead, n_pts, p_out, -1).transpose(0, 2, 1, 3)  # (., P_out, N, K)
+        g = node.scale * np.matmul(pt, z).transpose(0, 2, 1, 3)
+        if beta is not None:
+            g = g + node.b_std * beta[:, None, :, :]
+        return g
 
 
 def _with_zero_slot(h: np.ndarray) -> np.ndarray:

@@ -123,7 +123,7 @@ class Oracle:
             if kind == "T":
                 return np.zeros((len(self.z), self.z.shape[1]) * 2)
             return np.einsum("nic,mjc->nimj", self.z, self.z) / self.z.shape[2]
-        affine = ("dense", "conv")
+        affine = ("dense", "conv", "conv_local")
         if na.op in affine + ("input",) and nb.op in affine + ("input",):
             if a != b:
                 p = (len(self.z), self._positions(a))
@@ -198,25 +198,29 @@ class Oracle:
         b = node.attrs["b_std"]
         bias = self.num(b) ** 2 if b is not None else 0.0
         hshape = self.prog.nodes[h].shape
-        if node.op == "conv":
+        one = 1.0  # where a bias adds: everywhere, or (conv_local) on same positions only
+        if node.op in ("conv", "conv_local"):
             filt = tuple(node.attrs["filter"])
             stride = tuple(node.attrs["stride"] or (1,) * len(filt))
             taps = _taps(hshape.spatial, filt, stride, node.attrs["padding"])
+            if node.op == "conv_local":  # own weights per position: independent positions
+                one = np.eye(len(taps))[None, :, None, :]
 
             def lin(m):
-                return _window_mean(m, taps, same_offset=True)
+                return _window_mean(m, taps, same_offset=True) * one
             fan_in = (hshape.channels or 0) * taps.shape[1]
         else:
             def lin(m):
                 return m
             fan_in = hshape.channels or 0
-        k = w * w * lin(self.cov("K", h, h)) + bias
+        k = w * w * lin(self.cov("K", h, h)) + bias * one
         if kind == "K":
             return k
         theta_h = w * w * lin(self.cov("T", h, h))
         if self.prog.parameterization == "ntk":
             return k + theta_h
-        return fan_in * lin(self.cov("K", h, h)) + (1.0 if b is not None else 0.0) + theta_h
+        return (fan_in * lin(self.cov("K", h, h)) + (1.0 if b is not None else 0.0) * one
+                + theta_h)
 
     def _activation(self, node):
         if node.op == "nonlin":
