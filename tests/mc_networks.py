@@ -61,7 +61,37 @@ def _builtin_phi(label: str, args: dict[str, float]):
                 lambda z: np.where(z > 0, n * np.abs(z) ** (n - 1), 0.0))
     if label == "identity":
         return (lambda z: z), np.ones_like
-    return None
+    return _jax_phi(label, args)
+
+
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+
+
+def _jax_phi(label: str, args: dict[str, float]):
+    """φ and φ' of the built-ins without a closed-form dual, by jax.nn's definitions (and
+    their derivatives by hand); None for the others."""
+    def elu(alpha: float, scale: float = 1.0):
+        return (lambda z: scale * np.where(z > 0, z, alpha * np.expm1(np.minimum(z, 0.0))),
+                lambda z: scale * np.where(z > 0, 1.0, alpha * np.exp(np.minimum(z, 0.0))))
+
+    def mish_prime(z):
+        t = np.tanh(np.logaddexp(z, 0.0))
+        return t + z * (1 - t * t) * ss.expit(z)
+
+    table = {
+        "tanh": (np.tanh, lambda z: 1 - np.tanh(z) ** 2),
+        "sigmoid": (ss.expit, lambda z: ss.expit(z) * ss.expit(-z)),
+        "softplus": (lambda z: np.logaddexp(z, 0.0), ss.expit),
+        "silu": (lambda z: z * ss.expit(z),
+                 lambda z: ss.expit(z) * (1 + z * ss.expit(-z))),
+        "mish": (lambda z: z * np.tanh(np.logaddexp(z, 0.0)), mish_prime),
+    }
+    table["swish"] = table["silu"]
+    if label == "elu":
+        return elu(args.get("alpha", 1.0))
+    if label == "selu":
+        return elu(SELU_ALPHA, SELU_SCALE)
+    return table.get(label)
 
 
 @dataclass

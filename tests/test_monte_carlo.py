@@ -103,12 +103,12 @@ output y
     "softplus_mlp": Case("""
 network softplus_mlp
 param beta = 2
-nonlin softplus(z) = log(1 + exp(beta * z)) / beta
+nonlin softplus_beta(z) = log(1 + exp(beta * z)) / beta
 input x : vector[4]
 g1 = dense(x, w_std=1.2, b_std=0.2)
-h1 = softplus(g1)
+h1 = softplus_beta(g1)
 g2 = dense(h1, w_std=1.2, b_std=0.2)
-h2 = softplus(g2)
+h2 = softplus_beta(g2)
 y = dense(h2, w_std=1.2, b_std=0.2)
 output y
 """, draws=96, bias=0.6, seed=3),
@@ -213,6 +213,20 @@ y = dense(h2, w_std=1.5, b_std=0.1, width=1)
 output y
 """, draws=96, bias=0.9, seed=10),
 }
+# The built-ins without a closed form (quadrature; the simulator's φ, φ' are jax.nn's,
+# written out in mc_networks.py), one hidden layer each (no finite-width bias).
+_QUADRATURE_BUILTINS = ("tanh(g)", "sigmoid(g)", "softplus(g)", "silu(g)", "elu(g, alpha=0.7)",
+                        "selu(g)", "mish(g)")
+for _i, _call in enumerate(_QUADRATURE_BUILTINS):
+    _name = "builtin_" + _call.split("(")[0]
+    CASES[_name] = Case(f"""
+network {_name}
+input x : vector[4]
+g = dense(x, w_std=1.4, b_std=0.2)
+h = {_call}
+y = dense(h, w_std=1.2, b_std=0.1)
+output y
+""", draws=2000, bias=0.0, seed=31 + _i)
 
 
 # Known disagreements with ntkc (strict: a fix makes these tests XPASS and fail, as a

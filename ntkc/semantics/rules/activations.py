@@ -1,6 +1,7 @@
-"""The built-in nonlinearities: their names, arguments and closed-form duals (Neural
-Tangents 0.6.5 stax semantics). ``BUILTINS`` is the one table the builder and the
-nonlinearity rule read.
+"""The built-in nonlinearities: their names, arguments and duals. ``BUILTINS`` is the one
+table the builder and the nonlinearity rule read. Neural Tangents 0.6.5 stax's, with their
+closed forms (its semantics); and common ones without a closed form (tanh, sigmoid,
+softplus, silu/swish, elu, selu, mish, as jax.nn), integrated by quadrature.
 
 Each constructor takes sympy expressions for the nonlinearity's arguments (numbers or
 user parameters) and returns a :class:`~ntkc.semantics.duals.DualActivation`. Conventions:
@@ -19,6 +20,7 @@ import sympy
 from sympy import Expr, pi, sqrt
 
 from ..duals import Clip1, DualActivation, as_expr, polynomial_dual
+from ..quadrature import quadrature_dual
 from .registry import REQUIRED, Arg, ArgKind
 
 HALF = sympy.Rational(1, 2)
@@ -272,6 +274,46 @@ def identity() -> DualActivation:
     )
 
 
+# ------------------------------------------------------------------ by quadrature
+# Common activations without a closed-form dual, defined as jax.nn defines them. Each gets
+# the dual a user `nonlin` with the same body gets (ntkc.semantics.quadrature): the
+# generated kernel integrates E[φφ], E[φ'φ'] and E[φ²], with the run-time guard. elu and
+# selu have their kink (in φ') at 0, so they take the polar rule, exact across it.
+
+# jax.nn.selu's constants, exactly as written there
+SELU_ALPHA = sympy.Rational("1.6732632423543772848170429916717")
+SELU_SCALE = sympy.Rational("1.0507009873554804934193349852946")
+
+
+def _sigmoid(z: Expr) -> Expr:
+    return 1 / (1 + sympy.exp(-z))
+
+
+def _softplus(z: Expr) -> Expr:
+    return sympy.log(1 + sympy.exp(z))
+
+
+def _elu(z: Expr, alpha: Expr) -> Expr:
+    # jax's where(x > 0, x, alpha·expm1(x)): φ'(0) is alpha, as jax's gradient
+    return sympy.Piecewise((z, z > 0), (alpha * (sympy.exp(z) - 1), True))
+
+
+def by_quadrature(name: str, body: Callable[[Expr], Expr]) -> DualActivation:
+    """The quadrature dual of φ(z) = body(z). ``name`` labels its expectations in formulas
+    (E[name·name]); one name per function, so that swish and silu share them."""
+    z = sympy.Symbol("z", real=True)  # the symbol a user nonlin's body has: one integrand
+    return quadrature_dual(name, body(z), z)
+
+
+def elu(alpha: Expr) -> DualActivation:
+    name = "elu" if alpha == 1 else f"elu(alpha={alpha})"  # E[...] of two alphas apart
+    return by_quadrature(name, lambda z: _elu(z, alpha))
+
+
+def _silu() -> DualActivation:
+    return by_quadrature("silu", lambda z: z * _sigmoid(z))
+
+
 @dataclass(frozen=True)
 class Builtin:
     """A built-in nonlinearity: its arguments (names and defaults exactly as Neural
@@ -304,6 +346,15 @@ BUILTINS: dict[str, Builtin] = {b.name: b for b in (
     Builtin("polynomial", (Arg("coef", ArgKind.NUMBER_LIST),),
             lambda coef: polynomial_dual("polynomial", coef)),
     Builtin("identity", (), identity),
+    # not Neural Tangents' (it has no kernel for them): by quadrature, as jax.nn defines them
+    Builtin("tanh", (), lambda: by_quadrature("tanh", sympy.tanh)),
+    Builtin("sigmoid", (), lambda: by_quadrature("sigmoid", _sigmoid)),
+    Builtin("softplus", (), lambda: by_quadrature("softplus", _softplus)),
+    Builtin("silu", (), _silu),
+    Builtin("swish", (), _silu),
+    Builtin("elu", (Arg("alpha", _NUMBER, 1),), elu),
+    Builtin("selu", (), lambda: by_quadrature("selu", lambda z: SELU_SCALE * _elu(z, SELU_ALPHA))),
+    Builtin("mish", (), lambda: by_quadrature("mish", lambda z: z * sympy.tanh(_softplus(z)))),
 )}
 
 
