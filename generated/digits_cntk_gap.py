@@ -895,11 +895,15 @@ def _check_inputs(name, x):
         x = np.asarray(x)
     if x.dtype.kind not in "fiu" or x.dtype == np.float16:
         raise ValueError(f"{name}: expected a float32/float64 (or integer) array, got dtype {x.dtype}")
-    if x.ndim != 1 + len(INPUT_SHAPE) or tuple(x.shape[1:]) != INPUT_SHAPE:
-        raise ValueError(
-            f"{name}: expected shape (n, {', '.join(map(str, INPUT_SHAPE))}), got {x.shape}")
+    # None in INPUT_SHAPE: an open size (vector[*]), set by the data
+    if x.ndim != 1 + len(INPUT_SHAPE) or any(
+            s is not None and s != got for s, got in zip(INPUT_SHAPE, x.shape[1:])):
+        expected = ", ".join("d" if s is None else str(s) for s in INPUT_SHAPE)
+        raise ValueError(f"{name}: expected shape (n, {expected}), got {x.shape}")
     if x.shape[0] == 0:
         raise ValueError(f"{name}: no inputs (shape {x.shape})")
+    if x.size == 0:
+        raise ValueError(f"{name}: no features (shape {x.shape})")
     bad = ~np.isfinite(x)
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -943,6 +947,9 @@ def _kernel_arguments(x1, x2, get, backend, device):
     x1 = _check_inputs("x1", x1)
     symmetric = x2 is None or x2 is x1
     x2 = x1 if symmetric else _check_inputs("x2", x2)
+    if x2.shape[1:] != x1.shape[1:]:  # only where the input size is open (vector[*])
+        raise ValueError(f"x2: expected shape (n, {x1.shape[1]}) as x1 (the input size is "
+                         f"open, vector[*], so x1 sets it), got {x2.shape}")
     both32 = x1.dtype == np.float32 and x2.dtype == np.float32
     dtype = np.float32 if both32 else np.float64
     return names, device, x1, x2, symmetric, dtype

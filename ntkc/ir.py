@@ -14,8 +14,9 @@ from .errors import Pos
 class Shape:
     """Shape of one input's features: spatial dims (empty for vectors) and channels.
 
-    ``channels`` is None when the width of a hidden layer was not given: it only
-    matters under the standard parameterization."""
+    ``channels`` is None when the width of a hidden layer was not given (it only
+    matters under the standard parameterization), or, for the input, when its size is
+    open (``vector[*]``: the data gives it, at kernel time)."""
 
     kind: str  # "vector" | "sequence" | "image"
     spatial: tuple[int, ...]

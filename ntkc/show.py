@@ -78,7 +78,7 @@ def show(rec: Recursion, style: str = "text", expand: bool = False,
     prog = rec.program
     src = prog.source.splitlines()
     shape = prog.input_shape
-    dims = ", ".join(map(str, (*shape.spatial, shape.channels)))
+    dims = ", ".join("*" if s is None else str(s) for s in (*shape.spatial, shape.channels))
     out = [(f"network {prog.network} (parameterization {prog.parameterization}), "
             f"input {prog.input} : {shape.kind}[{dims}]")]
     if prog.params:
@@ -113,6 +113,8 @@ def show(rec: Recursion, style: str = "text", expand: bool = False,
     return "\n".join(out)
 
 
-def _dim(rec: Recursion) -> int:
+def _dim(rec: Recursion) -> int | str:
     shape = rec.program.input_shape
+    if shape.channels is None:
+        return "d"  # vector[*]: the size of the data
     return shape.channels * math.prod(shape.spatial)

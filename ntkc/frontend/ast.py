@@ -81,7 +81,7 @@ class ParamDecl:
 class InputDecl:
     name: str
     kind: str
-    dims: tuple[int, ...]
+    dims: tuple[int | None, ...]  # None: `*`, open (vector[*])
     pos: Pos
     kind_pos: Pos
 

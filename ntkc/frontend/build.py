@@ -84,6 +84,12 @@ class Builder:
             getattr(self, "_" + type(st).__name__)(st)
         if self.input is None:
             raise self.r.fail("no input: declare one, e.g. 'input x : vector[784]'", None)
+        x = self.nodes[self.input]
+        if x.shape.channels is None and self.parameterization == "standard":
+            # Θ of the first dense is n_in·x·x'/d + ...: it scales with the input size
+            raise self.r.fail("under parameterization standard the NTK depends on the input "
+                              "size: give it (e.g. vector[64]) or use parameterization ntk",
+                              x.pos)
         if self.output is None:
             last = len(self.source.rstrip("\n").splitlines()) or 1
             raise self.r.fail("no output: end the network with 'output <line>'", Pos(last, 1))
@@ -120,6 +126,10 @@ class Builder:
         if len(st.dims) != INPUT_KINDS[st.kind]:
             raise self.r.fail(f"{st.kind} takes {INPUT_KINDS[st.kind]} size(s), "
                               f"got {len(st.dims)}", st.kind_pos)
+        if None in st.dims and st.kind != "vector":
+            # a conv's taps and a pool's windows need the positions at compile time
+            raise self.r.fail(f"only a vector input may leave its size open: {st.kind} "
+                              "sizes are needed at compile time", st.kind_pos)
         if 0 in st.dims:
             raise self.r.fail("input sizes must be positive", st.kind_pos)
         if math.prod(st.dims[:-1]) > MAX_POSITIONS:
@@ -236,7 +246,11 @@ class Builder:
                 plain = a.default is None or a.kind in (ArgKind.INTS, ArgKind.CHOICE)
                 out[a.name] = a.default if plain else as_expr(a.default)
                 continue
-            out[a.name] = self._value(c.func, a, given[a.name])
+            value = self._value(c.func, a, given[a.name])
+            why = None if a.check is None else a.check(value)
+            if why is not None:  # the op's own condition (dropout's rate in (0, 1])
+                raise self.r.fail(f"{c.func}'s {a.name} {why}", given[a.name].pos)
+            out[a.name] = value
         return out
 
     def _value(self, op: str, a: Arg, e: ast.Expr):

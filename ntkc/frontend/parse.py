@@ -48,8 +48,11 @@ class _ToAst(Transformer_NonRecursive):
     def param(self, meta, c):
         return ast.ParamDecl(str(c[0]), c[1], _pos(c[0]))
 
+    def open_size(self, meta, c):
+        return None
+
     def input(self, meta, c):
-        dims = tuple(int(t) for t in c[2:])
+        dims = tuple(None if t is None else int(t) for t in c[2:])
         return ast.InputDecl(str(c[0]), str(c[1]), dims, _pos(c[0]), _pos(c[1]))
 
     def nonlin(self, meta, c):

@@ -96,7 +96,7 @@ class Model:
         return self.module.NETWORK
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
+    def input_shape(self) -> tuple[int | None, ...]:  # None: open (vector[*])
         return tuple(self.module.INPUT_SHAPE)
 
     def formulas(self) -> dict[str, Any]:

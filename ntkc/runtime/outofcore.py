@@ -44,7 +44,6 @@ def work_bytes(module: ModuleType, rows: int, cols: int, names: tuple[str, ...],
     """Host bytes one module.kernel() call on rows × cols inputs allocates, by kind."""
     n_point = int(getattr(module, "N_POINT", 0))
     n_scratch = getattr(module, "N_SCRATCH", None)  # conv modules only
-    d = int(np.prod(getattr(module, "INPUT_SHAPE", (1,))))
     out = {"point rows": (rows + cols) * n_point * 8}
     if n_scratch is None:  # dense: the GEMM result becomes K, Θ is a second array
         out["outputs"] = rows * cols * itemsize * len(names)
@@ -52,6 +51,7 @@ def work_bytes(module: ModuleType, rows: int, cols: int, names: tuple[str, ...],
             out["numpy temporaries"] = rows * cols * 8 * max(4, n_point)
         return out
     n_scratch = int(n_scratch)
+    d = int(np.prod(module.INPUT_SHAPE))  # conv inputs have no open size
     n_w = int(getattr(module, "N_W", n_scratch))  # the point phase's full covariances
     out["inputs (float64)"] = (rows + cols) * d * 8
     # K and Θ are float64 there; float32 results are copies

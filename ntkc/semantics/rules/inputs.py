@@ -20,6 +20,8 @@ def derive_input(eng, kind: str, node, p: int, q: int) -> sympy.Expr:
     if node.shape.spatial:
         return eng.stencil("input", node.name, None, p, q, None,
                            sympy.Rational(1, node.shape.channels))
+    if node.shape.channels is None:  # vector[*]: the driver divides by the data's d
+        return eng.input_dot(p, q)
     return eng.input_dot(p, q) / node.shape.channels
 
 
