@@ -42,8 +42,8 @@ else:
     sys.modules[__name__] = _self
     del _file, _digest, _self
 
-SPEC_FILE = '../ntkc/specs/open_mlp.ntk'
-SPEC_SHA256 = '3d6089d17b5ad9a6c9ce9121fa1f52da8f7e5272f5c894044743282a4ac8ff05'
+SPEC_FILE = '../examples/open_mlp.ntk'
+SPEC_SHA256 = '7d0f8f231870533152a5c671e33538bba358b5a829f4e821321b326a2bb8ddca'
 NTKC_VERSION = '0.1.0'
 COMPILE_OPTIONS = {'target': 'all', 'quad_degree': 32}
 NETWORK = 'open_mlp'
@@ -55,27 +55,27 @@ N_POINT = 16
 DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)
 
 # The recursion, one group per spec line (K: NNGP kernel, Θ: NTK):
-# line 11: x
+# line 12: x
 #   K[x](x,x) = x·x
-# line 13: g1
+# line 14: g1
 #   K[g1](x,x) = K[x](x,x)*w**2 + b**2
 #   K[g1](x,x') = b**2 + w**2*x·x'
-# line 14: h1
+# line 15: h1
 #   K[h1](x,x) = K[g1](x,x)/2
 #   Θ[h1](x,x) = K[g1](x,x)*(-acos(Clip1(K[g1](x,x)/Abs(K[g1](x,x))))/(2*pi) + 1/2)
 #   K[h1](x,x') = K[g1](x,x')*(-acos(Clip1(K[g1](x,x')/sqrt(K[g1](x',x')*K[g1](x,x))))/(2*pi) + 1/2) + sqrt(K[g1](x',x')*K[g1](x,x))*sqrt(1 - Clip1(K[g1](x,x')/sqrt(K[g1](x',x')*K[g1](x,x)))**2)/(2*pi)
 #   Θ[h1](x,x') = K[g1](x,x')*(-acos(Clip1(K[g1](x,x')/sqrt(K[g1](x',x')*K[g1](x,x))))/(2*pi) + 1/2)
-# line 15: g2
+# line 16: g2
 #   K[g2](x,x) = K[h1](x,x)*w**2 + b**2
 #   Θ[g2](x,x) = K[g2](x,x) + w**2*Θ[h1](x,x)
 #   K[g2](x,x') = K[h1](x,x')*w**2 + b**2
 #   Θ[g2](x,x') = K[g2](x,x') + w**2*Θ[h1](x,x')
-# line 16: h2
+# line 17: h2
 #   K[h2](x,x) = K[g2](x,x)/2
 #   Θ[h2](x,x) = Θ[g2](x,x)*(-acos(Clip1(K[g2](x,x)/Abs(K[g2](x,x))))/(2*pi) + 1/2)
 #   K[h2](x,x') = K[g2](x,x')*(-acos(Clip1(K[g2](x,x')/sqrt(K[g2](x',x')*K[g2](x,x))))/(2*pi) + 1/2) + sqrt(K[g2](x',x')*K[g2](x,x))*sqrt(1 - Clip1(K[g2](x,x')/sqrt(K[g2](x',x')*K[g2](x,x)))**2)/(2*pi)
 #   Θ[h2](x,x') = Θ[g2](x,x')*(-acos(Clip1(K[g2](x,x')/sqrt(K[g2](x',x')*K[g2](x,x))))/(2*pi) + 1/2)
-# line 17: y
+# line 18: y
 #   K[y](x,x) = K[h2](x,x)*w**2 + b**2
 #   Θ[y](x,x) = K[y](x,x) + w**2*Θ[h2](x,x)
 #   K[y](x,x') = K[h2](x,x')*w**2 + b**2
