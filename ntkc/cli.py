@@ -30,11 +30,14 @@ def _compile(args) -> int:
 
 def _show(args) -> int:
     from .compiler import compile_file
-    from .show import show
+    from .show import latex_document, show
 
     compiled = compile_file(args.spec)
     _warn(compiled.program)
-    style = "latex" if args.latex else "sympy" if args.sympy else "text"
+    if args.latex:  # a standalone document: ntkc show --latex SPEC > spec.tex
+        print(latex_document(compiled.recursion, expand=args.expand))
+        return 0
+    style = "sympy" if args.sympy else "text"
     print(show(compiled.recursion, style, expand=args.expand, structure=args.structure))
     return 0
 

@@ -109,6 +109,18 @@ class Model:
         out["ntk"] = rec.outputs["ntk"]
         return out
 
+    # Jupyter renders a Model as its spec, structure and formulas (None: loaded from a
+    # generated module, without its spec: the plain repr then).
+    def _repr_html_(self) -> str | None:
+        from ..show import html_report
+
+        return None if self.compiled is None else html_report(self.compiled.recursion)
+
+    def _repr_latex_(self) -> str | None:
+        from ..show import latex_math
+
+        return None if self.compiled is None else f"$${latex_math(self.compiled.recursion)}$$"
+
     def kernel(
         self,
         x1: np.ndarray,
