@@ -26,6 +26,7 @@ evaluated in float64 from float32 reads, as on the CPU.
 from __future__ import annotations
 
 from ..semantics.structure import DIAG, FULL, SCALAR
+from . import matrix_stencils
 from .cuda import CUDA_ERROR, builder_head
 from .printers import NumbaPrinter, cse_block
 from .spatial_plan import StageKind
@@ -180,6 +181,11 @@ class CudaSpatialWriter:
         scale = repr(float(st.scale))
         geometry = w.geometry.get(id(st.window), "")
         src_slot = w.cuda_slots[st.source] if st.source is not None else None
+        if st.op == matrix_stencils.MIX:  # the weights are per input: the CPU's point phase
+            operands = [w.operand(m, "pair") for m in st.operands]
+            return matrix_stencils.cuda_mix(src_slot, out, operands, w.cuda_mix_at,
+                                            w.scale_text(st.scale, CudaPrinter), self._entries,
+                                            ind)
         if st.op == "input":
             cols = out.cols if out.storage == FULL else out.rows
             n = out.rows * out.cols if out.storage == FULL else out.rows
