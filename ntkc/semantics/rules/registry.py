@@ -27,10 +27,15 @@ class ArgKind(enum.Enum):
 
 @dataclass(frozen=True)
 class Arg:
+    """One argument of an op. check: a condition of the op's own on the built value (a
+    number, or an expression in params), checked after its kind's: it returns why the value
+    is wrong, which the builder reports at the argument as "{op}'s {name} {why}", or None."""
+
     name: str
     kind: ArgKind
     default: Any = REQUIRED
     choices: tuple[str, ...] = ()
+    check: Callable[[Any], str | None] | None = None
 
 
 class Opening(enum.Enum):
