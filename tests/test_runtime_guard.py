@@ -138,7 +138,7 @@ def _interrupt_after(model, monkeypatch, k):
     return calls
 
 
-def test_out_dir_resumes_after_an_interrupt(relu, tmp_path, monkeypatch):
+def test_out_dir_resumes_after_an_interrupt(relu, tmp_path, monkeypatch, capsys):
     x = _x(relu, 7)
     whole = relu.kernel(x, tile=2, progress=False, out_dir=tmp_path / "ref")
     _interrupt_after(relu, monkeypatch, 3)
@@ -147,8 +147,10 @@ def test_out_dir_resumes_after_an_interrupt(relu, tmp_path, monkeypatch):
     manifest = json.loads((tmp_path / "run" / MANIFEST).read_text())
     assert manifest["complete"] is False and len(manifest["done"]) == 3
     calls = _interrupt_after(relu, monkeypatch, 100)
-    resumed = relu.kernel(x, tile=2, progress=False, out_dir=tmp_path / "run")
+    resumed = relu.kernel(x, tile=2, progress=True, out_dir=tmp_path / "run")
     assert len(calls) == 10 - 3  # 4 row tiles: 10 upper-triangle tiles, 3 were done
+    bar = capsys.readouterr().err  # tqdm's bar starts at the tiles already done
+    assert "3/10" in bar and "10/10" in bar and "tile" in bar and "1/10" not in bar
     for a, b in zip(resumed, whole):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert json.loads((tmp_path / "run" / MANIFEST).read_text())["complete"] is True

@@ -14,12 +14,12 @@ import os
 import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..compiler import Compiled, compile_file
 from ..semantics.quadrature import DEFAULT_DEGREE
@@ -195,8 +195,11 @@ class Model:
             state = Progress(out_dir, key, (n1, n2), restart=restart)
             outs = state.maps
         todo = [b for b in blocks if state is None or b not in state.done]
-        start = time.perf_counter()
-        for k, (i, j) in enumerate(todo):
+        # tqdm.auto: a text bar on a terminal, a widget in a notebook; a resumed run starts
+        # at the tiles already done, so the rate and ETA are of this run's tiles
+        bar = tqdm(total=len(blocks), initial=len(blocks) - len(todo), unit="tile",
+                   desc="ntkc", disable=not show, file=sys.stderr)
+        for i, j in todo:
             a = x1[i:i + tile]
             if symmetric and i == j:
                 res = self.module.kernel(a, None, names, params, backend, **extra)
@@ -209,15 +212,10 @@ class Model:
                     outs[name][j:j + block.shape[1], i:i + len(block)] = block.T
             if state is not None:
                 state.mark((i, j))
-            if show:
-                done = (k + 1) / len(todo)
-                eta = (time.perf_counter() - start) * (1 / done - 1)
-                print(f"\rntkc: tile {k + 1}/{len(todo)} ({done:.0%}), {eta:.0f} s left",
-                      end="", file=sys.stderr, flush=True)
+            bar.update(1)
+        bar.close()
         if state is not None:
             state.finish()
-        if show:
-            print(file=sys.stderr)
         if isinstance(get, str):
             return outs[get]
         import collections
