@@ -40,6 +40,7 @@ from ntkc.ir import Program
 from ntkc.semantics.duals import numeric_phi, numeric_phi_prime
 
 LAYER_NORM_EPS = 1e-12  # Neural Tangents' LayerNorm default (inside the sqrt)
+MAX_POINTS = 16  # inputs per batch a dropout mask is drawn for (masks are drawn with the weights)
 
 
 def _builtin_phi(label: str, args: dict[str, float]):
@@ -158,6 +159,8 @@ class FiniteNetwork:
                 self.widths[node.name] = ins[0]
             elif node.op == "concat":
                 self.widths[node.name] = sum(ins)
+            elif node.op == "dropout":
+                self.widths[node.name] = ins[0]
             else:
                 raise NotImplementedError(f"Monte Carlo network: op {node.op}")
 
@@ -212,6 +215,10 @@ class FiniteNetwork:
         buffers = {} if buffers is None else buffers
         params = {}
         for node in self.order:
+            if node.op == "dropout":  # its mask, kept w.p. rate and scaled by 1/rate (train mode)
+                keep = self._num(node.attrs["rate"])
+                mask = rng.random((nb, MAX_POINTS, self.widths[node.name])) < keep
+                params[node.name] = (mask / keep, None)
             if node.op != "dense":
                 continue
             units, fan_in = self.widths[node.name], self.widths[node.inputs[0]]
@@ -257,6 +264,9 @@ class FiniteNetwork:
                 acts[node.name] = sum(self._num(c) * acts[u] for c, u in node.attrs["terms"])
             elif node.op == "concat":
                 acts[node.name] = np.concatenate([acts[u] for u in node.inputs], axis=-1)
+            elif node.op == "dropout":  # one mask per draw, input and unit
+                h = acts[node.inputs[0]]
+                acts[node.name] = h * params[node.name][0][:, :h.shape[1]]
             elif node.op == "layer_norm":
                 g = acts[node.inputs[0]]
                 mu = g.mean(axis=-1, keepdims=True)
@@ -308,6 +318,8 @@ class FiniteNetwork:
             elif node.op == "lincomb":
                 for c, u in node.attrs["terms"]:
                     add(u, self._num(c) * d)
+            elif node.op == "dropout":
+                add(node.inputs[0], d * params[node.name][0][:, :n_pts])
             elif node.op == "concat":
                 start = 0
                 for u in node.inputs:

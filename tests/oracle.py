@@ -29,7 +29,7 @@ from ntkc.semantics.duals import numeric_phi, numeric_phi_prime
 from ntkc.semantics.quadrature import GaussExpectation
 
 LINEAR = ("lincomb", "concat", "layer_norm", "avg_pool", "sum_pool", "global_avg_pool",
-          "global_sum_pool", "flatten")
+          "global_sum_pool", "flatten", "dropout")
 _K11, _K12, _K22 = sympy.symbols("k11 k12 k22", positive=True)
 
 
@@ -141,6 +141,8 @@ class Oracle:
         other side's sums and pools are opened first, until the two meet."""
         if node.op not in LINEAR:
             return False
+        if node.op == "dropout" and other.op in LINEAR and other.op != "dropout":
+            return False  # the other side may hold this dropout line: it meets itself there
         return not (other.op in LINEAR and node.op in ("concat", "flatten")
                     and other.op != node.op)
 
@@ -163,6 +165,13 @@ class Oracle:
             return sum(max(0.0, min(e1, e2) - max(s1, s2)) * self.cov(kind, u, v)
                        for s1, e1, u in mine for s2, e2, v in self._parts(o))
         (u,) = node.inputs
+        if op == "dropout":  # a mask per input, position and feature: kept w.p. rate, / rate
+            if other != node.name:
+                return self.cov(kind, u, other)
+            m = self.cov(kind, u, u).copy()
+            n, p = np.arange(m.shape[0])[:, None], np.arange(m.shape[1])[None, :]
+            m[n, p, n, p] /= self.num(node.attrs["rate"])
+            return m
         if op == "layer_norm":
             var = np.einsum("nini->ni", self.cov("K", u, u))
             return self.cov(kind, u, other) / np.sqrt(var)[:, :, None, None]

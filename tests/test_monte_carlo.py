@@ -228,6 +228,28 @@ y = dense(h, w_std=1.2, b_std=0.1)
 output y
 """, draws=2000, bias=0.0, seed=31 + _i)
 
+# Dropout in train mode (keep probability 0.7, a mask per draw, input and unit; one hidden
+# layer: no finite-width bias): it scales the Gram diagonal only. The residual one also reads
+# d against its own input h and a sum that holds d.
+CASES["dropout"] = Case("""
+network dropout
+input x : vector[4]
+g = dense(x, w_std=1.4, b_std=0.2)
+h = relu(g)
+d = dropout(h, rate=0.7)
+y = dense(d, w_std=1.2, b_std=0.1)
+output y
+""", draws=2000, bias=0.0, seed=41)
+CASES["dropout_residual"] = Case("""
+network dropout_residual
+input x : vector[4]
+g = dense(x, w_std=1.4, b_std=0.2)
+h = erf(g)
+d = dropout(h, rate=0.6)
+r = d + 0.5 * h
+y = dense(r, w_std=1.2, b_std=0.1)
+output y
+""", draws=2000, bias=0.0, seed=42)
 
 # Known disagreements with ntkc (strict: a fix makes these tests XPASS and fail, as a
 # reminder to drop the entry).
@@ -341,6 +363,8 @@ def _fd_ntk(net: FiniteNetwork, params: dict[str, tuple], eps: float = 1e-6) -> 
     """Σ_θ ∂f/∂θ ∂f/∂θ with every ∂f/∂θ a central finite difference of the forward pass."""
     ntk = 0.0
     for name, (z, beta) in params.items():
+        if net.program.nodes[name].op != "dense":
+            continue  # a dropout mask: drawn, not trained
         scale, b, cw2, cb2 = net.gradient_weights(name)
         # Θ̂ is over the trained parameters: Z, β (ntk) or W = scale·Z, b·β (standard);
         # a derivative in Z is scale × one in W, hence the factor cw²/scale².
