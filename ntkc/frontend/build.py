@@ -20,6 +20,7 @@ from . import ast
 from .expr import finite_real, linear_terms, nonlin_problem, number, to_sympy
 
 CALLABLE_OPS = callable_ops()
+INFIX = {r.infix: r.op for r in RULES.values() if r.infix}  # "*" -> "product": `p = a * b`
 INPUT_KINDS = {"vector": 1, "sequence": 2, "image": 3}
 RESERVED = set(CALLABLE_OPS) | set(BUILTINS)
 # Degrees beyond which the exact Gaussian moments (and rectified_monomial's arc-cosine
@@ -173,8 +174,13 @@ class Builder:
     def _Assign(self, st: ast.Assign) -> None:
         self._define(st.target, st.pos, "line")
         v = st.value
+        infix = None if isinstance(v, ast.Call) else self._infix(v)
         if isinstance(v, ast.Call):
             node = self._call(st.target, v)
+        elif infix is not None:
+            assert isinstance(v, ast.BinOp)
+            node = Node(st.target, infix, (self._layer(v.left, infix),
+                                           self._layer(v.right, infix)), {}, st.pos)
         else:
             terms = linear_terms(
                 v, lambda n: n in self.nodes, lambda e: self._scalar(e, "a coefficient"), self.r)
@@ -189,6 +195,30 @@ class Builder:
                             st.pos)
             node = Node(st.target, "lincomb", tuple(terms), {"terms": nonzero}, st.pos)
         self.nodes[st.target] = node
+
+    def _infix(self, v: ast.Expr) -> str | None:
+        """The op of `a OP b` (OP a rule's infix, a line on each side), or None for a linear
+        combination. OP between lines anywhere else is refused, saying what to write."""
+
+        def lines(e: ast.Expr) -> bool:
+            return any(isinstance(m, ast.Name) and m.id in self.nodes for m in _walk(e))
+
+        for m in _walk(v):
+            if not (isinstance(m, ast.BinOp) and m.op in INFIX and lines(m.left)
+                    and lines(m.right)):
+                continue
+            op = INFIX[m.op]
+            if m is not v:
+                raise self.r.fail(f"a {op} of lines (a {m.op} b) must be a line of its own: "
+                                  f"q = a {m.op} b, then use q here", m.pos)
+            for side in (m.left, m.right):
+                if not isinstance(side, ast.Name):
+                    raise self.r.fail(
+                        f"a {op} (a {m.op} b) takes two line names: give this side a line of "
+                        f"its own (a {m.op} b {m.op} c: q = a {m.op} b, then p = q {m.op} c; "
+                        f"2 {m.op} a {m.op} b: q = a {m.op} b, then p = 2 {m.op} q)", side.pos)
+            return op
+        return None
 
     # -- op calls -------------------------------------------------------------------------
     def _call(self, target: str, c: ast.Call) -> Node:
@@ -293,6 +323,18 @@ class Builder:
                                   f"{MAX_DEGREE[op]} is supported", e.pos)
             return [self._scalar(x, what) for x in e.items]
         raise AssertionError(a.kind)
+
+
+def _walk(e: ast.Expr):
+    """e and its sub-expressions, outermost first (not into calls)."""
+    stack = [e]
+    while stack:
+        m = stack.pop()
+        yield m
+        if isinstance(m, ast.BinOp):
+            stack += [m.right, m.left]
+        elif isinstance(m, ast.Neg):
+            stack.append(m.operand)
 
 
 def _degree(e: sympy.Expr, z: sympy.Symbol) -> int:

@@ -267,6 +267,10 @@ class Derivation:
             return ra.derive(self, key.kind, a, key.b, key.p, key.q), a.name
         if rb.opening is linear:
             return rb.derive(self, key.kind, b, key.a, key.q, key.p), b.name
+        if ra.opening is Opening.OWN:  # its own moments against any other line
+            return ra.derive(self, key.kind, a, key.b, key.p, key.q), a.name
+        if rb.opening is Opening.OWN:
+            return rb.derive(self, key.kind, b, key.a, key.q, key.p), b.name
         kinds = {ra.opening, rb.opening}
         if kinds == {Opening.AFFINE} or kinds == {Opening.INPUT}:
             if a.name != b.name:

@@ -30,8 +30,10 @@ def derive_dropout(eng, kind: str, node, other: str, p: int, q: int) -> sympy.Ex
     if other != node.name:
         o = eng.program.nodes[other]
         rule = RULES[o.op]
-        if rule.opening is Opening.LINEAR and not rule.mixes_positions and o.op != node.op:
-            # other may hold this very line (r = d + g): open it first, so that d meets d
+        if (rule.opening is Opening.LINEAR and not rule.mixes_positions and o.op != node.op
+                or rule.opening is Opening.OWN):
+            # other may hold this very line (r = d + g, d * g): open it first, so that d
+            # meets d (an OWN rule says what it can of its covariance with d)
             return rule.derive(eng, kind, o, node.name, q, p)
         return eng.Q(kind, h, other, p, q)  # this mask is independent of other, of mean 1
     k = eng.Q(kind, h, h, p, q)

@@ -45,6 +45,9 @@ class Opening(enum.Enum):
     AFFINE = "affine"  # fresh zero-mean weights: correlates only with itself
     POINTWISE = "pointwise"  # φ of a Gaussian: a Gaussian expectation
     LINEAR = "linear"  # a linear map of other lines (sums, concat, pools, norms): opened first
+    # Its own rule against every line but a linear one (those are opened before it), e.g. a
+    # product of lines, whose moments are neither a fresh layer's nor a pointwise φ's
+    OWN = "own"
 
 
 class Structure(str, enum.Enum):
@@ -84,7 +87,9 @@ class Rule:
     shape(node, in_shapes, program) -> Shape, raising ValueError with the message a user
     sees (at the line); derive(eng, kind, node, ...) -> the line's K ("K") or Θ ("T")
     rule: (eng, kind, node, p, q) for INPUT and AFFINE (the line with itself), (eng, kind,
-    node, other, p, q) for LINEAR (against any line), (eng, kind, a, b, p, q) for POINTWISE.
+    node, other, p, q) for LINEAR (against any line) and OWN (against any line that is not
+    LINEAR), (eng, kind, a, b, p, q) for POINTWISE. infix: the binary operator that writes
+    the op between two line names in a spec ("*": p = a * b; callable is then False).
     """
 
     op: str
@@ -96,6 +101,7 @@ class Rule:
     gaussian: bool = True  # the output is Gaussian (LINEAR: when all its inputs are)
     needs_gaussian: bool = False  # its input must be Gaussian (checked at the line)
     callable: bool = True  # called by name in a spec; input, lincomb, nonlin have syntax
+    infix: str | None = None  # written `a OP b` between two lines (see above)
     mixes_positions: bool = False  # its covariance with another line needs the same op
     stencils: tuple[StencilKind, ...] = ()  # the stencils its derive emits
     doc: str = ""
