@@ -19,6 +19,13 @@ k in --depths (5 10 20 50 100), each in a fresh process on empty ntkc and numba 
 the time of ntkc.load (derive + codegen + import) and of the first kernel(x) on 8 inputs
 (numba's JIT + the run), and the generated module's size.
 
+dask: cnn-flatten's network at 16×16×3, N = 2000, as Dask tasks into a Zarr store on 1 and 2
+worker processes in the same run: speedup, Dask's overhead per tile and the tile size that
+makes it negligible (ntkc.bench.dask; needs the [distributed] extra). --n, --tile.
+dask-gp: gp_inference on a Zarr NNGP of N = 20000 float64 (3.0 GiB) by Dask's blocked
+Cholesky, on 2 workers capped at 1.25 GiB each; peak memory, and the same path at N = 2000
+against the in-memory solve.
+
 cntk21-gap-gpu, cnn21-flatten-gpu: issue 5's 21-layer 32×32×3 nets, ms per Gram entry on the
 GPU and the CPU, against Neural Tangents' published V100 figures (needs a GPU).
 """
@@ -34,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ntkc bench", description=__doc__.split("\n")[0])
     ap.add_argument("--case", default="fc", choices=[
         "fc", "fc-gpu", "mlp-depth", "cntk-gap", "cnn-flatten", "cifar-gap5", "cifar-gap21",
-        "cntk21-gap-gpu", "cnn21-flatten-gpu"])
+        "cntk21-gap-gpu", "cnn21-flatten-gpu", "dask", "dask-gp"])
     ap.add_argument("--n", type=int, help="points (default: 4000 for fc, 20000 for fc-gpu)")
     ap.add_argument("--d", type=int, help="input dimension (default: 256 for fc, 784 for fc-gpu)")
     ap.add_argument("--repeat", type=int, default=3)
@@ -43,7 +50,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="mlp-depth: the depths to time")
     ap.add_argument("--acts", nargs="+", default=["relu", "erf"],
                     help="mlp-depth: the nonlinearities")
+    ap.add_argument("--tile", type=int, default=250, help="dask: rows per tile")
     args = ap.parse_args(argv)
+    if args.case == "dask":
+        from .dask import bench_dask, report_dask
+
+        print(report_dask(bench_dask(args.n or 2000, args.tile)))
+        return 0
+    if args.case == "dask-gp":
+        from .dask import bench_dask_gp, report_dask_gp
+
+        print(report_dask_gp(bench_dask_gp(args.n or 20000)))
+        return 0
     from .dense import bench_fc, bench_fc_gpu, bench_mlp_depth, report, report_depth, report_gpu
 
     if args.case == "mlp-depth":

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .blocked import BlockedCholesky, is_lazy, lazy_shape, refusal
 from .linalg import (
     Cholesky,
     Eigenbasis,
@@ -64,17 +65,24 @@ class GradientDescentMSEEnsemble:
         diag_reg_absolute_scale: bool = False,
     ):
         raw = self._check_kernels(kernels_train_train, "kernels_train_train")
-        self._k = {g: check_train_kernel(v, f"kernels_train_train[{g!r}]") for g, v in raw.items()}
-        shapes = {g: v.shape for g, v in self._k.items()}
+        # Dask/Zarr kernels (larger than memory) stay lazy: infinite-time means only.
+        self._lazy = {g for g, v in raw.items() if is_lazy(v)}
+        self._k = {g: v if g in self._lazy else check_train_kernel(v, f"kernels_train_train[{g!r}]")
+                   for g, v in raw.items()}
+        shapes = {g: tuple(v.shape) for g, v in self._k.items()}
         if len(set(shapes.values())) > 1:
             raise ValueError(f"kernels_train_train have different shapes: {shapes}")
         self.n_train = next(iter(self._k.values())).shape[0]
+        for g in self._lazy:
+            lazy_shape(self._k[g], f"kernels_train_train[{g!r}]")
         self._y_is_1d = np.ndim(y_train) == 1
         self.y_train = check_targets(y_train, self.n_train, "kernels_train_train")
         self.learning_rate = check_positive_scalar(learning_rate, "learning_rate", False)
         self.normalization = int(self.y_train.size)
+        self._diag_reg = (diag_reg, diag_reg_absolute_scale)
         self._reg = {
-            g: regularize(v, diag_reg, diag_reg_absolute_scale) for g, v in self._k.items()
+            g: regularize(v, diag_reg, diag_reg_absolute_scale)
+            for g, v in self._k.items() if g not in self._lazy
         }
         self._eig: dict[str, Eigenbasis] = {}
         self._chol: dict[str, Cholesky] = {}
@@ -99,7 +107,10 @@ class GradientDescentMSEEnsemble:
         return self._eig[g]
 
     def _cholesky(self, g: str) -> Cholesky:
-        if g not in self._chol:
+        if g not in self._chol and g in self._lazy:
+            self._chol[g] = BlockedCholesky(self._k[g], *self._diag_reg,  # type: ignore[assignment]
+                                            name=f"kernels_train_train[{g!r}]")
+        elif g not in self._chol:
             self._chol[g] = Cholesky(self._reg[g], f"kernels_train_train[{g!r}]")
         return self._chol[g]
 
@@ -157,6 +168,9 @@ class GradientDescentMSEEnsemble:
                 f"get={get!r} with compute_cov={compute_cov} needs kernels_train_train "
                 f"{missing}, which were not given (have {sorted(self._k)})"
             )
+        if self._lazy and (compute_cov or t is not None):
+            what = "compute_cov=True" if compute_cov else "a finite training time t"
+            raise refusal(f"{what} (with a Dask/Zarr kernels_train_train)", self.n_train)
         kt = ktt = None
         if kernels_test_train is not None:
             raw = self._check_kernels(kernels_test_train, "kernels_test_train")

@@ -35,7 +35,8 @@ class Model(Protocol):
     """What fitting needs of a model: its Gram matrices by name. ntkc.Model is one; typed
     structurally so this module never imports the runtime (which calls it, Model.fit)."""
 
-    def kernel(self, x1: Any, x2: Any = None, get: Any = ..., params: Any = None) -> Any: ...
+    def kernel(self, x1: Any, x2: Any = None, get: Any = ..., params: Any = None,
+               **options: Any) -> Any: ...
 
 __all__ = ["DEFAULT_DIAG_REGS", "FittedModel", "Selection", "fit", "select_diag_reg"]
 
@@ -161,6 +162,8 @@ def fit(
     diag_reg_absolute_scale: bool = False,
     learning_rate: float = 1.0,
     params: Mapping[str, float] | None = None,
+    out: str | None = None,
+    client: Any = None,
 ) -> FittedModel:
     """Condition the infinitely wide network ``model`` on ``(x_train, y_train)``.
 
@@ -185,6 +188,10 @@ def fit(
         diag_reg_absolute_scale: if true, add ``diag_reg * I``.
         learning_rate: > 0; only ``learning_rate * t`` matters.
         params: overrides of the spec's params (e.g. ``{"w": 1.2}``).
+        out: a ``.zarr`` path: the train-train kernel is computed (or resumed, or read
+            when complete) there as Dask tasks (``Model.kernel(out=...)``) and solved
+            blockwise (:mod:`ntkc.predict.blocked`): t=None means only, no covariances.
+        client: the Dask client or scheduler address for ``out`` (default: local).
 
     Returns:
         A :class:`FittedModel`.
@@ -201,7 +208,15 @@ def fit(
     # For 'ntk' the NNGP is needed too (initial randomness in covariances); the
     # generated code fills both in the same pass, so asking for it costs ~nothing.
     names = ("nngp", "ntk") if kernel == "ntk" else ("nngp",)
-    k = model.kernel(x, get=names, params=params)
+    if out is not None:
+        if times is not None:
+            raise ValueError("fit(out=...) solves the train kernel blockwise, which gives "
+                             "infinite-time predictions only: use t=None, or fit without "
+                             "out= when the N×N kernel fits in memory")
+        names = (kernel,)  # the blocked path has no covariances: the NNGP is not needed
+        k = model.kernel(x, get=names, params=params, out=out, client=client)
+    else:
+        k = model.kernel(x, get=names, params=params)
     train = dict(zip(names, k))
     ens = gradient_descent_mse_ensemble(
         train, y, learning_rate=learning_rate, diag_reg=diag_reg,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from .blocked import is_lazy, lazy_shape, refusal
 from .linalg import (
     Cholesky,
     Eigenbasis,
@@ -60,6 +61,11 @@ class GradientDescentMSE:
         diag_reg: float = 0.0,
         diag_reg_absolute_scale: bool = False,
     ):
+        if is_lazy(k_train_train):  # eigh below: no blocked form
+            raise refusal("gradient_descent_mse (it eigendecomposes the kernel when built; "
+                          "for the t=None mean use gradient_descent_mse_ensemble or "
+                          "gp_inference, which solve blockwise)",
+                          lazy_shape(k_train_train, "k_train_train"))
         k = check_train_kernel(k_train_train)
         self.n_train = k.shape[0]
         self._y_shape = np.shape(y_train)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from .blocked import BlockedCholesky, is_lazy, lazy_shape, refusal
 from .linalg import (
     Cholesky,
     Gaussian,
@@ -34,11 +35,13 @@ class GPInference:
         diag_reg: float = 0.0,
         diag_reg_absolute_scale: bool = False,
     ):
-        k = check_train_kernel(k_train_train)
-        self.n_train = k.shape[0]
+        lazy = is_lazy(k_train_train)  # Dask/Zarr, larger than memory: blocked.py
+        k = None if lazy else check_train_kernel(k_train_train)
+        self.n_train = lazy_shape(k_train_train, "k_train_train") if lazy else k.shape[0]
         self._y_is_1d = np.ndim(y_train) == 1
         self.y_train = check_targets(y_train, self.n_train)
-        self._chol = Cholesky(regularize(k, diag_reg, diag_reg_absolute_scale))
+        self._chol = (BlockedCholesky(k_train_train, diag_reg, diag_reg_absolute_scale)
+                      if lazy else Cholesky(regularize(k, diag_reg, diag_reg_absolute_scale)))
         self._alpha = self._chol.solve(self.y_train)
 
     def predict(
@@ -64,6 +67,8 @@ class GPInference:
             mean = mean[:, 0]
         if k_test_test is None:
             return mean
+        if isinstance(self._chol, BlockedCholesky):
+            raise refusal("the posterior covariance (k_test_test=)", self.n_train)
         ktt = check_test_test(k_test_test, kt.shape[0])
         cov = symmetrize_last2(ktt - kt @ self._chol.solve(kt.T))
         return Gaussian(mean, cov)
@@ -129,9 +134,13 @@ def marginal_likelihood(
     Raises:
         ValueError: on malformed inputs or a not positive definite ``A``.
     """
-    k = check_train_kernel(k_train_train)
-    y = check_targets(y_train, k.shape[0])
-    chol = Cholesky(regularize(k, diag_reg, diag_reg_absolute_scale))
+    if is_lazy(k_train_train):
+        y = check_targets(y_train, lazy_shape(k_train_train, "k_train_train"))
+        chol = BlockedCholesky(k_train_train, diag_reg, diag_reg_absolute_scale)
+    else:
+        k = check_train_kernel(k_train_train)
+        y = check_targets(y_train, k.shape[0])
+        chol = Cholesky(regularize(k, diag_reg, diag_reg_absolute_scale))
     n, c = y.shape
     quad = float(np.sum(y * chol.solve(y)))
     return 0.5 * quad + 0.5 * c * chol.logdet() + 0.5 * n * c * float(np.log(2.0 * np.pi))
