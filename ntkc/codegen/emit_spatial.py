@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from ..semantics.derive import Recursion
+from ..semantics.positions import POSITIONS, I
 from ..semantics.quadrature import GaussExpectation
 from ..semantics.structure import DIAG, FULL, SCALAR, analyse
 from .emit import TARGETS
@@ -113,6 +114,8 @@ class SpatialWriter(NumpyPhases):
         j = "j" if loop == FULL else "i"
         if sym in self.params:
             return self.params[sym]
+        if sym in POSITIONS:  # the entry's positions: the loop's counters (j = i on a diagonal)
+            return "i" if sym == I else j
         sslots = self.sslots if pair_slots is None else pair_slots
         if phase == "pair" and sym in sslots:
             slot = sslots[sym]

@@ -5,6 +5,7 @@ plan, slots and formulas it prints."""
 
 from __future__ import annotations
 
+from ..semantics.positions import POSITIONS, J
 from ..semantics.structure import DIAG, FULL, SCALAR
 from .printers import ArrayPrinter, cse_block
 from .spatial_plan import StageKind
@@ -12,10 +13,14 @@ from .spatial_stages import np_stencil, np_value
 
 
 class NumpyPhases:
-    def _ref_np(self, sym, phase: str, loop: str) -> str:
+    def _ref_np(self, sym, phase: str, loop: str, spatial=None) -> str:
         if sym in self.params:
             return self.params[sym]
         full = loop == FULL
+        if sym in POSITIONS:  # the entry's positions: index arrays (rows, or rows × cols)
+            k = 1 if sym == J and full else 0
+            n = spatial[k]
+            return f"numpy.arange({n})" + (("[:, None]", "[None, :]")[k] if full else "")
         if phase == "pair" and sym in self.sslots:
             return np_value(self.sslots[sym], self.rec.code_names[sym], loop)
         if sym in self.pslots:
@@ -24,12 +29,18 @@ class NumpyPhases:
                 if slot.storage == FULL:
                     return self.rec.code_names[sym]
                 v = _np_slice("pt", ":", slot)
+                if slot.storage == SCALAR:  # one number per input, under every position
+                    return _np_per_input(v, loop)
                 return f"{v}[:, :, None]" if full else v
             v = _np_slice("P1", "a", slot)
+            if slot.storage == SCALAR:  # x's: one number for the whole pair row
+                return v
             return f"{v}[:, None]" if full else v
         twin = self.twin_of.get(sym) or self.twin3_of.get(sym)
         slot = self.pslots[twin]
         v = _np_slice("P2" if sym in self.twin_of else "pt", ":", slot)
+        if slot.storage == SCALAR:
+            return _np_per_input(v, loop)
         return f"{v}[:, None, :]" if full else v
 
     # -- phases -----------------------------------------------------------------------------
@@ -85,7 +96,8 @@ class NumpyPhases:
         return src
 
     def _np_loop(self, targets, exprs, loop: str, phase: str, spatial=None) -> list[str]:
-        names = {s: self._ref_np(s, phase, loop) for e in exprs for s in e.free_symbols}
+        names = {s: self._ref_np(s, phase, loop, spatial) for e in exprs
+                 for s in e.free_symbols}
         src, outs = cse_block(exprs, ArrayPrinter(names, {}), "    ")
         if spatial is not None and loop != SCALAR:
             # a constant array (layer_norm's variance, φ of a zero line) is an array all
@@ -116,6 +128,12 @@ class NumpyPhases:
         if phase == "point" and slot is not None and slot.storage != FULL:
             return _np_slice("pt", ":", slot)
         return self.rec.code_names[symbol]
+
+
+def _np_per_input(v: str, loop: str) -> str:
+    """A per-input scalar (n,) in a loop over positions (layer_norm(axes=all)'s mean
+    variance in a formula per entry): broadcast over the position axes."""
+    return {DIAG: f"{v}[:, None]", FULL: f"{v}[:, None, None]"}.get(loop, v)
 
 
 def _np_slice(array: str, row: str, slot) -> str:

@@ -94,6 +94,10 @@ class Stencil:
     source: sympy.Symbol | None
     window: Window | None
     scale: sympy.Expr
+    # Only its diagonal is computed, whatever structure its readers need: one value per
+    # position, which a formula over full arrays reads at its row (i). A rule whose result
+    # is zero between different positions multiplies it by δ_ij (ntkc.semantics.positions).
+    diagonal: bool = False
 
 
 @dataclass
@@ -169,13 +173,14 @@ class Derivation:
 
     def stencil(self, op: str, line: str, source: sympy.Expr | None, p: int, q: int,
                 window: Window | None = None, scale: sympy.Expr = sympy.S.One,
-                kind: str = "K") -> sympy.Expr:
-        """The symbol of ``scale · op(source)`` at points (p, q), made once."""
+                kind: str = "K", diagonal: bool = False) -> sympy.Expr:
+        """The symbol of ``scale · op(source)`` at points (p, q), made once (``diagonal``:
+        its diagonal only; see Stencil)."""
         if source is not None and source.is_Number:
             if source == 0:
                 return sympy.Integer(0)
             raise self.fail("a constant covariance under a spatial op is not supported", line)
-        key = (op, line, source, p, q, kind)
+        key = (op, line, source, p, q, kind, diagonal)
         if key not in self.stencils:
             quantity = Quantity(kind, line, line, p, q)
             at = quantity.display().split("]", 1)[1]
@@ -189,7 +194,8 @@ class Derivation:
             spatial = None if stencil.to_scalar else (math.prod(shape), math.prod(shape))
             display = sympy.Function(what)(source) if source is not None else symbol
             self._phase(p, q).append(Assignment(symbol, display, quantity, line,
-                                     Stencil(op, source, window, scale), spatial))
+                                     Stencil(op, source, window, scale, diagonal=diagonal),
+                                     spatial))
             if quantity.on_point:
                 self._register_twins(symbol, quantity, stencil=True)
             self.stencils[key] = symbol

@@ -6,8 +6,9 @@ per pair); pools and global pools read every pair of positions (O(P²)). Walking
 the recursion backwards from the outputs, each array gets the structure its
 readers need: conv keeps the structure (its taps shift both sides by the same
 offset), pointwise rules and linear combinations keep it entry by entry, pools
-need the full array below them. Per-input variances are always diagonals; the
-(x, x̃) self-covariances that pools read at one input are always full.
+need the full array below them; a diagonal stencil (Stencil.diagonal: a locally
+connected layer's) is a diagonal whatever reads it. Per-input variances are always
+diagonals; the (x, x̃) self-covariances that pools read at one input are always full.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def analyse(rec: Recursion) -> dict[sympy.Symbol, str]:
         if a.spatial is None:
             out[a.symbol] = SCALAR
             mine = SCALAR
+        elif a.stencil is not None and a.stencil.diagonal:
+            mine = out[a.symbol] = DIAG  # one value per position, read at the row (derive)
         else:
             mine = need.get(a.symbol, DIAG)
             out[a.symbol] = mine
