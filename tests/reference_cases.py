@@ -18,7 +18,6 @@ REFERENCE_DIR = DATA_DIR / "reference"
 AWAITING_OPS: dict[str, frozenset[str]] = {
     "attn_identity_flatten": frozenset({"attention"}),
     "attn_seq_softmax": frozenset({"attention"}),
-    "local_conv_flatten": frozenset({"conv_local"}),
     "product_fc": frozenset({"product"}),
     # tensor-program cases (tp/README.md): weight-tied recurrent networks
     "tp/rnn_nngp_erf_rand_unequal_w1.2_u0.9_b0.3_v1.1": frozenset({"rnn"}),
