@@ -159,8 +159,10 @@ class FiniteNetwork:
                 self.widths[node.name] = ins[0]
             elif node.op == "concat":
                 self.widths[node.name] = sum(ins)
-            elif node.op == "dropout":
+            elif node.op in ("dropout", "product"):
                 self.widths[node.name] = ins[0]
+                if node.op == "product" and ins[0] != ins[1]:
+                    raise ValueError(f"{node.name}: factors of different widths {ins}")
             else:
                 raise NotImplementedError(f"Monte Carlo network: op {node.op}")
 
@@ -264,6 +266,8 @@ class FiniteNetwork:
                 acts[node.name] = sum(self._num(c) * acts[u] for c, u in node.attrs["terms"])
             elif node.op == "concat":
                 acts[node.name] = np.concatenate([acts[u] for u in node.inputs], axis=-1)
+            elif node.op == "product":  # p = a * b, unit by unit
+                acts[node.name] = acts[node.inputs[0]] * acts[node.inputs[1]]
             elif node.op == "dropout":  # one mask per draw, input and unit
                 h = acts[node.inputs[0]]
                 acts[node.name] = h * params[node.name][0][:, :h.shape[1]]
@@ -320,6 +324,10 @@ class FiniteNetwork:
                     add(u, self._num(c) * d)
             elif node.op == "dropout":
                 add(node.inputs[0], d * params[node.name][0][:, :n_pts])
+            elif node.op == "product":
+                a, b = node.inputs
+                add(a, d * acts[b])
+                add(b, d * acts[a])
             elif node.op == "concat":
                 start = 0
                 for u in node.inputs:

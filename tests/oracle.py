@@ -18,6 +18,7 @@ expectations E[φ(u)ψ(v)] are integrated here by Gauss–Hermite quadrature.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 
@@ -26,6 +27,7 @@ import sympy
 
 from ntkc.frontend import program_from_text
 from ntkc.semantics.duals import numeric_phi, numeric_phi_prime
+from ntkc.semantics.passes import gaussian_lines
 from ntkc.semantics.quadrature import GaussExpectation
 
 LINEAR = ("lincomb", "concat", "layer_norm", "avg_pool", "sum_pool", "global_avg_pool",
@@ -119,6 +121,10 @@ class Oracle:
             return self._linear(kind, na, b)
         if nb.op in linear:
             return self._linear(kind, nb, a).transpose(2, 3, 0, 1)
+        if na.op == "product":
+            return self._product(kind, na, nb)
+        if nb.op == "product":
+            return self._product(kind, nb, na).transpose(2, 3, 0, 1)
         if na.op == "input" and nb.op == "input":
             if kind == "T":
                 return np.zeros((len(self.z), self.z.shape[1]) * 2)
@@ -193,6 +199,25 @@ class Oracle:
         padded = np.concatenate([m, np.zeros_like(m[:, :1])], axis=1)
         out = sum(padded[:, taps[:, t]] for t in range(taps.shape[1]))
         return out / taps.shape[1] if op == "avg_pool" else out
+
+    def _product(self, kind, node, other):
+        """E[a b v'] of p = a * b in the cases ntkc accepts (rules/product.py proves them):
+        two products of Gaussian lines (Isserlis), a product of independent lines with
+        itself, and 0 against a line that is no product."""
+        a, b = node.inputs
+        if other.op != "product":
+            return np.zeros((len(self.z), self._positions(node.name), len(self.z),
+                             self._positions(other.name)))
+        c, d = other.inputs
+        K = functools.partial(self.cov, "K")
+        if kind == "T":  # ∂p = b ∂a + a ∂b
+            T = functools.partial(self.cov, "T")
+            return T(a, c) * K(b, d) + T(a, d) * K(b, c) + T(b, c) * K(a, d) + T(b, d) * K(a, c)
+        out = K(a, c) * K(b, d)
+        if all(gaussian_lines(self.prog)[u] for u in (a, b, c, d)):
+            same = np.einsum("nini->ni", K(a, b)), np.einsum("nini->ni", K(c, d))
+            out = out + K(a, d) * K(b, c) + same[0][:, :, None, None] * same[1][None, None]
+        return out
 
     def _parts(self, node) -> list[tuple[float, float, str]]:
         """A concat's parts as sub-intervals of [0, 1], sized by their widths."""

@@ -18,7 +18,6 @@ REFERENCE_DIR = DATA_DIR / "reference"
 AWAITING_OPS: dict[str, frozenset[str]] = {
     "attn_identity_flatten": frozenset({"attention"}),
     "attn_seq_softmax": frozenset({"attention"}),
-    "product_fc": frozenset({"product"}),
     # tensor-program cases (tp/README.md): weight-tied recurrent networks
     "tp/rnn_nngp_erf_rand_unequal_w1.2_u0.9_b0.3_v1.1": frozenset({"rnn"}),
     "tp/rnn_ntk_erf_avgpool_rand_w1.2_u0.9_b0.3_v1.1": frozenset({"rnn"}),
@@ -90,6 +89,12 @@ class _Writer:
                 a = self.chain(attrs["left"], src)
                 b = self.chain(attrs["right"], src)
                 src = self.emit("concat", f"{a}, {b}", {})
+            elif op == "product":  # NT's FanInProd: ntkc writes it p = a * b
+                a = self.chain(attrs["left"], src)
+                b = self.chain(attrs["right"], src)
+                self.count += 1
+                src = f"l{self.count}"
+                self.lines.append(f"{src} = {a} * {b}")
             else:
                 src = self.emit(op, src, attrs)
         return src

@@ -250,6 +250,21 @@ r = d + 0.5 * h
 y = dense(r, w_std=1.2, b_std=0.1)
 output y
 """, draws=2000, bias=0.0, seed=42)
+# Products of lines (one hidden layer: the units are i.i.d., no finite-width bias): of
+# independent non-Gaussian lines (Neural Tangents' rule), of correlated Gaussian lines
+# (Isserlis: K[a,a']K[b,b'] + K[a,b']K[b,a'] + K[a,b](x,x)K[a,b](x',x')), and g * g next to g
+# in a sum (a third moment, 0).
+_PRODUCTS = {
+    "product_independent": "g1 = dense(x, w_std=1.4, b_std=0.2)\ng2 = dense(x, w_std=1.1)\n"
+                           "h1 = relu(g1)\nh2 = erf(g2)\np = h1 * h2\n",
+    "product_correlated": "g1 = dense(x, w_std=1.2, b_std=0.3)\ng2 = dense(x, w_std=0.9)\n"
+                          "a = g1 + 0.5 * g2\nb = g1 - g2\np = a * b\n",
+    "product_square": "g = dense(x, w_std=1.3, b_std=0.4)\ns = g * g\np = s - 0.5 * g\n",
+}
+for _i, (_name, _body) in enumerate(_PRODUCTS.items()):
+    CASES[_name] = Case(f"network {_name}\ninput x : vector[4]\n{_body}"
+                        "y = dense(p, w_std=1.2, b_std=0.1)\noutput y\n",
+                        draws=2000, bias=0.0, seed=51 + _i)
 
 # Known disagreements with ntkc (strict: a fix makes these tests XPASS and fail, as a
 # reminder to drop the entry).

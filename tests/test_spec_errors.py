@@ -42,7 +42,7 @@ CASES = [
      "erf needs a Gaussian input", None),
     (HEAD + "h = relu(x)\noutput h\n", "3:5", "'x' is the raw input", None),
     (HEAD + "g = dense(x)\n", "3:1", "no output", None),
-    (HEAD + "g = dense(x)\nr = g * g\noutput r\n", "4:5", "not linear", None),
+    (HEAD + "g = dense(x)\nr = g / g\noutput r\n", "4:5", "not linear", None),  # g * g: a product
     (HEAD + "g = dense(x)\nr = g + dense(x)\noutput r\n", "4:9", "give it its own line", None),
     (HEAD + "nonlin f(z) = foo(z)\ng = dense(x)\nh = f(g)\noutput h\n", "3:15",
      "unknown function 'foo'", None),
