@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import ntkc
+from ntkc.codegen.jax_target import compile_finite
 from ntkc.compiler import compile_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,6 +130,11 @@ def test_generated_modules_are_fresh(spec):
     assert target.exists(), f"run: ntkc compile {spec.relative_to(ROOT)}"
     assert target.read_text() == compiled.source, (
         f"{target.name} is stale: run `ntkc compile examples/*.ntk`")
+    # the finite network too (ntkc.codegen.jax_target; no jax needed to print it)
+    finite = compile_finite(spec.read_text(), str(spec), spec_name=f"../examples/{spec.name}")
+    target = ROOT / "generated" / f"{compiled.program.network}_jax.py"
+    assert target.exists() and target.read_text() == finite, (
+        f"{target.name} is stale: run `ntkc compile --target jax examples/*.ntk`")
 
 
 def test_stale_module_refused(tmp_path):

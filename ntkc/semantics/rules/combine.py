@@ -11,6 +11,10 @@ of one part, in proportion to the parts' widths (equal when widths are not
 given, as Neural Tangents' FanInConcat), so its covariance with another line
 is the width-weighted mean over parts; with another concat, the overlap of the
 two partitions weighs each pair of parts.
+
+At finite width the sum is the sum (its parts' widths are tied: equal channels), and
+concat concatenates channels: a feature of a part of width w_i is a feature of the
+result with probability w_i / Σw, the weights above.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from fractions import Fraction
 
 import sympy
 
-from .registry import Opening, Rule, register
+from .registry import FiniteForward, Opening, Rule, register
 
 
 def derive_lincomb(eng, kind: str, node, other: str, p: int, q: int) -> sympy.Expr:
@@ -95,9 +99,28 @@ def shape_concat(node, in_shapes, program):
     return type(first)(first.kind, first.spatial, None if None in widths else sum(widths))
 
 
+def finite_lincomb(jax, p, *terms, coefs):
+    out = coefs[0] * terms[0]  # a coefficient is 0 where the terms cancel (g - g)
+    for c, t in zip(coefs[1:], terms[1:]):
+        out = out + c * t
+    return out
+
+
+def _lincomb_static(node, program) -> dict:
+    coef = {u: c for c, u in node.attrs["terms"]}
+    return {"coefs": tuple(coef.get(u, sympy.Integer(0)) for u in node.inputs)}
+
+
+def finite_concat(jax, p, *parts):
+    return jax.numpy.concatenate(parts, axis=-1)
+
+
 # `r = g1 + 0.5 * g2` has its own syntax; a concat of Gaussian lines is not one Gaussian
 # vector (its parts have different covariances), so no nonlinearity may read it.
 LINCOMB = register(Rule("lincomb", Opening.LINEAR, (), None, shape_lincomb, derive_lincomb,
-                        callable=False))
+                        callable=False,
+                        finite=FiniteForward(finite_lincomb, _lincomb_static,
+                                             same_channels=True)))
 CONCAT = register(Rule("concat", Opening.LINEAR, (), None, shape_concat, derive_concat,
-                       gaussian=False))
+                       gaussian=False, finite=FiniteForward(
+                           finite_concat, channels=lambda node, program, c_in, width: sum(c_in))))

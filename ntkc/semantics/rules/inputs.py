@@ -5,13 +5,15 @@
 input x : sequence[L, C] / image[H, W, C] — one covariance per pair of positions,
 a stencil over the raw data (ntkc.semantics.derive):
     K[x](x,x')[i, j] = Σ_c x[i, c]·x'[j, c] / C
+
+At finite width the input line is the network's input (finite_input gets it).
 """
 
 from __future__ import annotations
 
 import sympy
 
-from .registry import Opening, Rule, StencilKind, register
+from .registry import FiniteForward, Opening, Rule, StencilKind, register
 
 
 def derive_input(eng, kind: str, node, p: int, q: int) -> sympy.Expr:
@@ -29,5 +31,10 @@ def shape_input(node, in_shapes, program):
     return node.shape  # set by the builder from the declaration
 
 
+def finite_input(jax, p, x):
+    return x
+
+
 INPUT = register(Rule("input", Opening.INPUT, (), 0, shape_input, derive_input, gaussian=False,
-                      callable=False, stencils=(StencilKind("input", None, "{kind}[{line}]"),)))
+                      callable=False, stencils=(StencilKind("input", None, "{kind}[{line}]"),),
+                      finite=FiniteForward(finite_input)))

@@ -10,6 +10,10 @@ nonlinearities of correlated Gaussians, or a nonlinearity and an affine line
 of different Gaussians, need a mixed expectation E[φ(u)ψ(v)]: by Stein's lemma
 when one side is the identity, as a product of means when the Gaussians are
 uncorrelated, and by quadrature otherwise (ntkc.semantics.quadrature).
+
+At finite width φ is applied entrywise: the dual's φ(z) (a built-in's from
+rules/activations.py, a user nonlin's own body), printed as jax code; jax differentiates
+it for the empirical NTK (sign and the step have derivative 0, as NT's φ').
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import sympy
 
 from ..quadrature import mixed_expectation
 from .activations import builtin_dual
-from .registry import Opening, Rule, register
+from .registry import FiniteForward, Opening, Rule, register
 
 IDENTITY = builtin_dual("identity")
 
@@ -98,6 +102,16 @@ def shape_nonlin(node, in_shapes, program):
     return in_shapes[0]
 
 
+def finite_nonlin(jax, p, g, *, phi):
+    return phi(g)
+
+
+def _finite_static(node, program) -> dict:
+    z = sympy.Dummy("z", real=True)
+    return {"phi": sympy.Lambda(z, node.attrs["dual"].phi(z))}
+
+
 # Called by the nonlinearity's name (activations.BUILTINS or a user `nonlin`), not as "nonlin".
 NONLIN = register(Rule("nonlin", Opening.POINTWISE, (), 1, shape_nonlin, derive_nonlin,
-                      gaussian=False, needs_gaussian=True, callable=False))
+                      gaussian=False, needs_gaussian=True, callable=False,
+                      finite=FiniteForward(finite_nonlin, _finite_static)))

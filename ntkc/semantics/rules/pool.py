@@ -8,6 +8,10 @@
 Θ follows the same rule. Every pool but flatten reads covariances between
 different positions, so the lines below it need full P×P covariances; at one
 input those are the quantities of (x, x̃), x̃ a copy of x (ntkc.semantics.derive).
+
+At finite width: jax.lax.reduce_window sums (circular: wrapped with SAME's amounts, then
+VALID), times 1/F for avg_pool; the global pools average or sum over positions; flatten
+reshapes (P, C) to P·C features, so the next dense's fan-in is P·C (NT's Flatten).
 """
 
 from __future__ import annotations
@@ -17,7 +21,16 @@ import math
 import sympy
 
 from ..geometry import PADDINGS, window
-from .registry import Arg, ArgKind, Opening, Rule, StencilKind, Structure, register
+from .registry import (
+    Arg,
+    ArgKind,
+    FiniteForward,
+    Opening,
+    Rule,
+    StencilKind,
+    Structure,
+    register,
+)
 
 
 def _other_input(eng, node, other: str) -> str:
@@ -75,6 +88,45 @@ def shape_pool(node, in_shapes, program):
     return type(s)(s.kind, a["geometry"].out_spatial, s.channels)
 
 
+def finite_pool(jax, p, h, *, window, stride, padding, scale):
+    if padding == "circular":
+        pads = jax.lax.padtype_to_pads(h.shape[1:-1], window, stride, "SAME")
+        h = jax.numpy.pad(h, ((0, 0), *pads, (0, 0)), mode="wrap")
+        padding = "valid"
+    out = jax.lax.reduce_window(h, 0.0, jax.lax.add, (1, *window, 1), (1, *stride, 1),
+                            padding.upper())
+    return scale * out
+
+
+def _finite_pool_static(node, program) -> dict:
+    win = node.attrs["geometry"]
+    scale = sympy.Rational(1, win.size) if node.op == "avg_pool" else sympy.Integer(1)
+    return {"window": tuple(win.shape), "stride": tuple(win.stride),
+            "padding": node.attrs["padding"], "scale": scale}
+
+
+def finite_global_pool(jax, p, h, *, average):
+    positions = tuple(range(1, h.ndim - 1))
+    return h.mean(axis=positions) if average else h.sum(axis=positions)
+
+
+def finite_flatten(jax, p, h):
+    return h.reshape(h.shape[0], -1)
+
+
+def _flatten_channels(node, program, c_in, width):
+    return c_in[0] * math.prod(program.nodes[node.inputs[0]].shape.spatial)
+
+
+FINITE = {
+    "avg_pool": FiniteForward(finite_pool, _finite_pool_static),
+    "sum_pool": FiniteForward(finite_pool, _finite_pool_static),
+    "global_avg_pool": FiniteForward(finite_global_pool, lambda node, program: {"average": True}),
+    "global_sum_pool": FiniteForward(finite_global_pool,
+                                     lambda node, program: {"average": False}),
+    "flatten": FiniteForward(finite_flatten, channels=_flatten_channels),
+}
+
 # Pools and global pools read every pair of positions of their source; flatten only its
 # diagonal (same positions).
 POOL = StencilKind("pool", lambda wanted: Structure.FULL, "pool_{line}")
@@ -86,8 +138,8 @@ POOL_ARGS = (Arg("window", ArgKind.INTS), Arg("stride", ArgKind.INTS, None),
 # the same op of that line (ntkc.semantics.derive opens every other linear op first).
 for _op in ("avg_pool", "sum_pool"):
     register(Rule(_op, Opening.LINEAR, POOL_ARGS, 1, shape_pool, derive_pool,
-                  mixes_positions=True, stencils=(POOL,)))
+                  mixes_positions=True, stencils=(POOL,), finite=FINITE[_op]))
 for _op, _stencil in (("global_avg_pool", GLOBAL), ("global_sum_pool", GLOBAL),
                       ("flatten", FLATTEN)):
     register(Rule(_op, Opening.LINEAR, (), 1, shape_reduce, derive_pool,
-                  mixes_positions=True, stencils=(_stencil,)))
+                  mixes_positions=True, stencils=(_stencil,), finite=FINITE[_op]))
