@@ -165,3 +165,17 @@ def test_show():
     # between inputs d is h (an alias, no array of its own); the pool reads all of h's pairs
     assert "gpool_p(x,x')[K[h](x,x')] = gpool_p(K[h](x,x'))" in text
     assert "    h          full" in text
+
+
+@pytest.mark.slow  # numba's CUDA simulator: ~20 s
+def test_cuda_simulator_matches_cpu(tmp_path):
+    # The GPU kernels (numba.cuda, under its simulator here; on a real GPU where there is
+    # one) against the CPU ones: the same recursion summed in another order (measured
+    # ≤ 6e-16 of the largest entry); the image program reads the full arrays a pool needs.
+    from test_cuda import _check, _compare
+
+    spec = tmp_path / "gap.ntk"
+    spec.write_text(PROGRAMS["gap"])
+    module = tmp_path / "gap.py"
+    module.write_text(compile_text(PROGRAMS["gap"], str(spec), spec_name=spec.name).source)
+    _check(_compare(module, [{"n1": 3, "n2": 2}, {"n1": 3}]))
