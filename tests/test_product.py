@@ -137,3 +137,17 @@ def test_show():
     assert ("Θ[p](x,x') = K[a,b](x,x')*Θ[b,a](x,x') + K[a](x,x')*Θ[b](x,x') "
             "+ K[b,a](x,x')*Θ[a,b](x,x') + K[b](x,x')*Θ[a](x,x')") in text
     assert "K[p](x,x) = 2*K[a,b](x,x)**2 + K[a](x,x)*K[b](x,x)" in text
+
+
+@pytest.mark.slow  # numba's CUDA simulator: ~20 s
+def test_cuda_simulator_matches_cpu(tmp_path):
+    # The GPU kernels (numba.cuda, under its simulator here; on a real GPU where there is
+    # one) against the CPU ones: the same recursion summed in another order (measured
+    # ≤ 6e-16 of the largest entry); the image program reads the full arrays a pool needs.
+    from test_cuda import _check, _compare
+
+    spec = tmp_path / "gap.ntk"
+    spec.write_text(PROGRAMS["gap"])
+    module = tmp_path / "gap.py"
+    module.write_text(compile_text(PROGRAMS["gap"], str(spec), spec_name=spec.name).source)
+    _check(_compare(module, [{"n1": 3, "n2": 2}, {"n1": 3}]))
