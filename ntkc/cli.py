@@ -19,6 +19,16 @@ def _compile(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for spec in args.specs:
         rel = Path(os.path.relpath(Path(spec).resolve(), out.resolve())).as_posix()
+        if args.target == "jax":  # the finite network: <network>_jax.py
+            from .codegen.jax_target import compile_finite
+            from .frontend import program_from_file
+
+            program = program_from_file(spec)
+            _warn(program)
+            target = out / f"{program.network}_jax.py"
+            target.write_text(compile_finite(Path(spec).read_text(), spec, spec_name=rel))
+            print(f"{spec} -> {target}")
+            continue
         compiled = compile_file(spec, quad_degree=args.quad_degree, target=args.target,
                                 spec_name=rel)
         _warn(compiled.program)
@@ -84,10 +94,42 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _scheduler(args):
+    """--scheduler/--workers as Model.kernel's client/workers (None: a local cluster)."""
+    if args.workers is not None and args.scheduler not in (None, "local"):
+        raise ValueError("--workers sizes the local cluster; a cluster at --scheduler has "
+                         "the workers its hosts started (dask worker ...)")
+    return (None if args.scheduler in (None, "local") else args.scheduler), args.workers
+
+
+def _gram_zarr(args, get) -> int:
+    """-o K.zarr: one Dask task per tile into a resumable Zarr store."""
+    from .runtime.model import load
+
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"-o {args.output}: exists and is not a directory (a Zarr store)")
+    if not out.parent.is_dir():
+        raise ValueError(f"-o {args.output}: directory {out.parent} does not exist")
+    client, workers = _scheduler(args)
+    model = load(args.spec)
+    x1 = _load_array(args.x1, "--x1")
+    x2 = _load_array(args.x2, "--x2") if args.x2 else None
+    model.kernel(x1, x2, get=get, tile=args.tile, progress=True, out=out, client=client,
+                 workers=workers, restart=args.restart)
+    print(f"wrote {out}")
+    return 0
+
+
 def _gram(args) -> int:
     from .runtime.model import load
 
     get = ("nngp", "ntk") if args.get == "both" else args.get
+    if args.output.rstrip("/").endswith(".zarr"):
+        return _gram_zarr(args, get)
+    if args.scheduler or args.workers or args.restart:
+        raise ValueError("--scheduler, --workers and --restart are for a Zarr store: "
+                         "-o K.zarr")
     # One kernel: K.npy; both: one K.npz archive with arrays nngp and ntk.
     both = not isinstance(get, str)
     out = _output_path(args.output, ".npz" if both else ".npy",
@@ -127,7 +169,23 @@ def _predict(args) -> int:
     x_train, y_train = npz(args.train, "--train")
     x_test, y_test = npz(args.test, "--test")
     t = None if args.t in (None, "inf") else float(args.t)
-    fitted = fit(model, x_train, y_train, kernel=args.kernel, t=t, diag_reg=args.diag_reg)
+    if args.train_kernel:  # the train-train kernel in (or into) a Zarr store, solved blockwise
+        if not args.train_kernel.rstrip("/").endswith(".zarr"):
+            raise ValueError(f"--train-kernel {args.train_kernel}: name a .zarr store")
+        if t is not None:  # before any cluster starts
+            raise ValueError("--train-kernel: the blocked solve gives infinite-time "
+                             "predictions only; drop --t, or predict without --train-kernel")
+        from .runtime.distributed import connect
+
+        # One cluster for the store's missing tiles and the blocked Cholesky (Dask's
+        # workers spill to disk under their memory limits; local threads would not).
+        with connect(*_scheduler(args)) as client:
+            fitted = fit(model, x_train, y_train, kernel=args.kernel, t=t,
+                         diag_reg=args.diag_reg, out=args.train_kernel, client=client)
+    elif args.scheduler or args.workers:
+        raise ValueError("--scheduler and --workers go with --train-kernel K.zarr")
+    else:
+        fitted = fit(model, x_train, y_train, kernel=args.kernel, t=t, diag_reg=args.diag_reg)
     mean = fitted.predict(x_test)
     mse = float(np.mean((mean - y_test) ** 2))
     print(f"test MSE: {mse:.6g}")
@@ -152,6 +210,13 @@ def _warn(program) -> None:
         print(w, file=sys.stderr)
 
 
+def _dask_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", metavar="local|tcp://HOST:PORT",
+                   help="with a .zarr store: the Dask scheduler (default: a local cluster)")
+    p.add_argument("--workers", type=_positive_int,
+                   help="local cluster's worker processes (default: one per core)")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ntkc", description="Compile infinitely wide networks "
                                  "to NNGP / NTK kernels.")
@@ -160,9 +225,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("specs", nargs="+")
     c.add_argument("-o", "--output", default="generated")
     c.add_argument("--quad-degree", type=int, default=32)
-    c.add_argument("--target", default="all", choices=["cpu", "cuda", "all"],
+    c.add_argument("--target", default="all", choices=["cpu", "cuda", "all", "jax"],
                    help="cpu: numba prange kernels; cuda: numba.cuda kernels (imported only "
-                   "when kernel(device='cuda') runs); all: both (default)")
+                   "when kernel(device='cuda') runs); all: both (default); jax: the finite "
+                   "network (init, apply, empirical_kernel) as <network>_jax.py")
     c.set_defaults(func=_compile)
     s = sub.add_parser("show", help="print the derived formulas")
     s.add_argument("spec")
@@ -182,7 +248,11 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--get", default="nngp", choices=["nngp", "ntk", "both"])
     g.add_argument("--tile", type=_positive_int, help="rows per tile (≥ 1)")
     g.add_argument("-o", "--output", required=True,
-                   help="K.npy for one kernel; K.npz (arrays nngp, ntk) for --get both")
+                   help="K.npy for one kernel; K.npz (arrays nngp, ntk) for --get both; "
+                   "K.zarr: Dask tasks per tile into a Zarr store, resumable by rerunning")
+    _dask_options(g)
+    g.add_argument("--restart", action="store_true",
+                   help="-o K.zarr holding another run: delete it and start again")
     g.set_defaults(func=_gram)
     p = sub.add_parser("predict", help="closed-form predictions from train/test .npz (x, y)")
     p.add_argument("spec")
@@ -192,6 +262,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--t", default=None, help="training time (default: infinite)")
     p.add_argument("--diag-reg", type=float, default=1e-4)
     p.add_argument("-o", "--output", help="MEAN.npz: the predicted mean (array 'mean')")
+    p.add_argument("--train-kernel", metavar="K.zarr",
+                   help="the train-train kernel's Zarr store (made by ntkc gram SPEC --x1 "
+                   "TRAIN_X.npy --get KERNEL -o K.zarr, or here if missing): solved blockwise "
+                   "with Dask, for kernels larger than memory (infinite t only)")
+    _dask_options(p)
     p.set_defaults(func=_predict)
     b = sub.add_parser("bench", help="run the benchmarks (ntkc bench --help)")
     b.add_argument("rest", nargs=argparse.REMAINDER)

@@ -86,6 +86,7 @@ class Model:
     def __init__(self, module: ModuleType, compiled: Compiled | None = None):
         self.module = module
         self.compiled = compiled
+        self._with_tangents: ModuleType | None = None
 
     @property
     def params(self) -> dict[str, float]:
@@ -108,6 +109,19 @@ class Model:
         out["nngp"] = rec.outputs["nngp"]
         out["ntk"] = rec.outputs["ntk"]
         return out
+
+    def _grad_module(self) -> ModuleType:
+        """The spec compiled with tangents (ntkc.runtime.gradients), once per Model."""
+        if self._with_tangents is None:
+            if self.compiled is None:
+                raise ValueError("kernel gradients need the spec: load the .ntk file, not "
+                                 "the generated module")
+            from .gradients import grad_source
+
+            degree = int(self.module.COMPILE_OPTIONS.get("quad_degree", DEFAULT_DEGREE))
+            self._with_tangents = load_source(grad_source(self.compiled, degree),
+                                              f"{self.network}_grad")
+        return self._with_tangents
 
     # Jupyter renders a Model as its spec, structure and formulas (None: loaded from a
     # generated module, without its spec: the plain repr then).
@@ -135,6 +149,10 @@ class Model:
         device: str | None = None,
         device_tile: int | tuple[int, int] | None = None,
         restart: bool = False,
+        grad: str | tuple[str, ...] | None = None,
+        out: str | Path | None = None,
+        client: Any = None,
+        workers: int | None = None,
     ):
         """Gram matrices; large ones are filled tile by tile.
 
@@ -149,7 +167,21 @@ class Model:
         device: "cpu" or "cuda" (default: the module's first target, see
         ``module.TARGETS``); device_tile: rows (or (rows, cols)) per GPU tile, default
         from the free device memory.
+        grad: param name(s): returns (kernels, {name: kernels' derivatives by it}), exact
+        derivatives of the recursion (ntkc.runtime.gradients), dense networks, on the CPU.
+        out: a ``.zarr`` path: one Dask task per tile (default tile 1024) into a resumable
+        Zarr store (ntkc.runtime.distributed; needs ``pip install 'ntkc[distributed]'``),
+        returned as Dask arrays; client: a dask.distributed Client or a scheduler address
+        (default: a LocalCluster of ``workers`` processes, one per core).
         """
+        if grad is not None:  # ∂K, ∂Θ by params: a module with tangents, whole matrices
+            if out_dir is not None or out is not None or device not in (None, "cpu"):
+                raise ValueError("grad= computes whole matrices on the CPU: leave out out_dir, "
+                                 "out and device, and pass x2 in blocks for large runs")
+            from .gradients import kernel_with_grad
+
+            return kernel_with_grad(self._grad_module(), x1, x2, get, params, grad, backend,
+                                    available_memory())
         extra = self._device_options(device, device_tile)
         if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, np.integer))
                                  or tile <= 0):
@@ -162,6 +194,15 @@ class Model:
             raise ValueError(f"get must be 'nngp', 'ntk' or a tuple of them, got {get!r}")
         self.module.param_vector(params)  # bad params: a ValueError before any work
         dtype = np.float32 if x1.dtype == np.float32 and x2c.dtype == np.float32 else np.float64
+        if out is not None:
+            if out_dir is not None:
+                raise ValueError("pass out= (a Zarr store) or out_dir= (.npy maps), not both")
+            from .distributed import kernel_to_store  # dask and zarr: only from here
+
+            return kernel_to_store(self.module, import_module_file, x1,
+                                   None if symmetric else x2c, get, params, dtype, backend,
+                                   extra, out, client=client, workers=workers, tile=tile,
+                                   progress=progress, restart=restart)
         n1, n2 = len(x1), len(x2c)
         itemsize = np.dtype(dtype).itemsize
         on_gpu = backend == "numba" and (device or self.targets[0]) == "cuda"
@@ -263,6 +304,35 @@ class Model:
             out["device_tile"] = device_tile
         return out
 
+    def finite(self) -> ModuleType:
+        """The spec as a finite network: its jax module (``ntkc compile --target jax``:
+        init, apply, empirical_kernel), compiled once per spec hash and cached like the
+        kernel modules. Needs jax (``pip install "ntkc[finite]"``)."""
+        from ..codegen.jax_target import compile_finite
+
+        if self.compiled is not None:
+            text, filename = self.compiled.program.source, self.compiled.program.filename
+        else:  # a generated module: its spec, recorded relative to it
+            spec = Path(self.module.__file__).parent / self.module.SPEC_FILE
+            text, filename = spec.read_text(), spec.as_posix()
+        source = compile_finite(text, filename).encode()
+        cached = cache_dir() / f"{self.network}_jax_{hashlib.sha256(source).hexdigest()[:16]}.py"
+        if not cached.exists():
+            _write_atomically(cached, source)
+        return import_module_file(cached)
+
+    def monte_carlo_kernel(self, x1, x2=None, width: int | dict[str, int] = 512,
+                           n_samples: int = 16, seed: int = 0,
+                           get: str | tuple[str, ...] = ("nngp", "ntk"),
+                           params: dict[str, float] | None = None):
+        """The mean of the empirical NNGP and NTK of n_samples random finite networks of
+        this spec (``finite()``), of width ``width`` (an int for every hidden line, or a
+        dict line -> width): Monte Carlo estimates of ``kernel``'s, returned the same way.
+        See ntkc.runtime.finite."""
+        from .finite import monte_carlo_kernel
+
+        return monte_carlo_kernel(self.finite(), x1, x2, width, n_samples, seed, get, params)
+
     def fit(self, x_train, y_train, **options):
         """Closed-form predictor of the infinitely wide network trained on (x, y):
         see ntkc.predict.fit.fit for the options (kernel, t, diag_reg, learning_rate)."""
@@ -300,6 +370,15 @@ def load(path: str | Path, quad_degree: int = DEFAULT_DEGREE, target: str = "all
     if not cached.exists():
         _write_atomically(cached, source)
     return Model(import_module_file(cached), compiled)
+
+
+def load_source(source: str, stem: str) -> ModuleType:
+    """A generated module's source, cached by its hash (``{stem}_{hash}.py``), imported."""
+    data = source.encode()
+    cached = cache_dir() / f"{stem}_{hashlib.sha256(data).hexdigest()[:16]}.py"
+    if not cached.exists():
+        _write_atomically(cached, data)
+    return import_module_file(cached)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

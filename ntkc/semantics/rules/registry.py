@@ -70,14 +70,51 @@ class StencilKind:
     reads: structure transfer, the structure this stencil needs of its source array given
     the structure asked of its output; None for a stencil that reads no array (the input's
     channel sums). label: its name in formulas, a format of {line} and {kind} ("K"/"T").
-    to_scalar: it sums positions away (one number per pair of inputs). The codegen backends
-    print each kind (ntkc.codegen.spatial_stages, emit_spatial, cuda_spatial and the numpy
-    reference)."""
+    to_scalar: it sums positions away (one number per pair of inputs). matrix: its output
+    is one input's P×P matrix, always full, emitted at points (1, 1): computed in the point
+    phase and kept in the input's point row, where the pair phase reads it at x and x'
+    (attention's weights; a stencil reads such matrices as its ``operands``). The codegen
+    backends print each kind (ntkc.codegen.spatial_stages, emit_spatial, cuda_spatial and
+    the numpy reference)."""
 
     name: str
     reads: Callable[[Structure], Structure] | None
     label: str
     to_scalar: bool = False
+    matrix: bool = False
+
+
+@dataclass(frozen=True)
+class FiniteForward:
+    """The op at finite width: what ``ntkc compile --target jax`` (ntkc.codegen.jax_target)
+    prints for a line of it.
+
+    forward(jax, p, *inputs, **static) -> array: the line's output from its inputs'
+    (arrays (n, *spatial, channels), channels last, in the order of node.inputs; the input
+    line gets the network's input), with p its trainable arrays (a dict, {} for none) and
+    jax the jax module, passed in: jax is optional, and no rule file imports it. Its
+    source is pasted into the generated module, where it runs, so it may read only its
+    arguments and builtins: the codegen refuses a forward that reads a global.
+    static(node, program) -> dict: forward's keyword arguments, as ints, floats, strings,
+    bools, None, tuples of these, sympy expressions in the spec's params (printed as jax
+    code that reads the spec_params the module's caller gives) or sympy.Lambda (a
+    pointwise function, printed as a lambda). Default: none.
+    params(node, program, c_in, c_out) -> {name: (shape, std)}: the trainable arrays
+    init draws for the line, N(0, std²) each; c_in (the inputs' channels) and c_out (the
+    line's) are sympy expressions in the chosen widths, shape a tuple and std an
+    expression of them and the spec's params. Default: none.
+    channels(node, program, c_in, width) -> the line's channels, a sympy expression.
+    width is the line's own width symbol when its op takes a ``width`` argument (its
+    width is chosen at init, ``init(key, width=...)``), else None. Default: c_in[0].
+    same_channels: its inputs must have equal channels (lincomb, products): the codegen
+    ties their widths.
+    """
+
+    forward: Callable[..., Any]
+    static: Callable[..., dict[str, Any]] | None = None
+    params: Callable[..., dict[str, tuple[tuple[Any, ...], Any]]] | None = None
+    channels: Callable[..., Any] | None = None
+    same_channels: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +141,7 @@ class Rule:
     infix: str | None = None  # written `a OP b` between two lines (see above)
     mixes_positions: bool = False  # its covariance with another line needs the same op
     stencils: tuple[StencilKind, ...] = ()  # the stencils its derive emits
+    finite: FiniteForward | None = None  # its forward at finite width (jax target)
     doc: str = ""
 
 
