@@ -52,7 +52,9 @@ INPUT_SHAPE = (64,)
 PARAMS = {'w': 1.4, 'b': 0.1}
 TARGETS = ('cpu', 'cuda')  # devices with kernels here; the first is the default
 N_POINT = 28
-DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)
+DIAG_NNGP = 26
+DIAG_NTK = DIAG_NNGP + 1  # point slots of K(x,x), Θ(x,x); then ∂K(x,x), ∂Θ(x,x)
+GRAD_PARAMS = ()  # by each of these: kernel(grad=True)
 
 # The recursion, one group per spec line (K: NNGP kernel, Θ: NTK):
 # line 8: x
@@ -372,6 +374,7 @@ def _pairs_both(G, P1, P2T, params, ntk, symmetric):
             _pairs_both_row(task + half * (n1 - 1 - 2 * task), G, P1, P2T, params, ntk, symmetric)
 
 def _pairs_numpy(G, P1, P2, params):
+    # K, Θ, then ∂K, ∂Θ by each of GRAD_PARAMS
     dot = G
     QV1_1_g1 = P1[:, 18][:, None]
     RV1_1_g1 = P1[:, 19][:, None]
@@ -418,9 +421,7 @@ def _pairs_numpy(G, P1, P2, params):
     T_7_g4 = K_7_g4 + t1*T_6_h3
     T_8_h4 = t10*T_7_g4
     T_9_y = K_9_y + t1*T_8_h4
-    nngp = numpy.zeros(G.shape) + (K_9_y)
-    ntk = numpy.zeros(G.shape) + (T_9_y)
-    return nngp, ntk
+    return [numpy.zeros(G.shape) + o for o in ((K_9_y), (T_9_y),)]
 
 def _check_inputs(name, x):
     if not isinstance(x, np.ndarray):
@@ -547,7 +548,7 @@ def _mirror(a):
 
 
 def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", device=None,
-           device_tile=None):
+           device_tile=None, grad=False):
     """NNGP and/or NTK Gram matrices of the network's output.
 
     x1: (n1, *INPUT_SHAPE); x2: (n2, *INPUT_SHAPE) or None for x1 against itself.
@@ -557,15 +558,24 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
     device_tile: rows (or (rows, cols)) of the Gram tiles computed on the GPU at a time;
     default: from the free device memory.
     float32 inputs give float32 Gram matrices; anything else float64.
+    grad (modules compiled with gradients, GRAD_PARAMS not empty; ntkc.Model.kernel(grad=)
+    compiles them): returns (kernels, D), D of shape (len(GRAD_PARAMS), 2, n1, n2) with
+    D[k, 0] = ∂K/∂GRAD_PARAMS[k] and D[k, 1] = ∂Θ/∂GRAD_PARAMS[k], on the CPU.
     """
     names, device, x1, x2, symmetric, dtype = _kernel_arguments(x1, x2, get, backend, device)
+    if grad and not GRAD_PARAMS:
+        raise ValueError("this module has no gradient kernels: call kernel(..., grad=...) "
+                         "on ntkc.load(spec), which compiles them")
+    if grad and device != "cpu":
+        raise ValueError("kernel gradients run on the CPU: pass device='cpu'")
     a = x1.reshape(x1.shape[0], -1).astype(dtype, copy=False)
     b = a if symmetric else x2.reshape(x2.shape[0], -1).astype(dtype, copy=False)
     if None in INPUT_SHAPE:  # vector[*]: the recursion reads x·x'/d, with the data's d
         scale = 1.0 / np.sqrt(a.shape[1])
         a = (a * scale).astype(dtype, copy=False)
         b = a if symmetric else (b * scale).astype(dtype, copy=False)
-    want_ntk = "ntk" in names
+    want_ntk = "ntk" in names or grad
+    D = None
     if device == "cuda":
         nngp, ntk = (_kernel_cuda(a, b, symmetric, want_ntk, param_vector(params), dtype,
                                   device_tile) + [None])[:2]
@@ -583,8 +593,10 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         p2 = p1 if symmetric else _point_numpy(sq2, p)
         _check_point("x1", p1, params, dtype)
         _check_point("x2", p2, params, dtype)
-        nngp, ntk = _pairs_numpy(g.astype(np.float64), p1, p2, p)
-        nngp, ntk = nngp.astype(dtype), ntk.astype(dtype)
+        outs = [o.astype(dtype) for o in _pairs_numpy(g.astype(np.float64), p1, p2, p)]
+        nngp, ntk = outs[:2]
+        if grad:
+            D = np.stack(outs[2:])
     else:
         p1 = np.empty((sq1.shape[0], N_POINT), np.float64)
         _point_numba(sq1, p, p1)
@@ -598,7 +610,10 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         nngp = g  # overwritten in place: the Gram matrix never needs a third N×N array
         ntk = np.empty_like(g) if want_ntk else None
         p2t = np.ascontiguousarray(p2.T)  # x' quantities contiguous along the pair loop
-        if want_ntk:
+        if grad:
+            D = np.empty((2 * len(GRAD_PARAMS), *g.shape), g.dtype)
+            _pairs_grad(nngp, p1, p2t, p, ntk, D, symmetric)
+        elif want_ntk:
             _pairs_both(nngp, p1, p2t, p, ntk, symmetric)
         else:
             _pairs_nngp(nngp, p1, p2t, p, symmetric)
@@ -606,12 +621,23 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
             _mirror(nngp)
             if want_ntk:
                 _mirror(ntk)
+            for d in D if grad else ():
+                _mirror(d)
     if symmetric:  # the diagonal from the per-input formulas (exact at correlation 1)
         np.fill_diagonal(nngp, p1[:, DIAG_NNGP])
         if want_ntk:
             np.fill_diagonal(ntk, p1[:, DIAG_NTK])
+        for k, d in enumerate(D if grad else ()):
+            np.fill_diagonal(d, p1[:, DIAG_NTK + 1 + k])
     _check_result(nngp, ntk, params)
-    return _result(get, names, nngp, ntk)
+    if not grad:
+        return _result(get, names, nngp, ntk)
+    if not np.isfinite(D.sum()):
+        k, i, j = (int(v) for v in np.argwhere(~np.isfinite(D))[0])
+        raise ValueError(
+            f"d{('K', 'Θ')[k % 2]}/d{GRAD_PARAMS[k // 2]}[{i}, {j}] = {D[k, i, j]} (params "
+            f"{params or PARAMS}): the kernel's derivative overflows there")
+    return _result(get, names, nngp, ntk), D.reshape(len(GRAD_PARAMS), 2, *nngp.shape)
 
 
 def _result(get, names, nngp, ntk):

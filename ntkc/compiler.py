@@ -12,6 +12,7 @@ from .frontend import program_from_text
 from .ir import Program
 from .semantics.derive import DeriveError, Recursion, derive
 from .semantics.quadrature import DEFAULT_DEGREE
+from .semantics.tangent import with_tangents
 
 
 @dataclass
@@ -27,6 +28,7 @@ def compile_text(
     quad_degree: int = DEFAULT_DEGREE,
     target: str = "all",
     spec_name: str | None = None,
+    grad: bool = False,
 ) -> Compiled:
     """parse → IR → passes → derive → codegen. Raises SpecError.
 
@@ -34,15 +36,19 @@ def compile_text(
     module's directory, so the runtime can check the hash); default ``filename``.
     target: "cpu" (numba prange kernels), "cuda" (numba.cuda kernels, imported by the
     module only when used) or "all" (both).
+    grad: also the kernels' derivatives by every param (ntkc.semantics.tangent), in a
+    third pair kernel (``kernel(..., grad=True)``).
     """
     if target not in ("cpu", "cuda", "all"):
         raise ValueError(f"target must be 'cpu', 'cuda' or 'all', got {target!r}")
     program = program_from_text(text, filename)
     try:
         recursion = derive(program)
+        if grad:
+            recursion = with_tangents(recursion)
     except DeriveError as e:
         raise SpecError([Diagnostic("error", str(e), e.pos)], filename, text) from None
-    options = {"target": target, "quad_degree": quad_degree}
+    options = {"target": target, "quad_degree": quad_degree, **({"grad": True} if grad else {})}
     if program.input_shape.spatial:
         try:
             writer = SpatialWriter(recursion, target)

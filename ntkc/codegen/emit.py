@@ -24,6 +24,7 @@ from .._version import __version__
 from ..semantics import quadrature
 from ..semantics.derive import Recursion
 from ..semantics.quadrature import DEFAULT_DEGREE, GaussExpectation
+from ..semantics.tangent import output_key
 from .driver_template import DRIVER, comment, module_prologue
 from .fast_acos import ACOS_SOURCE
 from .hoist import hoist_roots
@@ -64,11 +65,17 @@ class ModuleWriter:
             self.names[p.symbol] = f"params[{i}]"
         pair = {a.symbol: a.expr for a in rec.pair}
         pair["nngp"], pair["ntk"] = rec.outputs["nngp"], rec.outputs["ntk"]
+        # With tangents (ntkc.semantics.tangent): ∂K, ∂Θ by each param, pair and diagonal.
+        self.grad_params = [p.name for p in self.prog.params.values()
+                            if output_key("nngp", p.name) in rec.outputs]
+        grad_keys = [output_key(w, p) for p in self.grad_params for w in ("nngp", "ntk")]
+        pair.update({k: rec.outputs[k] for k in grad_keys})
         # sqrt(K(x,x)·K(x',x')) → per-input roots, computed in the point phase.
         twins = {2: dict(rec.twins)}
         hoisted, self.roots = hoist_roots(pair, {a.symbol for a in rec.point}, twins,
                                           self.names)
         self.nngp, self.ntk = hoisted.pop("nngp"), hoisted.pop("ntk")
+        self.grads = [hoisted.pop(k) for k in grad_keys]
         self.pair_defs: Defs = [(a.symbol, hoisted[a.symbol]) for a in rec.pair]
         self.twins = twins[2]
         self.point_defs: Defs = [(a.symbol, a.expr) for a in rec.point] + [
@@ -77,9 +84,12 @@ class ModuleWriter:
         self.slots = {sym: k for k, sym in enumerate(self.point_symbols)}
         # One point slot per quantity and root, then the checked variances that are no
         # quantity (see _quad_checks), then K(x,x) and Θ(x,x).
-        self.point_outputs: list[sympy.Expr] = list(self.point_symbols) + [
-            rec.outputs["nngp_diag"], rec.outputs["ntk_diag"]]
-        exprs = [e for _, e in self.point_defs + self.pair_defs] + [self.nngp, self.ntk]
+        self.diag_outputs = [rec.outputs["nngp_diag"], rec.outputs["ntk_diag"]] + [
+            rec.outputs[output_key(w, p)] for p in self.grad_params
+            for w in ("nngp_diag", "ntk_diag")]
+        self.point_outputs: list[sympy.Expr] = list(self.point_symbols) + self.diag_outputs
+        exprs = [e for _, e in self.point_defs + self.pair_defs] + [self.nngp, self.ntk,
+                                                                     *self.grads]
         quads = sorted({type(q) for e in exprs for q in e.atoms(GaussExpectation)},
                        key=lambda t: t.__name__)
         self.helpers = {t: f"_quad{i}" for i, t in enumerate(quads)}
@@ -88,7 +98,7 @@ class ModuleWriter:
     def _quad_checks(self) -> list[tuple[int, str, str]]:
         """The run-time guard's checks: (point slot, helper, where), one per variance
         an expectation is evaluated at, in both phases. A variance that is no point
-        quantity yet becomes an extra point output (before the diagonal)."""
+        quantity yet becomes an extra point output (before the diagonals)."""
         back = {v: k for k, v in self.rec.twins.items()}
         per_input = {*self.point_symbols, self.rec.sq, *self.rec.param_symbols}
         known = dict(self.slots)
@@ -101,8 +111,9 @@ class ModuleWriter:
                         continue
                     seen.add((type(q), e))
                     if e not in known:
-                        known[e] = len(self.point_outputs) - 2
-                        self.point_outputs.insert(len(self.point_outputs) - 2, e)
+                        at = len(self.point_outputs) - len(self.diag_outputs)
+                        known[e] = at
+                        self.point_outputs.insert(at, e)
                     node = self.prog.nodes[a.line]
                     checks.append((known[e], self.helpers[type(q)],
                                    f"line {node.pos.line} ({a.line})"))
@@ -193,8 +204,12 @@ class ModuleWriter:
     def pair_phase(self, name: str, outputs: list[sympy.Expr]) -> list[str]:
         nb, _ = self._printers()
         body, outs = cse_block(outputs, nb, " " * 8, "t", needed_defs(self.pair_defs, outputs))
-        both = len(outputs) == 2
-        args = "G, P1, P2T, params, ntk, symmetric" if both else "G, P1, P2T, params, symmetric"
+        both = len(outputs) >= 2
+        grads = range(len(outputs) - 2)  # D[k]: the tangents, after K and Θ
+        args = "G, P1, P2T, params, symmetric"
+        if both:
+            args = "G, P1, P2T, params, ntk, D, symmetric" if grads else \
+                "G, P1, P2T, params, ntk, symmetric"
         # One row of pairs per call of a serial function (see point_phase: numba's parfor
         # passes are superlinear in the loop body); its loop over j still vectorises.
         src = ["@numba.njit(cache=True)", f"def {name}_row(i, {args}):", "    n2 = G.shape[1]"]
@@ -204,11 +219,13 @@ class ModuleWriter:
         src += ["    j0 = max(i, 0) if symmetric else 0", "    Gi = G[i]"]
         if both:
             src.append("    Ti = ntk[i]")
+        src += [f"    D{k}i = D[{k}, i]" for k in grads]
         src += ["    for k in range(n2 - j0):", "        j = j0 + k", "        dot = Gi[j]"]
         src += ["        " + ln for ln in self._loads(outputs, nb, 2, "j", None, True)]
         src += body + [f"        Gi[j] = {outs[0]}"]
         if both:
             src.append(f"        Ti[j] = {outs[1]}")
+        src += [f"        D{k}i[j] = {outs[2 + k]}" for k in grads]
         return src + [
             "", "",
             "@numba.njit(parallel=True, cache=True)",
@@ -222,15 +239,15 @@ class ModuleWriter:
 
     def pair_numpy(self) -> list[str]:
         _, npy = self._printers()
-        outputs = [self.nngp, self.ntk]
-        src = ["def _pairs_numpy(G, P1, P2, params):", "    dot = G"]
+        outputs = [self.nngp, self.ntk, *self.grads]
+        src = ["def _pairs_numpy(G, P1, P2, params):",
+               "    # K, Θ, then ∂K, ∂Θ by each of GRAD_PARAMS", "    dot = G"]
         src += ["    " + ln for ln in self._loads(outputs, npy, 1, "", "[:, None]")]
         src += ["    " + ln for ln in self._loads(outputs, npy, 2, "", "[None, :]")]
         body, outs = cse_block(outputs, npy, "    ", "t", needed_defs(self.pair_defs, outputs))
         src += body
-        src += [f"    nngp = numpy.zeros(G.shape) + ({outs[0]})",
-                f"    ntk = numpy.zeros(G.shape) + ({outs[1]})",
-                "    return nngp, ntk"]
+        values = ", ".join(f"({o})" for o in outs)
+        src += [f"    return [numpy.zeros(G.shape) + o for o in ({values},)]"]
         return src
 
     def module(self, spec_name: str, spec_text: str, options: dict) -> str:
@@ -250,7 +267,9 @@ class ModuleWriter:
             f"PARAMS = {params!r}",
             f"TARGETS = {self.targets!r}  # devices with kernels here; the first is the default",
             f"N_POINT = {len(self.point_outputs)}",
-            "DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)",
+            f"DIAG_NNGP = {len(self.point_outputs) - len(self.diag_outputs)}",
+            "DIAG_NTK = DIAG_NNGP + 1  # point slots of K(x,x), Θ(x,x); then ∂K(x,x), ∂Θ(x,x)",
+            f"GRAD_PARAMS = {tuple(self.grad_params)!r}  # by each of these: kernel(grad=True)",
             "",
             "# The recursion, one group per spec line (K: NNGP kernel, Θ: NTK):",
             *self.formulas(),
@@ -262,6 +281,9 @@ class ModuleWriter:
         if "cpu" in self.targets:
             parts += [self.pair_phase("_pairs_nngp", [self.nngp]), [""],
                       self.pair_phase("_pairs_both", [self.nngp, self.ntk]), [""]]
+            if self.grads:
+                parts += [self.pair_phase("_pairs_grad", [self.nngp, self.ntk, *self.grads]),
+                          [""]]
         parts.append(self.pair_numpy())
         src = "\n".join("\n".join(p) for p in parts) + "\n" + DRIVER
         if "cuda" in self.targets:
