@@ -28,7 +28,7 @@ import itertools
 
 import sympy
 
-from .registry import RULES, Opening, Rule, register
+from .registry import RULES, FiniteForward, Opening, Rule, register
 
 POINTS = ((1, 1), (1, 2), (2, 1))  # the point pairs of two lines' covariance
 
@@ -139,5 +139,10 @@ def _fmt(s) -> str:
                             str(s.channels)]) + "]"
 
 
+def finite_product(jax, p, a, b):
+    return a * b
+
+
 PRODUCT = register(Rule("product", Opening.OWN, (), 2, shape_product, derive_product,
-                        gaussian=False, callable=False, infix="*"))
+                        gaussian=False, callable=False, infix="*",
+                        finite=FiniteForward(finite_product, same_channels=True)))
