@@ -21,6 +21,7 @@ from ..semantics.derive import Recursion
 from ..semantics.positions import POSITIONS, I
 from ..semantics.quadrature import GaussExpectation
 from ..semantics.structure import DIAG, FULL, SCALAR, analyse
+from . import matrix_stencils
 from .emit import TARGETS
 from .fast_acos import ACOS_SOURCE
 from .hoist import hoist_roots
@@ -88,8 +89,12 @@ class SpatialWriter(NumpyPhases):
         # the GPU kernel runs a stage over all its entries before the next: no blocks
         self.cuda_slots, used = allocate(self.plans["pair"], self.structure, "pair", outputs,
                                          "s", read)
-        self.n_s_cuda = max(used["s"], 1)
-        self.n_tmp = max([1] + [_tmp_size(w) for w in self.windows.values()])
+        # past the slots: a mix's A_p·S (ntkc.codegen.matrix_stencils.cuda_mix)
+        self.cuda_mix_at = used["s"]
+        self.n_s_cuda = max(used["s"] + max([0] + [a.spatial[0] ** 2 for a in rec.pair if
+                                                   a.stencil and a.stencil.operands]), 1)
+        self.n_tmp = max([1, matrix_stencils.buffer_size(rec)]
+                         + [_tmp_size(w) for w in self.windows.values()])
         self.outlined: dict[str, str] = {}  # loop text → function name (_nb_loop)
         self.outlined_defs: list[list[str]] = []
 
@@ -103,7 +108,23 @@ class SpatialWriter(NumpyPhases):
                 out |= {v for a in stage.run if a.diag is not None for v in a.diag.free_symbols}
             else:
                 out |= {a.stencil.source for a in stage.run if a.stencil.source is not None}
+                out |= {m for a in stage.run for m in a.stencil.operands}
         return out
+
+    def operand(self, sym, phase: str) -> tuple[str, Slot]:
+        """(array, slot) of a per-input matrix a stencil reads: its point row, at x
+        (pt1 in the pair phase), at x' (pt2) or at the copy x̃ (the point phase's pt)."""
+        if sym in self.pslots:
+            return ("pt1" if phase == "pair" else "pt"), self.pslots[sym]
+        if sym in self.twin_of:
+            return "pt2", self.pslots[self.twin_of[sym]]
+        return "pt", self.pslots[self.twin3_of[sym]]
+
+    def scale_text(self, scale, printer=CpuPrinter) -> str:
+        """A stencil's scale: a number, or an expression in params (attention's w_key²)."""
+        if scale.is_Number:
+            return repr(float(scale))
+        return printer(dict(self.params), {}).doprint(scale)
 
     # -- element references -----------------------------------------------------------------
     def _ref_at(self, sym, phase: str, loop: str, pair_slots: dict | None = None
@@ -283,6 +304,11 @@ class SpatialWriter(NumpyPhases):
             out = out_slot.array
         src, src_slot = (None, None) if st.source is None else \
             self._nb_source(st.source, phase)
+        if st.op in matrix_stencils.OPS:
+            operands = [self.operand(m, phase) for m in st.operands]
+            return [matrix_stencils.nb_matrix_stencil(st.op, src, src_slot, out, out_slot,
+                                                      operands, self.scale_text(st.scale),
+                                                      indent)]
         x = ("x1", "x2") if phase == "pair" else ("x", "x")
         return nb_stencil(a, out, src, out_slot, src_slot, geometry, x, repr(float(st.scale)),
                           indent)
@@ -353,8 +379,12 @@ class SpatialWriter(NumpyPhases):
         for wid, w in self.windows.items():
             head.append(f"{self.taps[wid]} = _window_taps({w.in_spatial!r}, {w.shape!r}, "
                         f"{w.stride!r}, {w.padding!r})")
+        numpy_stencils = NUMPY_STENCILS
+        if matrix_stencils.uses(self.rec):  # attention's kernels, only where it is used
+            head += matrix_stencils.NUMBA_SOURCE.splitlines()
+            numpy_stencils += matrix_stencils.NUMPY_SOURCE
         parts = [head, [""], ACOS_SOURCE.splitlines(), *self.outlined_defs, *code,
-                 NUMPY_STENCILS.splitlines(), self.numpy_point(), self.numpy_pair()]
+                 numpy_stencils.splitlines(), self.numpy_point(), self.numpy_pair()]
         return "\n".join("\n".join(p) for p in parts) + "\n" + SPATIAL_DRIVER + cuda
 
 

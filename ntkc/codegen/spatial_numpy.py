@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..semantics.positions import POSITIONS, J
 from ..semantics.structure import DIAG, FULL, SCALAR
+from . import matrix_stencils
 from .printers import ArrayPrinter, cse_block
 from .spatial_plan import StageKind
 from .spatial_stages import np_stencil, np_value
@@ -87,12 +88,34 @@ class NumpyPhases:
                     if phase == "point" and st.source in self.pslots and view == DIAG:
                         s = _np_slice("pt", ":", self.pslots[st.source])
                 x = ("x1", "x2") if phase == "pair" else ("x", "x")
+                if st.op in matrix_stencils.OPS:
+                    src += self._np_matrix_stencil(a, s, phase, slots)
+                    continue
                 e = np_stencil(a, s, slots[a.symbol], self.taps.get(id(st.window), ""), x,
                                repr(float(st.scale)))
                 src.append(f"    {self._np_target(a.symbol, phase)} = {e}")
             targets, exprs = self._stencil_roots(run)
             if targets:
                 src += self._np_loop(targets, exprs, self.structure[run[0].symbol], phase)
+        return src
+
+    def _np_matrix_stencil(self, a, s: str, phase: str, slots) -> list[str]:
+        """A weights or mix stencil (ntkc.codegen.matrix_stencils); a weights matrix is
+        also stored in pt, where the pair phase reads it."""
+        st = a.stencil
+        operands = []
+        for m in st.operands:
+            array, slot = self.operand(m, phase)
+            operands.append(self.rec.code_names[self.twin3_of.get(m, m)] if phase == "point"
+                            else matrix_stencils.np_operand(
+                                "P1" if array == "pt1" else "P2",
+                                slot, "a" if array == "pt1" else ":"))
+        e = matrix_stencils.np_matrix_stencil(st.op, s, slots[a.symbol], operands,
+                                              self.scale_text(st.scale, ArrayPrinter))
+        target = self._np_target(a.symbol, phase)
+        src = [f"    {target} = {e}"]
+        if st.op in matrix_stencils.MECHANISM:
+            src.append("    " + matrix_stencils.np_keep(target, slots[a.symbol]))
         return src
 
     def _np_loop(self, targets, exprs, loop: str, phase: str, spatial=None) -> list[str]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 
 from ..semantics.derive import Assignment
+from ..semantics.rules import STENCILS
 from ..semantics.structure import FULL, SCALAR
 
 
@@ -70,9 +71,10 @@ def schedule(assignments, program, same_input: dict, structure: dict) -> list:
     order = {name: k for k, name in enumerate(program.nodes)}
 
     def deps(a) -> set:
-        if a.stencil:
-            return {a.stencil.source}
-        found = a.expr.free_symbols | (a.diag.free_symbols if a.diag is not None else set())
+        if a.stencil:  # its source, and the per-input matrices it reads (at x̃: at x)
+            found = {a.stencil.source, *a.stencil.operands}
+        else:
+            found = a.expr.free_symbols | (a.diag.free_symbols if a.diag is not None else set())
         out = set()
         for d in found:
             while d in same_input:
@@ -175,8 +177,9 @@ def allocate(plan: list[Group], structure: dict, phase: str, keep: set,
                     continue
                 storage = structure[a.symbol]
                 rows, cols = a.spatial or (1, 1)
-                if phase == "point":
-                    array = "w" if storage == FULL else "pt"
+                if phase == "point":  # a per-input matrix stays in pt: the pair phase reads it
+                    matrix = a.stencil is not None and STENCILS[a.stencil.op].matrix
+                    array = "w" if storage == FULL and not matrix else "pt"
                 else:
                     array = "s" if storage != SCALAR else ""
                 if array == reuse and a.stencil is None and a.symbol not in read:

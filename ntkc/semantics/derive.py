@@ -88,12 +88,16 @@ class Stencil:
 
     op: "input" (Σ_c x_p[i,c]·x_q[j,c] / C), "conv" (the same tap offset on both
     sides: Neural Tangents' 𝒜), "pool" (every pair of taps of two windows),
-    "flatten" (mean of the diagonal), "global" (every pair of positions)."""
+    "flatten" (mean of the diagonal), "global" (every pair of positions), and the ops
+    rule files register (STENCILS). operands: per-input matrices it reads besides its
+    source, at the points of its two sides (attention's mix reads the weights of x_p
+    and x_q)."""
 
     op: str
     source: sympy.Symbol | None
     window: Window | None
     scale: sympy.Expr
+    operands: tuple[sympy.Symbol, ...] = ()
     # Only its diagonal is computed, whatever structure its readers need: one value per
     # position, which a formula over full arrays reads at its row (i). A rule whose result
     # is zero between different positions multiplies it by δ_ij (ntkc.semantics.positions).
@@ -173,14 +177,16 @@ class Derivation:
 
     def stencil(self, op: str, line: str, source: sympy.Expr | None, p: int, q: int,
                 window: Window | None = None, scale: sympy.Expr = sympy.S.One,
-                kind: str = "K", diagonal: bool = False) -> sympy.Expr:
-        """The symbol of ``scale · op(source)`` at points (p, q), made once (``diagonal``:
-        its diagonal only; see Stencil)."""
+                kind: str = "K", operands: tuple[sympy.Symbol, ...] = (),
+                diagonal: bool = False) -> sympy.Expr:
+        """The symbol of ``scale · op(source)`` at points (p, q), made once (``operands``:
+        the per-input matrices it also reads; ``diagonal``: its diagonal only; see
+        Stencil)."""
         if source is not None and source.is_Number:
             if source == 0:
                 return sympy.Integer(0)
             raise self.fail("a constant covariance under a spatial op is not supported", line)
-        key = (op, line, source, p, q, kind, diagonal)
+        key = (op, line, source, p, q, kind, operands, diagonal)
         if key not in self.stencils:
             quantity = Quantity(kind, line, line, p, q)
             at = quantity.display().split("]", 1)[1]
@@ -192,10 +198,10 @@ class Derivation:
             self.code_names[symbol] = code_name(f"S{p}{q}{kind}", (len(self.stencils),), line)
             shape = self.program.nodes[line].shape.spatial
             spatial = None if stencil.to_scalar else (math.prod(shape), math.prod(shape))
-            display = sympy.Function(what)(source) if source is not None else symbol
+            display = sympy.Function(what)(source, *operands) if source is not None else symbol
             self._phase(p, q).append(Assignment(symbol, display, quantity, line,
-                                     Stencil(op, source, window, scale, diagonal=diagonal),
-                                     spatial))
+                                     Stencil(op, source, window, scale, operands,
+                                             diagonal), spatial))
             if quantity.on_point:
                 self._register_twins(symbol, quantity, stencil=True)
             self.stencils[key] = symbol

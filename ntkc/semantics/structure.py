@@ -8,7 +8,8 @@ readers need: conv keeps the structure (its taps shift both sides by the same
 offset), pointwise rules and linear combinations keep it entry by entry, pools
 need the full array below them; a diagonal stencil (Stencil.diagonal: a locally
 connected layer's) is a diagonal whatever reads it. Per-input variances are always
-diagonals; the (x, x̃) self-covariances that pools read at one input are always full.
+diagonals; the (x, x̃) self-covariances that pools read at one input, and per-input matrices
+(StencilKind.matrix: attention's weights), are always full.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ def analyse(rec: Recursion) -> dict[sympy.Symbol, str]:
     """The structure of every assignment's array: diag, full or scalar."""
     out: dict[sympy.Symbol, str] = {}
     for a in rec.point:
+        matrix = a.stencil is not None and STENCILS[a.stencil.op].matrix
         out[a.symbol] = SCALAR if a.spatial is None else (
-            FULL if points(a) == (1, 3) else DIAG)
+            FULL if points(a) == (1, 3) or matrix else DIAG)
     need: dict[sympy.Symbol, str] = {}
     for a in reversed(rec.pair):
         if a.spatial is None:
