@@ -114,6 +114,8 @@ HEAD = DENSE + "h = relu(g1)\n"
     (HEAD + "p = (g1 + g2) * h\noutput p\n", "6:6", "takes two line names"),
     (HEAD + "p = g1 * relu(g2)\noutput p\n", "6:10", "'relu(...)' inside an expression"),
     (HEAD + "p = g1 * q\noutput p\n", "6:10", "may not use 'q': it is not a param"),
+    (HEAD + "p = x * g1\ny = dense(p)\noutput y\n", "6:1",
+     "cannot multiply 'x': it is the raw input or depends on it alone"),
     (("network t\ninput x : image[4, 4, 1]\ng = conv(x, filter=[3, 3])\n"
       "f = conv(x, filter=[3, 3], padding=same)\np = g * f\noutput p\n"), "5:1",
      "cannot multiply 'g' of shape [2, 2, ?] and 'f' of shape [4, 4, ?]"),

@@ -124,6 +124,11 @@ def _why(program, a: str, b: str) -> str:
 def shape_product(node, in_shapes, program):
     first, second = in_shapes
     a, b = node.inputs
+    for u in (a, b):
+        if not _sources(program, u):  # the input's d features are no infinite random layer
+            raise ValueError(f"cannot multiply '{u}': it is the raw input or depends on it "
+                             "alone, and a product needs two random lines (multiply a dense "
+                             "or conv of the input)")
     if first.kind != second.kind or first.spatial != second.spatial:
         raise ValueError(f"cannot multiply '{a}' of shape {_fmt(first)} and '{b}' of shape "
                          f"{_fmt(second)}")
