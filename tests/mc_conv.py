@@ -34,6 +34,9 @@ default, standard parameterization with ``parameterization="standard"`` (see bel
   window; avg divides by the full window size (NT's normalize_edges=False). The default
   stride is :data:`POOL_STRIDE_DEFAULT` (see there).
 * global_avg_pool / global_sum_pool: mean / sum over all spatial positions.
+* layer_norm(axes = channels | all): (h - mean)/sqrt(var + 1e-12), the mean and the
+  (population) variance over the channels at each position, or over every position and
+  channel of one input (NT's LayerNorm(axis=-1) and LayerNorm(axis=(1, 2, 3)), eps 1e-12).
 * flatten: a reshape of (positions, channels) to one vector of P·C features; the next
   dense then has fan-in P·C, which makes its NNGP w²·(mean over positions of the
   per-position covariance): Neural Tangents' Flatten kernel.
@@ -153,7 +156,7 @@ def _phi(op: str, attrs: dict):
 @dataclass
 class Node:
     name: str
-    op: str  # input | conv | nonlin | pool | flatten | sum | concat
+    op: str  # input | conv | nonlin | pool | flatten | sum | concat | norm
     inputs: tuple[str, ...]
     spatial: tuple[int, ...]  # output spatial shape (() for a vector)
     channels: int
@@ -163,6 +166,7 @@ class Node:
     matrix: np.ndarray | None = None  # pool: (P_out, P_in) linear map over positions
     phi: tuple = field(default=())  # nonlin: (φ, φ')
     local: bool = False  # conv: a conv_local (weights and biases per output position)
+    axes: str = ""  # norm: "channels" | "all"
 
     @property
     def positions(self) -> int:
@@ -273,6 +277,9 @@ class ConvNetwork:
                 taps, h.positions, op == "global_avg_pool")))
         if op == "flatten":
             return self._add(Node("", "flatten", (src,), (), h.positions * h.channels))
+        if op == "layer_norm":
+            return self._add(Node("", "norm", (src,), h.spatial, h.channels,
+                                  axes=a.get("axes", "channels")))
         if op == "residual":
             b = self._chain(a["branch"], src)
             s = self._chain(a["shortcut"], src)
@@ -378,6 +385,8 @@ class ConvNetwork:
                 acts[node.name] = np.matmul(node.matrix.astype(self.dtype), h)
             elif node.op == "flatten":
                 acts[node.name] = h.reshape(h.shape[0], n_pts, 1, -1)
+            elif node.op == "norm":
+                acts[node.name] = _normalise(h, node.axes)[0]
             elif node.op == "sum":
                 acts[node.name] = h + acts[node.inputs[1]]
             elif node.op == "concat":
@@ -431,6 +440,10 @@ class ConvNetwork:
             elif node.op == "flatten":
                 s = self.node(src)
                 add(src, d.reshape(nb, n_pts, s.positions, s.channels))
+            elif node.op == "norm":  # through the mean and the variance too
+                y, sigma, axes = _normalise(acts[src], node.axes)
+                add(src, (d - d.mean(axis=axes, keepdims=True)
+                          - y * (d * y).mean(axis=axes, keepdims=True)) / sigma)
             elif node.op == "sum":
                 add(src, d)
                 add(node.inputs[1], d)
@@ -492,6 +505,18 @@ class ConvNetwork:
         if beta is not None:
             g = g + node.b_std * beta[:, None, :, :]
         return g
+
+
+LN_EPS = 1e-12  # Neural Tangents' LayerNorm default
+
+
+def _normalise(h: np.ndarray, axes_name: str) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(y, σ, axes): y = (h - mean)/σ, σ = sqrt(var + LN_EPS) over the channels (axis 3)
+    or over positions and channels (axes 2, 3) of each input."""
+    axes = (2, 3) if axes_name == "all" else (3,)
+    centred = h - h.mean(axis=axes, keepdims=True)
+    sigma = np.sqrt((centred * centred).mean(axis=axes, keepdims=True) + LN_EPS)
+    return centred / sigma, sigma, axes
 
 
 def _with_zero_slot(h: np.ndarray) -> np.ndarray:

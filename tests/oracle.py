@@ -180,6 +180,8 @@ class Oracle:
             return m
         if op == "layer_norm":
             var = np.einsum("nini->ni", self.cov("K", u, u))
+            if node.attrs["axes"] == "all":  # the mean over positions of one input's variance
+                var = np.broadcast_to(var.mean(axis=1, keepdims=True), var.shape)
             return self.cov(kind, u, other) / np.sqrt(var)[:, :, None, None]
         if op == "flatten":
             o = self.prog.nodes[other]
