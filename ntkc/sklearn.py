@@ -4,6 +4,10 @@
     clf = NTKClassifier("examples/open_mlp.ntk", diag_reg=1e-3).fit(X, y)
     GridSearchCV(clf, {"params__w": [1.0, 1.5], "diag_reg": [1e-4, 1e-2]}).fit(X, y)
 
+``Kernel(spec)`` is the network's NNGP (or NTK) as a scikit-learn GP kernel whose
+hyperparameters are the spec's params, with their exact gradient (Model.kernel(grad=)),
+so GaussianProcessRegressor fits them by its own marginal-likelihood optimiser.
+
 The estimator is the closed-form predictor of ntkc.predict.fit: the mean of an infinite
 ensemble of networks trained by gradient descent on MSE (``kernel="ntk"``), or the NNGP
 posterior mean (``kernel="nngp"``), at training time ``t`` (None: infinite). The spec's
@@ -23,6 +27,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.gaussian_process import kernels as gp_kernels
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import Tags
 from sklearn.utils.multiclass import check_classification_targets
@@ -31,7 +36,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .predict.fit import fit
 from .runtime import Model, load
 
-__all__ = ["NTKClassifier", "NTKRegressor"]
+__all__ = ["Kernel", "NTKClassifier", "NTKRegressor"]
 
 PREFIX = "params__"
 _MODELS: dict[tuple[str, str], Model] = {}  # (path, sha256 of its text) → loaded model
@@ -176,3 +181,78 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
     def predict(self, X: Any) -> np.ndarray:
         scores = self._mean(X)  # first: it raises NotFittedError before classes_ is read
         return self.classes_[np.argmax(scores, axis=1)]
+
+
+class Kernel(gp_kernels.Kernel):
+    """A network's NNGP (``get="nngp"``) or NTK as a scikit-learn GP kernel.
+
+    Its hyperparameters are the spec's params (``params`` overrides their defaults),
+    optimised on a log scale within ``param_bounds``, as scikit-learn's kernels are; the
+    gradient is exact (ntkc.semantics.tangent), so GaussianProcessRegressor's L-BFGS
+    needs no finite differences. Rows of X are reshaped to the spec's input."""
+
+    def __init__(self, spec: str | Path | None = None, get: str = "nngp",
+                 params: dict[str, float] | None = None,
+                 param_bounds: tuple[float, float] = (1e-5, 1e5)) -> None:
+        self.spec = spec
+        self.get = get
+        self.params = params
+        self.param_bounds = param_bounds
+
+    def _values(self) -> dict[str, float]:
+        return {**_model(self.spec).params, **(self.params or {})}
+
+    # the spec's params are hyperparameters: get/set them by name (theta reads them so)
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        out = {"spec": self.spec, "get": self.get, "params": self.params,
+               "param_bounds": self.param_bounds}
+        if deep:
+            out.update(self._values())
+        return out
+
+    def set_params(self, **values: Any) -> Kernel:
+        spec_values = {k: v for k, v in values.items() if k in _model(self.spec).params}
+        for k, v in values.items():
+            if k not in spec_values:
+                setattr(self, k, v)
+        if spec_values:
+            self.params = {**(self.params or {}), **{k: float(v) for k, v in spec_values.items()}}
+        return self
+
+    @property
+    def hyperparameters(self) -> list[gp_kernels.Hyperparameter]:
+        return [gp_kernels.Hyperparameter(name, "numeric", self.param_bounds)
+                for name in _model(self.spec).params]
+
+    def _inputs(self, X: Any) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        shape = _model(self.spec).input_shape
+        return X if None in shape else X.reshape(X.shape[0], *shape)
+
+    def __call__(self, X: Any, Y: Any = None, eval_gradient: bool = False) -> Any:
+        model, values = _model(self.spec), self._values()
+        x1 = self._inputs(X)
+        x2 = None if Y is None else self._inputs(Y)
+        if not eval_gradient:
+            return model.kernel(x1, x2, get=self.get, params=values)
+        if Y is not None:
+            raise ValueError("the gradient is only available for Y=None (scikit-learn's rule)")
+        names = list(values)
+        k, grads = model.kernel(x1, get=self.get, params=values, grad=tuple(names))
+        # theta is log(value): dK/dlog θ = θ·dK/dθ
+        gradient = np.stack([values[n] * grads[n] for n in names], axis=-1)
+        return k, gradient
+
+    def diag(self, X: Any) -> np.ndarray:
+        # K(x, x) per row: one row against itself at a time keeps it O(n) in memory
+        x = self._inputs(X)
+        model, values = _model(self.spec), self._values()
+        return np.array([model.kernel(x[i:i + 1], get=self.get, params=values)[0, 0]
+                         for i in range(len(x))])
+
+    def is_stationary(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{k}={v:.3g}" for k, v in self._values().items())
+        return f"ntkc.Kernel({self.get}, {values})"

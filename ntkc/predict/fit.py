@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import Gaussian, gradient_descent_mse_ensemble, marginal_likelihood
+from .optimize import optimize_hyperparameters
 
 
 class Model(Protocol):
@@ -121,6 +122,7 @@ class FittedModel:
     y_train: np.ndarray = field(repr=False)
     train_kernels: dict[str, np.ndarray] = field(repr=False)
     ensemble: Any = field(repr=False)
+    optimized: Any = None  # the ntkc.predict.optimize.Optimized of fit(optimize=...)
 
     def predict(self, x_test: npt.ArrayLike, return_cov: bool = False) -> np.ndarray | Gaussian:
         """Mean (and covariance) of the outputs on ``x_test``.
@@ -164,6 +166,7 @@ def fit(
     params: Mapping[str, float] | None = None,
     out: str | None = None,
     client: Any = None,
+    optimize: Sequence[str] | None = None,
 ) -> FittedModel:
     """Condition the infinitely wide network ``model`` on ``(x_train, y_train)``.
 
@@ -192,6 +195,9 @@ def fit(
             when complete) there as Dask tasks (``Model.kernel(out=...)``) and solved
             blockwise (:mod:`ntkc.predict.blocked`): t=None means only, no covariances.
         client: the Dask client or scheduler address for ``out`` (default: local).
+        optimize: param names and/or ``"diag_reg"``: first choose them by marginal
+            likelihood (:func:`ntkc.predict.optimize.optimize_hyperparameters`, L-BFGS-B on
+            exact gradients, starting from ``params`` and ``diag_reg``; dense networks).
 
     Returns:
         A :class:`FittedModel`.
@@ -205,6 +211,14 @@ def fit(
     x, y = _check_data(x_train, y_train)
     times = _check_times(t)
     params = None if params is None else dict(params)
+    optimized = None
+    if optimize:
+        if out is not None:
+            raise ValueError("optimize= needs the train kernel in memory: leave out out=")
+        y2 = y.reshape(len(y), -1)
+        optimized = optimize_hyperparameters(model, x, y2, tuple(optimize), kernel, diag_reg,
+                                             diag_reg_absolute_scale, params)
+        params, diag_reg = optimized.params, optimized.diag_reg
     # For 'ntk' the NNGP is needed too (initial randomness in covariances); the
     # generated code fills both in the same pass, so asking for it costs ~nothing.
     names = ("nngp", "ntk") if kernel == "ntk" else ("nngp",)
@@ -227,7 +241,7 @@ def fit(
         # time (predicting on the train set alone skips the solve; one train row as a
         # "test" point forces it, and the factor is cached for later predictions).
         ens.predict(None, {kernel: train[kernel][:1]}, get=kernel)
-    return FittedModel(model, kernel, times, params, x, y, train, ens)
+    return FittedModel(model, kernel, times, params, x, y, train, ens, optimized)
 
 
 @dataclass(frozen=True)
