@@ -18,14 +18,15 @@ step of 0.1 multiplies that mode's residual by 1 - 0.7 = 0.3 where gradient flow
 exp(-0.7) = 0.5; the small warm-up steps make the early times (t < 1) comparable with
 the flow, and cost 100 extra steps. ``--warmup-time 0`` gives the paper's constant rate.
 
-The finite networks are written here, in numpy, with hand-written backprop (nothing of
-ntkc is used for them), and trained independently; their outputs at the test grid and the
-training inputs are recorded at log-spaced times. Outputs: PNGs and a JSON under
-examples/figures/.
+The finite networks are the same spec compiled as a finite JAX network (``ntkc compile
+--target jax``, ``Model.finite()``: its ``init`` and ``apply``), trained independently by
+gradient descent in jax (jax.grad of the loss, in float64); their outputs at the test grid
+and the training inputs are recorded at log-spaced times. Outputs: PNGs and a JSON under
+examples/figures/. Needs jax (``pip install -e ".[finite,examples]"``).
 
     python examples/sine_ensemble.py                 # 50 networks, width 512 (minutes)
     python examples/sine_ensemble.py --quick         # 20 networks, width 256, t <= 100
-    python examples/sine_ensemble.py --networks 50 --width 1024 --jobs 4
+    python examples/sine_ensemble.py --networks 50 --width 1024
 """
 
 from __future__ import annotations
@@ -33,23 +34,19 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg.blas
-import scipy.special
 
 import ntkc
 from ntkc.predict import gradient_descent_mse_ensemble
 
 # The network, as an ntkc spec. Kept here (rather than loading examples/erf_mlp.ntk) so
-# that the finite networks below and the compiled kernels provably describe the same
+# that the finite networks and the kernels, both compiled from it, describe the same
 # architecture even if the shipped example changes.
 SPEC = """\
 network sine_erf_mlp
@@ -81,8 +78,7 @@ class Config:
     warmup_time: float = 1.0
     n_records: int = 60  # log-spaced record times (plus t = 0)
     seed: int = 0  # data; network e uses seed (seed, 1, e)
-    jobs: int = 0  # worker processes (0: one per CPU)
-    chunk: int = 4  # networks trained together in one batched numpy loop
+    chunk: int = 50  # networks trained together (one vmapped jax program)
 
     def step_sizes(self) -> np.ndarray:
         """Learning rate of every gradient-descent step; their cumulative sum is the time."""
@@ -125,136 +121,61 @@ def record_steps(cfg: Config) -> np.ndarray:
 # ---------------------------------------------------------------- finite networks
 
 
-_GEMM = scipy.linalg.blas.dgemm
+def train_chunk(cfg: Config, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Train networks seeds (network e: key fold_in(fold_in(PRNGKey(seed), 1), e)) of the
+    spec's finite network, vmapped; outputs at the record steps on (test grid, train
+    inputs): arrays (R, B, n_test) and (R, B, n_train).
 
+    Each network is ``module.init(key, width)`` (NTK parameterization: W, β ~ N(0, 1),
+    applied as W_std/sqrt(fan_in)·h W + b_std·β; one readout unit) trained on its own by
+    full-batch gradient descent on 0.5 * mean((f - y)^2): θ ← θ - lr·∇θ."""
+    import jax
 
-def _erf_prime(z: np.ndarray) -> np.ndarray:
-    return (2.0 / np.sqrt(np.pi)) * np.exp(-z * z)
-
-
-class ErfEnsemble:
-    """B independent finite Erf MLPs 1 -> n -> n -> 1 in NTK parameterization.
-
-    Neural Tangents' Dense in NTK parameterization: ``z = (W_std / sqrt(fan_in)) h W +
-    b_std * beta`` with W, beta ~ N(0, 1); gradient descent acts on (W, beta). All
-    arrays carry a leading axis of B networks so one numpy call serves the batch.
-    """
-
-    def __init__(self, width: int, seeds: list[tuple[int, ...]]):
-        n = width
-        self.n = n
-        draws = [self._draw(np.random.default_rng(list(s)), n) for s in seeds]
-        self.w1, self.b1, w2, self.b2, self.w3, self.b3 = (
-            np.stack([d[i] for d in draws]) for i in range(6)
-        )
-        # The n x n hidden weights dominate the cost. They are stored transposed
-        # (w2t[b] = W2[b].T, C order) so that each W2[b] is a Fortran-ordered view that
-        # BLAS gemm can update in place (W2 -= a h1^T d2) without an n x n temporary.
-        self.w2t = np.ascontiguousarray(np.swapaxes(w2, 1, 2))
-        probe = np.ones((1, n))
-        res = _GEMM(0.0, probe, probe, trans_a=True, beta=1.0, c=self.w2t[0].T, overwrite_c=True)
-        if not np.shares_memory(res, self.w2t):  # would silently train nothing
-            raise RuntimeError("scipy's dgemm did not update the weights in place")
-        self.c1 = W_STD  # fan_in = 1
-        self.c = W_STD / np.sqrt(n)
-
-    @staticmethod
-    def _draw(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
-        # One network's parameters, drawn in a fixed order so that a network depends
-        # only on its own seed (not on how networks are chunked across workers).
-        return (
-            rng.standard_normal((1, n)),
-            rng.standard_normal(n),
-            rng.standard_normal((n, n)),
-            rng.standard_normal(n),
-            rng.standard_normal((n, 1)),
-            rng.standard_normal(1),
-        )
-
-    def forward(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Outputs (B, P) for inputs x (P, 1), and the activations backprop needs."""
-        z1 = self.c1 * (x @ self.w1) + B_STD * self.b1[:, None, :]  # (B, P, n)
-        h1 = scipy.special.erf(z1)
-        z2 = self.c * (h1 @ np.swapaxes(self.w2t, 1, 2)) + B_STD * self.b2[:, None, :]
-        h2 = scipy.special.erf(z2)
-        f = self.c * (h2 @ self.w3)[..., 0] + B_STD * self.b3  # (B, P)
-        return f, z1, h1, z2, h2
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.forward(x)[0]
-
-    def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> np.ndarray:
-        """One full-batch gradient-descent step on 0.5 * mean((f - y)^2); returns f before it."""
-        f, z1, h1, z2, h2 = self.forward(x)
-        r = (f - y) / y.size  # dL/df for L = ||f - y||^2 / (2 * y.size)
-        # Readout layer.
-        g_w3 = self.c * (np.swapaxes(h2, 1, 2) @ r[..., None])  # (B, n, 1)
-        g_b3 = B_STD * r.sum(axis=1, keepdims=True)
-        d2 = self.c * r[..., None] * np.swapaxes(self.w3, 1, 2) * _erf_prime(z2)  # dL/dz2
-        # Hidden layer 2; d1 must use w2 before its update.
-        d1 = self.c * (d2 @ self.w2t) * _erf_prime(z1)  # dL/dz1
-        for b in range(len(self.w2t)):  # W2 -= lr c h1^T d2, in place
-            _GEMM(-lr * self.c, h1[b], d2[b], trans_a=True, beta=1.0, c=self.w2t[b].T,
-                  overwrite_c=True)
-        self.b2 -= (lr * B_STD) * d2.sum(axis=1)
-        # Hidden layer 1 (input x is shared by all networks).
-        self.w1 -= (lr * self.c1) * np.einsum("pi,bpj->bij", x, d1)
-        self.b1 -= (lr * B_STD) * d1.sum(axis=1)
-        self.w3 -= lr * g_w3
-        self.b3 -= lr * g_b3
-        return f
-
-
-def train_chunk(
-    cfg: Config, seeds: list[tuple[int, ...]]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Train a chunk of networks; outputs at the record steps on (test grid, train inputs).
-
-    Returns arrays of shape (R, B, n_test) and (R, B, n_train).
-    """
-    _single_threaded_blas()
+    jax.config.update("jax_enable_x64", True)  # as the numpy networks this replaced
+    module = load_model().finite()
     x_train, y_train, x_test, _ = make_data(cfg)
-    rec = set(record_steps(cfg).tolist())
-    lrs = cfg.step_sizes()
-    net = ErfEnsemble(cfg.width, seeds)
-    out_test, out_train = [], []
-    for k in range(len(lrs) + 1):
-        if k in rec:
-            out_test.append(net(x_test))
-            out_train.append(net(x_train))
-        if k < len(lrs):
-            net.step(x_train, y_train, lrs[k])
+    root = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1)
+    keys = jax.numpy.stack([jax.random.fold_in(root, e) for e in seeds])
+    params = jax.vmap(lambda k: module.init(k, cfg.width))(keys)
+
+    def loss(p):
+        return 0.5 * jax.numpy.mean((module.apply(p, x_train)[:, 0] - y_train) ** 2)
+
+    def step(p, lr):
+        return jax.tree_util.tree_map(lambda a, g: a - lr * g, p, jax.grad(loss)(p))
+
+    lrs = jax.numpy.asarray(cfg.step_sizes())
+
+    @jax.jit
+    def advance(p, start, stop):  # steps start..stop-1 of every network: one program
+        return jax.lax.fori_loop(start, stop, lambda k, q: jax.vmap(step, (0, None))(
+            q, lrs[k]), p)
+
+    @jax.jit
+    def outputs(p):
+        out = jax.vmap(lambda q: (module.apply(q, x_test)[:, 0],
+                                  module.apply(q, x_train)[:, 0]))(p)
+        return out
+
+    out_test, out_train, done = [], [], 0
+    for k in record_steps(cfg):
+        params = advance(params, done, int(k))
+        done = int(k)
+        f_test, f_train = outputs(params)
+        out_test.append(np.asarray(f_test))
+        out_train.append(np.asarray(f_train))
     return np.array(out_test), np.array(out_train)
 
 
-def _single_threaded_blas() -> None:
-    # The per-step matrix products are skinny (5 x n times n x n): threaded BLAS only
-    # adds synchronisation, and the workers already use every core.
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - ships with scikit-learn
-        return
-    threadpool_limits(1)
-
-
 def train_ensemble(cfg: Config, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """All networks, chunked over worker processes. Shapes (R, E, n_test), (R, E, n_train)."""
-    seeds = [(cfg.seed, 1, e) for e in range(cfg.networks)]
+    """All networks, in chunks of cfg.chunk. Shapes (R, E, n_test), (R, E, n_train)."""
+    seeds = list(range(cfg.networks))
     chunks = [seeds[i : i + cfg.chunk] for i in range(0, len(seeds), cfg.chunk)]
-    jobs = cfg.jobs or os.cpu_count() or 1
-    jobs = min(jobs, len(chunks))
     start = time.perf_counter()
     results = []
-    if jobs == 1:
-        for i, ch in enumerate(chunks):
-            results.append(train_chunk(cfg, ch))
-            _report(progress, i + 1, len(chunks), start)
-    else:
-        with ProcessPoolExecutor(jobs) as pool:
-            futures = [pool.submit(train_chunk, cfg, ch) for ch in chunks]
-            for i, fut in enumerate(futures):
-                results.append(fut.result())
-                _report(progress, i + 1, len(chunks), start)
+    for i, ch in enumerate(chunks):
+        results.append(train_chunk(cfg, ch))
+        _report(progress, i + 1, len(chunks), start)
     if progress:
         print(file=sys.stderr)
     return (
@@ -464,7 +385,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-time", type=float, default=Config.warmup_time,
                    help="time run with steps of 0.01 first (0: constant learning rate)")
     p.add_argument("--seed", type=int, default=Config.seed)
-    p.add_argument("--jobs", type=int, default=0, help="worker processes (0: all CPUs)")
     p.add_argument("--quick", action="store_true",
                    help="20 networks of width 256, t <= 100: well under a minute")
     p.add_argument("--out", type=Path, default=FIGURES, help="output directory")
@@ -487,11 +407,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train_and_save(a: argparse.Namespace) -> tuple[dict, str]:
     if a.quick:
-        cfg = Config(networks=20, width=256, t_max=100.0, lr=a.lr, seed=a.seed, jobs=a.jobs,
+        cfg = Config(networks=20, width=256, t_max=100.0, lr=a.lr, seed=a.seed,
                      warmup_time=a.warmup_time)
     else:
         cfg = Config(networks=a.networks, width=a.width, t_max=a.t_max, lr=a.lr, seed=a.seed,
-                     jobs=a.jobs, warmup_time=a.warmup_time)
+                     warmup_time=a.warmup_time)
     stem = "sine_ensemble_quick" if a.quick else "sine_ensemble"
     res = run(cfg)
     a.out.mkdir(parents=True, exist_ok=True)  # before plotting: fail early, not after training

@@ -2,8 +2,8 @@
 (``ntkc compile --target jax``) converge to the generated analytic kernels.
 
 For every example spec (examples/*.ntk) and every Neural Tangents reference case whose
-ops ntkc has, S = 8 networks are drawn by the module's ``init`` at each of three widths
-(32, 128, 512 hidden units; convolutional networks 8, 32, 128 channels: their layers cost
+ops ntkc has, S = 16 networks are drawn by the module's ``init`` at each of three widths
+(32, 128, 512 hidden units; on images and sequences 8, 32, 128 channels: their layers cost
 P·F times more) and their empirical kernels (the module's ``empirical_kernel``, jax
 autodiff) compared with the analytic Gram matrices on 3 inputs (float64 throughout):
 
@@ -44,6 +44,7 @@ from reference_cases import AWAITING_OPS, case_names, load_case, spec_text
 
 import ntkc
 from ntkc.codegen.jax_target import compile_finite
+from ntkc.frontend import program_from_file
 from ntkc.runtime.model import import_module_file
 from ntkc.semantics.rules import RULES
 
@@ -85,7 +86,7 @@ def _spec(tmp_path: Path, name: str, width: int) -> Path:
     if case["parameterization"] == "standard":
         case["layers"] = [[op, {**a, "width": width} if "width" in a and a["width"] != 1 else a]
                           for op, a in case["layers"]]
-    path = tmp_path / f"{name}_{width}.ntk"
+    path = tmp_path / f"{name}_{width}.ntk"  # width 1: only read, for its input shape
     path.write_text(spec_text(case))
     return path
 
@@ -102,7 +103,8 @@ def _convergence(tmp_path: Path, name: str) -> dict:
     stats: dict = {"widths": [], "err": {"nngp": [], "ntk": []}, "z": {}}
     rels: dict = {"nngp": [], "ntk": []}
     module = analytic = x = None
-    for width in (CONV_WIDTHS if name.startswith(("conv", "digits_c")) else DENSE_WIDTHS):
+    spatial = program_from_file(_spec(tmp_path, name, 1)).input_shape.spatial
+    for width in (CONV_WIDTHS if spatial else DENSE_WIDTHS):
         spec = _spec(tmp_path, name, width)
         if module is None or spec.stem.endswith(f"_{width}"):  # recompiled per width
             module = _module(tmp_path, spec)

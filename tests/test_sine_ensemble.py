@@ -63,7 +63,7 @@ def example():
 
 @pytest.fixture(scope="module")
 def result(example):
-    cfg = example.Config(networks=NETWORKS, width=WIDTH, t_max=T_MAX, jobs=1)
+    cfg = example.Config(networks=NETWORKS, width=WIDTH, t_max=T_MAX)
     return cfg, example.run(cfg, progress=False)
 
 

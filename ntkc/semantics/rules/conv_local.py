@@ -14,6 +14,11 @@ So the lines below a conv_local need only their diagonals (O(P) per pair), even 
 pool reads the conv_local's full output: its 𝒜 is a diagonal stencil (Stencil.diagonal),
 and δ_ij (ntkc.semantics.positions) spreads it over the full array, zero off the
 diagonal. At one input the covariance across positions (x, x̃) is δ_ij·K[g](x, x).
+
+At finite width (finite_conv_local): each output position's window, as lax's patches
+(circular: wrapped with SAME's amounts, then VALID), times that position's own weights
+W (*out, C_in·F, width), drawn and scaled as dense's with fan_in = C_in·F, plus its own
+bias b (*out, width).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import sympy
 
 from ..positions import DELTA
 from .conv import CONV, CONV_STENCIL, shape_conv
-from .registry import Opening, Rule, register
+from .dense import finite_affine_params, finite_affine_static
+from .registry import FiniteForward, Opening, Rule, register
 
 
 def derive_conv_local(eng, kind: str, node, p: int, q: int) -> sympy.Expr:
@@ -57,6 +63,40 @@ def shape_conv_local(node, in_shapes, program):
     return shape_conv(node, in_shapes, program)  # the window: conv's, with its checks
 
 
+def finite_conv_local(jax, p, h, *, w_std, b_std, standard, window, stride, padding):
+    w = p["W"]
+    if padding == "circular":
+        pads = jax.lax.padtype_to_pads(h.shape[1:-1], window, stride, "SAME")
+        h = jax.numpy.pad(h, ((0, 0), *pads, (0, 0)), mode="wrap")
+        padding = "valid"
+    axes = "HW"[-(h.ndim - 2):]  # a sequence: "W"
+    patches = jax.lax.conv_general_dilated_patches(
+        h, window, stride, padding.upper(),
+        dimension_numbers=("N" + axes + "C", "OI" + axes, "N" + axes + "C"))
+    out = jax.numpy.einsum("n...k,...kc->n...c", patches, w)
+    if standard:
+        return out + p["b"] if "b" in p else out
+    out = (w_std / w.shape[-2] ** 0.5) * out  # fan_in = C_in·F
+    return out + b_std * p["b"] if "b" in p else out
+
+
+def _finite_static(node, program) -> dict:
+    win = node.attrs["geometry"]
+    return {**finite_affine_static(node, program), "window": tuple(win.shape),
+            "stride": tuple(win.stride), "padding": node.attrs["padding"]}
+
+
+def _finite_params(node, program, c_in, c_out) -> dict:
+    """conv's W and b with one copy per output position: (*out, C_in·F, width), (*out,
+    width)."""
+    out, size = tuple(node.shape.spatial), node.attrs["geometry"].size
+    shared = finite_affine_params(node, program, [c_in[0] * size], c_out)
+    return {k: (out + shape, std) for k, (shape, std) in shared.items()}
+
+
 # conv's arguments and its 𝒜 stencil (of which only the diagonal is computed here).
 CONV_LOCAL = register(Rule("conv_local", Opening.AFFINE, CONV.args, 1, shape_conv_local,
-                           derive_conv_local, stencils=(CONV_STENCIL,)))
+                           derive_conv_local, stencils=(CONV_STENCIL,),
+                           finite=FiniteForward(finite_conv_local, _finite_static,
+                                                _finite_params,
+                                                lambda node, program, c_in, width: width)))
