@@ -16,8 +16,6 @@ REFERENCE_DIR = DATA_DIR / "reference"
 # day an op lands its reference is already here; test_reference.py::test_all_cases_present
 # asserts that this is exactly the set of cases whose ops are missing.
 AWAITING_OPS: dict[str, frozenset[str]] = {
-    "attn_identity_flatten": frozenset({"attention"}),
-    "attn_seq_softmax": frozenset({"attention"}),
     # tensor-program cases (tp/README.md): weight-tied recurrent networks
     "tp/rnn_nngp_erf_rand_unequal_w1.2_u0.9_b0.3_v1.1": frozenset({"rnn"}),
     "tp/rnn_ntk_erf_avgpool_rand_w1.2_u0.9_b0.3_v1.1": frozenset({"rnn"}),
@@ -72,6 +70,9 @@ class _Writer:
     def emit(self, op: str, src: str, attrs: dict) -> str:
         self.count += 1
         name = f"l{self.count}"
+        if op == "attention":  # ntkc's attention is NT's with linear scaling only
+            attrs = dict(attrs)
+            assert attrs.pop("linear_scaling", True) is True, "attention needs linear_scaling"
         args = "".join(f", {k}={_fmt(v)}" for k, v in attrs.items())
         self.lines.append(f"{name} = {op}({src}{args})")
         return name
