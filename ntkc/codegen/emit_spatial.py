@@ -47,8 +47,10 @@ class SpatialWriter(NumpyPhases):
         if any(e.atoms(GaussExpectation) for e in
                [a.expr for a in rec.point + rec.pair if a.stencil is None]):
             raise NotImplementedError(
-                "user nonlinearities without a closed form are not supported in "
-                "convolutional networks yet")
+                "nonlinearities without a closed-form dual (the built-ins tanh, sigmoid, "
+                "softplus, silu, swish, elu, selu, mish, and user nonlins that are not "
+                "polynomials or ntkc's closed forms) are not supported in convolutional "
+                "networks yet")
         self.structure = analyse(rec)
         self.params = {p.symbol: f"params[{i}]" for i, p in enumerate(self.prog.params.values())}
         twins = {2: dict(rec.twins), 3: dict(rec.twins3 or {})}
