@@ -23,6 +23,7 @@ PARAMETERIZATION = 'ntk'
 INPUT_SHAPE = (64,)
 PARAMS = {'w': 1.4142135623730951, 'b': 0.05}
 OUTPUT = 'y'
+RANDOM = ()  # lines that draw at every apply (its key)
 WIDTHS = {'g1': None, 'g2': None, 'g3': None, 'y': None}  # lines whose width init chooses: their spec width=
 TIED = {}  # summed lines: the width is that line's (or that number)
 
@@ -139,42 +140,53 @@ def _gets(get):
 _JACOBIAN_BYTES = 2**28
 
 
-def _ntk(f, params, x1, x2):
-    # Σ_θ ∂f_k(x1)/∂θ ∂f_k(x2)/∂θ, averaged over the output units k
-    x2 = x1 if x2 is None else x2
-    out2, pullback = jax.vjp(lambda p: f(p, x2), params)
+def _line_keys(key, count, lines):
+    # a key of its own for each line that draws at every call (dropout)
+    if key is None:
+        raise ValueError(f"{', '.join(lines)} draw at every call: apply needs key=")
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        key = jax.random.PRNGKey(key)
+    return jax.random.split(key, count)
+
+
+def _ntk(f1, f2, params):
+    # Σ_θ ∂f_k(x1)/∂θ ∂f_k(x2)/∂θ averaged over the output units k; f2 None: x2 is x1
+    out2, pullback = jax.vjp(f1 if f2 is None else f2, params)
     n2, k = out2.shape
-    n1 = x1.shape[0]
+    n1 = n2 if f2 is None else jax.eval_shape(f1, params).shape[0]
     size = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
     if (n1 + n2) * k * size * out2.dtype.itemsize <= _JACOBIAN_BYTES:
-        j1 = jax.jacrev(lambda p: f(p, x1))(params)
-        j2 = j1 if x2 is x1 else jax.jacrev(lambda p: f(p, x2))(params)
+        j1 = jax.jacrev(f1)(params)
+        j2 = j1 if f2 is None else jax.jacrev(f2)(params)
         terms = [jnp.einsum("ika,jka->ij", a.reshape(n1, k, -1), b.reshape(n2, k, -1))
                  for a, b in zip(jax.tree_util.tree_leaves(j1), jax.tree_util.tree_leaves(j2))]
         return sum(terms) / k
 
     def column(cotangent):  # Θ against one output unit at one point of x2
         (tangent,) = pullback(cotangent)
-        return jax.jvp(lambda p: f(p, x1), (params,), (tangent,))[1]
+        return jax.jvp(f1, (params,), (tangent,))[1]
 
     units = jnp.eye(n2 * k, dtype=out2.dtype).reshape(n2 * k, n2, k)
     cols = jax.lax.map(column, units).reshape(n2, k, n1, k)
     return jnp.einsum("jkik->ij", cols) / k
 
 
-def _empirical_kernel(apply, params, x1, x2, get, spec_params):
+def _empirical_kernel(apply, params, x1, x2, get, spec_params, key):
     names = _gets(get)
+    key2 = None if key is None or x2 is None else jax.random.fold_in(
+        jax.random.PRNGKey(key) if isinstance(key, (int, np.integer)) else key, 1)
 
-    def f(p, x):
-        return apply(p, x, spec_params)
+    def f1(p):
+        return apply(p, x1, spec_params, key)
 
+    f2 = None if x2 is None else (lambda p: apply(p, x2, spec_params, key2))
     out = {}
     if "nngp" in names:
-        f1 = f(params, x1)
-        f2 = f1 if x2 is None else f(params, x2)
-        out["nngp"] = f1 @ f2.T / f1.shape[-1]
+        a = f1(params)
+        b = a if f2 is None else f2(params)
+        out["nngp"] = a @ b.T / a.shape[-1]
     if "ntk" in names:
-        out["ntk"] = _ntk(f, params, x1, x2)
+        out["ntk"] = _ntk(f1, f2, params)
     if isinstance(get, str):
         return out[get]
     return collections.namedtuple("Kernels", names)(*(out[n] for n in names))
@@ -224,9 +236,11 @@ def init(key, width=512, spec_params=None, input_size=None):
     return params
 
 
-def apply(params, x, spec_params=None):
+def apply(params, x, spec_params=None, key=None):
     """Outputs (n, units) of the network with params (from init) at inputs x
-    (n, *INPUT_SHAPE), channels last; spec_params: overrides of PARAMS."""
+    (n, *INPUT_SHAPE), channels last; spec_params: overrides of PARAMS. key: a
+    jax PRNG key for the lines that draw at every call (RANDOM: dropout's
+    masks)."""
     sp = _spec_params(PARAMS, spec_params)
     x = _inputs(x, INPUT_SHAPE)
     # line 11: input x : vector[64]
@@ -248,9 +262,11 @@ def apply(params, x, spec_params=None):
     return _y
 
 
-def empirical_kernel(params, x1, x2=None, get=("nngp", "ntk"), spec_params=None):
+def empirical_kernel(params, x1, x2=None, get=("nngp", "ntk"), spec_params=None,
+                     key=None):
     """NNGP (output inner products) and NTK (inner products of the Jacobians with
     respect to every trainable param), both averaged over the output units, of the
     network with these params: a namedtuple (.nngp, .ntk) of (n1, n2) arrays, or one
-    array when get is a string. x2=None: x1 against itself."""
-    return _empirical_kernel(apply, params, x1, x2, get, spec_params)
+    array when get is a string. x2=None: x1 against itself. key: apply's, for x1
+    (x2 is given another: its dropout masks are independent of x1's)."""
+    return _empirical_kernel(apply, params, x1, x2, get, spec_params, key)

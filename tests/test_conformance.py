@@ -69,10 +69,11 @@ def _samples(module, x: np.ndarray, width: int, seed: int = 0) -> tuple[np.ndarr
     widths = {line: width for line in module.WIDTHS}
 
     def one(key):
-        p = module.init(key, widths, input_size=x.shape[-1])  # open_mlp's is the data's
+        draw, masks = jax.random.split(key)  # masks: dropout_fc's
+        p = module.init(draw, widths, input_size=x.shape[-1])  # open_mlp's is the data's
         first = {**p, module.OUTPUT: {k: v[..., :1] for k, v in p[module.OUTPUT].items()}}
-        return (module.empirical_kernel(p, x, get="nngp"),
-                module.empirical_kernel(first, x, get="ntk"))
+        return (module.empirical_kernel(p, x, get="nngp", key=masks),
+                module.empirical_kernel(first, x, get="ntk", key=masks))
 
     keys = jax.random.split(jax.random.PRNGKey(seed), SAMPLES)
     return tuple(np.asarray(a) for a in jax.jit(lambda k: jax.lax.map(one, k))(keys))

@@ -218,3 +218,22 @@ def test_compile_target_jax_module_imports(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                           text=True)
     assert done.stdout.strip() == "False"
+
+
+def test_dropout_masks(tmp_path):
+    """dropout draws its mask from apply's key: none is refused; the same key gives the
+    same outputs, x2 given apart from x1 gets other masks (independent inputs: the kernel's
+    entry between them keeps no 1/rate), x2=None the same masks on both sides."""
+    m = _module(tmp_path, "network d\ninput x : vector[3]\ng = dense(x, b_std=0.1)\n"
+                "h = relu(g)\nd = dropout(h, rate=0.5)\ny = dense(d)\noutput y\n", "d")
+    p, x = m.init(0, 64), _x(m, 2)
+    assert m.RANDOM == ("d",)
+    with pytest.raises(ValueError, match="apply needs key="):
+        m.apply(p, x)
+    key = jax.random.PRNGKey(5)
+    np.testing.assert_array_equal(m.apply(p, x, key=key), m.apply(p, x, key=key))
+    same = m.empirical_kernel(p, x, key=key, get="nngp")
+    apart = m.empirical_kernel(p, x, x, key=key, get="nngp")
+    f = np.asarray(m.apply(p, x, key=key))
+    np.testing.assert_allclose(same, f @ f.T, rtol=1e-13)
+    assert not np.allclose(np.diag(apart), np.diag(same))

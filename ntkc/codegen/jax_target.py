@@ -98,6 +98,13 @@ def forward_source(finite: FiniteForward) -> str:
     return textwrap.dedent(inspect.getsource(fn)).strip("\n")
 
 
+class _Code:
+    """Text the writer itself composed (a local of apply), printed as it is."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
 class JaxWriter:
     """One program → the source of its finite-width jax module."""
 
@@ -177,6 +184,8 @@ class JaxWriter:
 
     # -- printing -------------------------------------------------------------------------
     def literal(self, value: Any) -> str:
+        if isinstance(value, _Code):
+            return value.text
         if isinstance(value, sympy.Lambda):
             (z,) = value.variables
             self.names[z] = "z"
@@ -226,16 +235,23 @@ class JaxWriter:
 
     def apply(self) -> list[str]:
         local = {name: f"_{identifier(name)}" for name in self.prog.nodes}
+        random = [n.name for n in self.prog.nodes.values() if self._finite(n).random]
         body = [
-            "def apply(params, x, spec_params=None):",
+            "def apply(params, x, spec_params=None, key=None):",
             '    """Outputs (n, units) of the network with params (from init) at inputs x',
-            "    (n, *INPUT_SHAPE), channels last; spec_params: overrides of PARAMS.\"\"\"",
+            "    (n, *INPUT_SHAPE), channels last; spec_params: overrides of PARAMS. key: a",
+            "    jax PRNG key for the lines that draw at every call (RANDOM: dropout's",
+            '    masks)."""',
             "    sp = _spec_params(PARAMS, spec_params)",
             "    x = _inputs(x, INPUT_SHAPE)",
         ]
+        if random:
+            body.append(f"    keys = _line_keys(key, {len(random)}, RANDOM)")
         for node in self.prog.nodes.values():
             finite = self._finite(node)
             static = finite.static(node, self.prog) if finite.static else {}
+            if finite.random:
+                static = {**static, "key": _Code(f"keys[{random.index(node.name)}]")}
             args = ["x"] if RULES[node.op].opening is Opening.INPUT else [
                 local[i] for i in node.inputs]
             p = f"params[{node.name!r}]" if self._line_params(node) else "{}"
@@ -256,6 +272,7 @@ class JaxWriter:
             src = forward_source(self._finite(node))
             if forwards.setdefault(fn.__name__, src) != src:
                 raise ValueError(f"two finite forwards are named {fn.__name__}")
+        random = tuple(n.name for n in prog.nodes.values() if self._finite(n).random)
         head = [
             f'"""Finite-width network `{identifier(prog.network)}` in JAX, compiled by ntkc.',
             "",
@@ -282,6 +299,7 @@ class JaxWriter:
             f"INPUT_SHAPE = {tuple(shape)!r}",
             f"PARAMS = {({k: p.default for k, p in prog.params.items()})!r}",
             f"OUTPUT = {prog.output!r}",
+            f"RANDOM = {random!r}  # lines that draw at every apply (its key)",
             *self._tables(),
             "",
             "",
@@ -296,12 +314,14 @@ class JaxWriter:
         for src in forwards.values():
             head += ["", "", src]
         tail = [
-            "def empirical_kernel(params, x1, x2=None, get=(\"nngp\", \"ntk\"), spec_params=None):",
+            "def empirical_kernel(params, x1, x2=None, get=(\"nngp\", \"ntk\"), spec_params=None,",
+            "                     key=None):",
             '    """NNGP (output inner products) and NTK (inner products of the Jacobians with',
             "    respect to every trainable param), both averaged over the output units, of the",
             "    network with these params: a namedtuple (.nngp, .ntk) of (n1, n2) arrays, or one",
-            '    array when get is a string. x2=None: x1 against itself."""',
-            "    return _empirical_kernel(apply, params, x1, x2, get, spec_params)",
+            "    array when get is a string. x2=None: x1 against itself. key: apply's, for x1",
+            '    (x2 is given another: its dropout masks are independent of x1\'s)."""',
+            "    return _empirical_kernel(apply, params, x1, x2, get, spec_params, key)",
         ]
         parts = [head, self.init(), self.apply(), tail]
         return "\n\n\n".join("\n".join(p) for p in parts) + "\n"

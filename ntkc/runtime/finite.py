@@ -47,8 +47,10 @@ def sample_kernels(
     symmetric = x2 is None
 
     def one(key, a, b):
-        p = module.init(key, width, params, x1.shape[-1])  # the data's size, if open
-        return tuple(module.empirical_kernel(p, a, None if symmetric else b, names, params))
+        draw, masks = jax.random.split(key)  # masks: dropout's, drawn at every apply
+        p = module.init(draw, width, params, x1.shape[-1])  # the data's size, if open
+        return tuple(module.empirical_kernel(p, a, None if symmetric else b, names, params,
+                                             masks))
 
     # One compiled program for every sample (lax.map runs them in turn: the memory of one).
     run = jax.jit(lambda keys, a, b: jax.lax.map(lambda k: one(k, a, b), keys))

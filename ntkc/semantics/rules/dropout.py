@@ -15,6 +15,10 @@ read (ntkc.semantics.derive): their covariances across positions keep i ≠ j as
 
 d is not Gaussian (a mixture of 0 and h/rate), so no nonlinearity may read it; a dense or conv
 after it is Gaussian again. Neural Tangents refuses dropout on the raw input; so does ntkc.
+
+At finite width (finite_dropout) the mask is drawn from the line's key at every apply
+(FiniteForward.random): per input row, position and channel. The empirical kernels of
+x1 against a different x2 draw x2's masks from another key: independent masks, as above.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import sympy
 
 from ..positions import DELTA
-from .registry import RULES, Arg, ArgKind, Opening, Rule, register
+from .registry import RULES, Arg, ArgKind, FiniteForward, Opening, Rule, register
 
 
 def derive_dropout(eng, kind: str, node, other: str, p: int, q: int) -> sympy.Expr:
@@ -61,7 +65,14 @@ def shape_dropout(node, in_shapes, program):
     return in_shapes[0]
 
 
+def finite_dropout(jax, p, h, *, rate, key):
+    keep = jax.random.bernoulli(key, rate, h.shape)
+    return jax.numpy.where(keep, h / rate, 0.0)
+
+
 DROPOUT = register(Rule(
     "dropout", Opening.LINEAR, (Arg("rate", ArgKind.NUMBER, check=_keep_probability),), 1,
     shape_dropout, derive_dropout, gaussian=False,
+    finite=FiniteForward(finite_dropout, lambda node, program: {"rate": node.attrs["rate"]},
+                         random=True),
 ))
