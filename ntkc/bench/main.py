@@ -2,6 +2,7 @@
 
     python -m ntkc.bench [--case fc|fc-gpu|cntk-gap|cnn-flatten|cifar-gap5|...]   (or: ntkc bench)
 
+fc-grad: the fc network at N = 2000 with d/dw and d/db, against the kernels alone (bench/grad.py).
 fc: 3 × (dense + relu) + dense, N = 4000, d = 256, float64, train-train NNGP + NTK.
 Reports the wall time of kernel(), the input GEMM alone, writing two N×N float64
 arrays, and the ratio kernel / (GEMM + writes).
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ntkc bench", description=__doc__.split("\n")[0])
     ap.add_argument("--case", default="fc", choices=[
         "fc", "fc-gpu", "mlp-depth", "cntk-gap", "cnn-flatten", "cifar-gap5", "cifar-gap21",
-        "cntk21-gap-gpu", "cnn21-flatten-gpu", "dask", "dask-gp"])
+        "cntk21-gap-gpu", "cnn21-flatten-gpu", "dask", "dask-gp", "fc-grad"])
     ap.add_argument("--n", type=int, help="points (default: 4000 for fc, 20000 for fc-gpu)")
     ap.add_argument("--d", type=int, help="input dimension (default: 256 for fc, 784 for fc-gpu)")
     ap.add_argument("--repeat", type=int, default=3)
@@ -52,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="mlp-depth: the nonlinearities")
     ap.add_argument("--tile", type=int, default=250, help="dask: rows per tile")
     args = ap.parse_args(argv)
+    if args.case == "fc-grad":
+        from .grad import bench_fc_grad, report_fc_grad
+
+        print(report_fc_grad(bench_fc_grad(args.n or 2000, args.d or 256, args.repeat)))
+        return 0
     if args.case == "dask":
         from .dask import bench_dask, report_dask
 

@@ -1,4 +1,4 @@
-"""Lift per-input square roots out of the per-pair loops.
+"""Lift per-input square roots (and their odd powers, k^(±3/2)) out of the per-pair loops.
 
 Pointwise rules normalise by sqrt(K(x,x)·K(x',x')). Split as sqrt(K(x,x))·sqrt(K(x',x'))
 (variances are ≥ 0), each factor depends on one input and one position only, so it is
@@ -74,6 +74,11 @@ def hoist_roots(exprs: dict, point_symbols: set, twins: dict[sympy.Symbol, sympy
         for p in sorted(e.atoms(sympy.Pow), key=sympy.default_sort_key):  # stable slots
             if p.base in known and p.exp in (sympy.S.Half, -sympy.S.Half):
                 reps[p] = root_of(p.base, p.exp)
+            elif p.base in known and p.exp.is_Rational and p.exp.q == 2:
+                # k^(±3/2), k^(±5/2)... (the kernels' derivatives): a power of the root,
+                # multiplications in the pair loop instead of a pow call
+                half = sympy.S.Half if p.exp > 0 else -sympy.S.Half
+                reps[p] = root_of(p.base, half) ** abs(p.exp.p)
         out[target] = e.xreplace(reps)
     for k, mapping in new_twins.items():
         twins[k].update(mapping)

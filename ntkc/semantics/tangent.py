@@ -102,7 +102,25 @@ def _floored(e: sympy.Expr) -> sympy.Expr:
     return e.replace(
         lambda x: (x.is_Pow and x.exp.is_negative
                    and x.base.match(1 - Clip1(_R) ** 2) is not None),
-        lambda x: sympy.Pow(sympy.Max(x.base, RHO_FLOOR), x.exp))
+        # written as a power of sqrt(1 - ρ²), which the value computes already (CSE)
+        lambda x: sympy.Pow(sympy.Max(sympy.sqrt(x.base), sympy.sqrt(RHO_FLOOR)), 2 * x.exp))
+
+
+def _unclipped(e: sympy.Expr) -> sympy.Expr:
+    """Clip1(r) → r outside acos, asin and 1 - Clip1(r)²: the clip only keeps those
+    defined when rounding puts |r| a few ulps over 1, where it changes nothing else, and
+    without it the derivative's -r/s + r/s terms (s = sqrt(1 - r²), from sin θ and from
+    acos') cancel symbolically instead of costing two divisions per layer and pair."""
+    keep: dict[sympy.Expr, sympy.Dummy] = {}
+
+    def hide(x: sympy.Expr) -> sympy.Dummy:
+        return keep.setdefault(x, sympy.Dummy(f"keep{len(keep)}"))
+
+    e = e.replace(lambda x: isinstance(x, (sympy.acos, sympy.asin)) and x.args[0].has(Clip1),
+                  hide)
+    e = e.replace(lambda x: x.is_Add and x.match(1 - Clip1(_R) ** 2) is not None, hide)
+    e = e.replace(Clip1, lambda x: x)
+    return e.xreplace({d: x for x, d in keep.items()})
 
 
 def _tangent(e: sympy.Expr, theta: sympy.Symbol, known: dict) -> sympy.Expr:
@@ -111,7 +129,7 @@ def _tangent(e: sympy.Expr, theta: sympy.Symbol, known: dict) -> sympy.Expr:
         t = known.get(s)
         if t is not None and t != 0:
             out += partial(e, s) * t
-    return _floored(out)
+    return _floored(_unclipped(out))
 
 
 def output_key(which: str, param: str) -> str:
