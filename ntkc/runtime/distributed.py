@@ -104,13 +104,13 @@ def connect(client: Any = None, workers: int | None = None,
     on exit. Only clusters opened here are closed here."""
     from distributed import Client, LocalCluster
 
+    if client not in (None, "local") and workers is not None:
+        raise ValueError("workers= sizes the local cluster only; the cluster of the client "
+                         "or scheduler given has the workers started there (dask worker ...)")
     if client is not None and not isinstance(client, str):
         yield client
         return
     if client not in (None, "local"):
-        if workers is not None:
-            raise ValueError("workers= applies to the local cluster only; a scheduler at "
-                             f"{client} has the workers started there (dask worker ...)")
         with Client(client) as c:
             yield c
         return

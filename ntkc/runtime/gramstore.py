@@ -1,8 +1,9 @@
 """The Zarr store of a distributed Gram matrix run (``Model.kernel(..., out="K.zarr")``).
 
-One group per run: an array per kernel (``nngp``, ``ntk``), chunked in tiles, and a
-``done`` array with one chunk per tile that holds the stamp (the start time in ns) of the
-run that wrote it, 0 while the tile is missing. A worker writes a tile's kernel chunks
+One group per run: an array per kernel (``nngp``, ``ntk``), chunked in tiles, the inputs
+(``x1``, and ``x2`` unless x2=None) in row blocks that the workers read, and a ``done``
+array with one chunk per tile that holds the stamp (the start time in ns) of the run that
+wrote it, 0 while the tile is missing. A worker writes a tile's kernel chunks
 first and its ``done`` chunk last, and Zarr writes each chunk through a temporary file and
 a rename, so a tile is either complete and marked, or unmarked and recomputed: the store
 is its own manifest, and several workers write it at once without a lock (each chunk has
