@@ -11,6 +11,11 @@ numpy and scipy are used:
   infinite time);
 * :func:`marginal_likelihood` - negative log marginal likelihood of the targets.
 
+A train-train kernel larger than memory may be a Dask or Zarr array (``Model.kernel(x,
+out="K.zarr")``): ``gp_inference``, ``marginal_likelihood`` and the ``t=None`` means of
+``gradient_descent_mse_ensemble`` then use Dask's blocked Cholesky; finite times and
+covariances need the matrix in memory and are refused (:mod:`ntkc.predict.blocked`).
+
 Conventions (Neural Tangents'):
 
 * ``diag_reg`` is relative by default: ``K + diag_reg * trace(K) / N * I``;

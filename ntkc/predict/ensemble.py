@@ -283,7 +283,8 @@ def gradient_descent_mse_ensemble(
 
     Args:
         kernels_train_train: ``{'nngp': K, 'ntk': Θ}`` (either key may be omitted
-            when not needed), each symmetric (N, N).
+            when not needed), each symmetric (N, N); Dask or Zarr arrays are solved
+            blockwise out of memory, for ``t=None`` means only (:mod:`ntkc.predict.blocked`).
         y_train: targets, shape (N, C) or (N,).
         learning_rate: ``> 0``; only ``learning_rate * t`` matters.
         diag_reg: diagonal regulariser, relative to the mean diagonal by default.

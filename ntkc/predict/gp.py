@@ -89,7 +89,8 @@ def gp_inference(
     :func:`gradient_descent_mse_ensemble` with ``t=None``.
 
     Args:
-        k_train_train: symmetric train-train kernel, shape (N, N).
+        k_train_train: symmetric train-train kernel, shape (N, N); a Dask or Zarr array
+            is solved blockwise out of memory (the mean only: :mod:`ntkc.predict.blocked`).
         y_train: targets, shape (N, C) or (N,).
         diag_reg: diagonal regulariser strength. Neural Tangents' convention:
             relative by default, i.e. ``K + diag_reg * trace(K) / N * I``.
