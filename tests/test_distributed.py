@@ -143,6 +143,7 @@ def _stamps(out):
     return np.asarray(zarr.open_group(str(out), mode="r")["done"][...])
 
 
+@pytest.mark.slow  # the conv module (compiled once for this file)
 def test_killed_worker_run_completes(conv, client, tmp_path):
     x = _inputs(conv, 160, np.float64)
     ref = conv.kernel(x, tile=16)
