@@ -67,6 +67,27 @@ s = global_sum_pool(h2)
 y = dense(s, w_std=0.9, b_std=0.1)
 output y
 """,
+    # a shared conv reading the conv_local's full output (zero off the diagonal)
+    "conv_after_conv_local": """network lc_conv
+input x : image[4, 5, 2]
+g1 = conv_local(x, filter=[3, 3], padding=same, w_std=1.3, b_std=0.2)
+h1 = relu(g1)
+g2 = conv(h1, filter=[2, 2], padding=circular, w_std=1.1, b_std=0.1, stride=[1, 2])
+h2 = erf(g2)
+q = global_avg_pool(h2)
+y = dense(q)
+output y
+""",
+    # w_std=1 and no bias: the line's variance is its diagonal stencil itself (an alias,
+    # read at x' through the stencil's twin), under a global pool and sign
+    "unit_no_bias": """network lc_unit
+input x : sequence[6, 1]
+g1 = conv_local(x, filter=[2], padding=same)
+q = global_sum_pool(g1)
+h = sign(q)
+y = dense(h, w_std=1.1, b_std=0.1)
+output y
+""",
     "standard": """network lc_std
 parameterization standard
 input x : image[4, 4, 3]

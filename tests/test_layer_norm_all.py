@@ -157,6 +157,18 @@ f = flatten(h)
 y = dense(f, w_std=1.3, b_std=0.2)
 output y
 """,
+    # after a conv_local (zero between positions), summed with its input, under a pool
+    "conv_local_pool": """network ln_local
+input x : image[4, 4, 2]
+g1 = conv_local(x, filter=[2, 2], padding=same, w_std=1.2, b_std=0.3)
+n1 = layer_norm(g1, axes=all)
+h1 = relu(n1)
+r = h1 + 0.5 * n1
+p = avg_pool(r, window=[2, 2], stride=[1, 1])
+f = flatten(p)
+y = dense(f, w_std=1.0, b_std=0.1)
+output y
+""",
     "standard": """network ln_std
 parameterization standard
 input x : image[4, 4, 3]
