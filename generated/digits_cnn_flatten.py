@@ -52,7 +52,9 @@ INPUT_SHAPE = (8, 8, 1)
 PARAMS = {}
 TARGETS = ('cpu', 'cuda')  # devices with kernels here; the first is the default
 N_POINT = 1477
-DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)
+DIAG_NNGP = 1475
+DIAG_NTK = DIAG_NNGP + 1  # point slots of K(x,x), Θ(x,x); then ∂K(x,x), ∂Θ(x,x)
+GRAD_PARAMS = ()  # by each of these: kernel(grad=True)
 N_SCRATCH = 256  # scratch entries of one pair (float32 or float64)
 N_TMP = 704  # entries of the stencils' row buffer
 N_RB = 1  # entries of one pair's block buffer (conv outputs, a block of rows)
@@ -700,8 +702,8 @@ def _point_numpy(X, params):
     return pt
 
 def _pairs_numpy(X1, X2, P1, P2, params):
-    nngp = numpy.empty((X1.shape[0], X2.shape[0]))
-    ntk = numpy.empty_like(nngp)
+    out = numpy.empty((2, X1.shape[0], X2.shape[0]))
+    # K, Θ, then ∂K, ∂Θ by each of GRAD_PARAMS
     for a in range(X1.shape[0]):
         x1, x2 = numpy.broadcast_to(X1[a], X2.shape), X2
         S12K_4_x = numpy.einsum('nic,nic->ni', x1, x2) * 1.0
@@ -738,9 +740,9 @@ def _pairs_numpy(X1, X2, P1, P2, params):
         S12K_8_f = K_6_h3.sum(-1) * 0.015625
         S12T_11_f = T_6_h3.sum(-1) * 0.015625
         T_8_y = S12K_8_f + S12T_11_f
-        nngp[a] = S12K_8_f
-        ntk[a] = T_8_y
-    return nngp, ntk
+        out[0, a] = S12K_8_f
+        out[1, a] = T_8_y
+    return out
 
 
 def _check_inputs(name, x):
@@ -853,6 +855,31 @@ def _check_point(name, p, params, dtype=np.float64):
             + (", or pass float64" if dtype == np.float32 else ""))
 
 
+def _result(get, names, nngp, ntk):
+    out = {"nngp": nngp, "ntk": ntk}
+    if isinstance(get, str):
+        return out[get]
+    return collections.namedtuple("Kernels", names)(*(out[n] for n in names))
+
+
+def _check_grad(grad, device):
+    if grad and not GRAD_PARAMS:
+        raise ValueError("this module has no gradient kernels: call kernel(..., grad=...) "
+                         "on ntkc.load(spec), which compiles them")
+    if grad and device != "cpu":
+        raise ValueError("kernel gradients run on the CPU: pass device='cpu'")
+
+
+def _grad_result(get, names, nngp, ntk, D, params):
+    """(kernels, D as (len(GRAD_PARAMS), 2, n1, n2)): every derivative finite, or an error."""
+    if not np.isfinite(D.sum()):
+        k, i, j = (int(v) for v in np.argwhere(~np.isfinite(D))[0])
+        raise ValueError(
+            f"d{('K', 'Θ')[k % 2]}/d{GRAD_PARAMS[k // 2]}[{i}, {j}] = {D[k, i, j]} (params "
+            f"{params or PARAMS}): the kernel's derivative overflows there")
+    return _result(get, names, nngp, ntk), D.reshape(len(GRAD_PARAMS), 2, *nngp.shape)
+
+
 @numba.njit(parallel=True, cache=True)
 def _mirror(a):
     # Copy the upper triangle onto the lower one, in cache-friendly blocks.
@@ -892,7 +919,7 @@ def _point_phase(x, p, dtype):
 
 
 def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", device=None,
-           device_tile=None):
+           device_tile=None, grad=False):
     """NNGP and/or NTK Gram matrices of the network's output.
 
     x1: (n1, *INPUT_SHAPE); x2: (n2, *INPUT_SHAPE) or None for x1 against itself.
@@ -904,8 +931,13 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
     float32 inputs give float32 Gram matrices: the per-input phase in float64, each pair's
     arrays stored in float32 (the pointwise formulas evaluated in float64); anything else
     float64 throughout.
+    grad (modules compiled with gradients, GRAD_PARAMS not empty; ntkc.Model.kernel(grad=)
+    compiles them): returns (kernels, D), D of shape (len(GRAD_PARAMS), 2, n1, n2) with
+    D[k, 0] = ∂K/∂GRAD_PARAMS[k] and D[k, 1] = ∂Θ/∂GRAD_PARAMS[k], on the CPU.
     """
     names, device, x1, x2, symmetric, dtype = _kernel_arguments(x1, x2, get, backend, device)
+    _check_grad(grad, device)
+    D = None
     channels = INPUT_SHAPE[-1]
     a = np.ascontiguousarray(x1, dtype=np.float64).reshape(x1.shape[0], -1, channels)
     b = a if symmetric else np.ascontiguousarray(x2, dtype=np.float64).reshape(
@@ -914,16 +946,14 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
     if device == "cuda":  # the diagonal and the mirror are done there too
         nngp, ntk = _kernel_cuda(a, b, symmetric, "ntk" in names, p, dtype, device_tile)
         _check_result(nngp, ntk, params)
-        out = {"nngp": nngp, "ntk": ntk}
-        if isinstance(get, str):
-            return out[get]
-        return collections.namedtuple("Kernels", names)(*(out[n] for n in names))
+        return _result(get, names, nngp, ntk)
     if backend == "numpy":
         p1 = _point_numpy(a, p)
         p2 = p1 if symmetric else _point_numpy(b, p)
         _check_point("x1", p1, params, dtype)
         _check_point("x2", p2, params, dtype)
-        nngp, ntk = _pairs_numpy(a, b, p1, p2, p)
+        outs = _pairs_numpy(a, b, p1, p2, p)
+        nngp, ntk, D = outs[0], outs[1], (outs[2:] if grad else None)
     else:
         p1 = _point_phase(a, p, dtype)
         p2 = p1 if symmetric else _point_phase(b, p, dtype)
@@ -931,18 +961,24 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         _check_point("x2", p2, params, dtype)
         nngp = np.empty((a.shape[0], b.shape[0]), dtype)  # the pair scratch's dtype too
         ntk = np.empty_like(nngp)
-        _in_threads(_pair_rows, a.shape[0], a, b, p1, p2, p, nngp, ntk, symmetric)
+        if grad:
+            D = np.empty((2 * len(GRAD_PARAMS), *nngp.shape), dtype)
+            _in_threads(_pair_rows, a.shape[0], a, b, p1, p2, p, nngp, ntk, D, symmetric)
+        else:
+            _in_threads(_pair_rows, a.shape[0], a, b, p1, p2, p, nngp, ntk, symmetric)
         if symmetric:
-            _mirror(nngp)
-            _mirror(ntk)
+            for m in (nngp, ntk, *(D if grad else ())):
+                _mirror(m)
     if symmetric:  # the diagonal from the per-input formulas (exact at correlation 1)
         np.fill_diagonal(nngp, p1[:, DIAG_NNGP])
         np.fill_diagonal(ntk, p1[:, DIAG_NTK])
+        for k, d in enumerate(D if grad else ()):
+            np.fill_diagonal(d, p1[:, DIAG_NTK + 1 + k])
     _check_result(nngp, ntk, params)
-    out = {"nngp": nngp.astype(dtype, copy=False), "ntk": ntk.astype(dtype, copy=False)}
-    if isinstance(get, str):
-        return out[get]
-    return collections.namedtuple("Kernels", names)(*(out[n] for n in names))
+    if grad:
+        return _grad_result(get, names, nngp.astype(dtype, copy=False),
+                            ntk.astype(dtype, copy=False), np.asarray(D, dtype), params)
+    return _result(get, names, nngp.astype(dtype, copy=False), ntk.astype(dtype, copy=False))
 
 
 # Largest tile buffer, in elements per output (64 MiB float32, 128 MiB float64).

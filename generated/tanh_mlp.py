@@ -625,6 +625,31 @@ def _check_point(name, p, params, dtype=np.float64):
             + (", or pass float64" if dtype == np.float32 else ""))
 
 
+def _result(get, names, nngp, ntk):
+    out = {"nngp": nngp, "ntk": ntk}
+    if isinstance(get, str):
+        return out[get]
+    return collections.namedtuple("Kernels", names)(*(out[n] for n in names))
+
+
+def _check_grad(grad, device):
+    if grad and not GRAD_PARAMS:
+        raise ValueError("this module has no gradient kernels: call kernel(..., grad=...) "
+                         "on ntkc.load(spec), which compiles them")
+    if grad and device != "cpu":
+        raise ValueError("kernel gradients run on the CPU: pass device='cpu'")
+
+
+def _grad_result(get, names, nngp, ntk, D, params):
+    """(kernels, D as (len(GRAD_PARAMS), 2, n1, n2)): every derivative finite, or an error."""
+    if not np.isfinite(D.sum()):
+        k, i, j = (int(v) for v in np.argwhere(~np.isfinite(D))[0])
+        raise ValueError(
+            f"d{('K', 'Θ')[k % 2]}/d{GRAD_PARAMS[k // 2]}[{i}, {j}] = {D[k, i, j]} (params "
+            f"{params or PARAMS}): the kernel's derivative overflows there")
+    return _result(get, names, nngp, ntk), D.reshape(len(GRAD_PARAMS), 2, *nngp.shape)
+
+
 @numba.njit(parallel=True, cache=True)
 def _mirror(a):
     # Copy the upper triangle onto the lower one, in cache-friendly blocks.
@@ -655,11 +680,7 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
     D[k, 0] = ∂K/∂GRAD_PARAMS[k] and D[k, 1] = ∂Θ/∂GRAD_PARAMS[k], on the CPU.
     """
     names, device, x1, x2, symmetric, dtype = _kernel_arguments(x1, x2, get, backend, device)
-    if grad and not GRAD_PARAMS:
-        raise ValueError("this module has no gradient kernels: call kernel(..., grad=...) "
-                         "on ntkc.load(spec), which compiles them")
-    if grad and device != "cpu":
-        raise ValueError("kernel gradients run on the CPU: pass device='cpu'")
+    _check_grad(grad, device)
     a = x1.reshape(x1.shape[0], -1).astype(dtype, copy=False)
     b = a if symmetric else x2.reshape(x2.shape[0], -1).astype(dtype, copy=False)
     if None in INPUT_SHAPE:  # vector[*]: the recursion reads x·x'/d, with the data's d
@@ -722,21 +743,10 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         for k, d in enumerate(D if grad else ()):
             np.fill_diagonal(d, p1[:, DIAG_NTK + 1 + k])
     _check_result(nngp, ntk, params)
-    if not grad:
-        return _result(get, names, nngp, ntk)
-    if not np.isfinite(D.sum()):
-        k, i, j = (int(v) for v in np.argwhere(~np.isfinite(D))[0])
-        raise ValueError(
-            f"d{('K', 'Θ')[k % 2]}/d{GRAD_PARAMS[k // 2]}[{i}, {j}] = {D[k, i, j]} (params "
-            f"{params or PARAMS}): the kernel's derivative overflows there")
-    return _result(get, names, nngp, ntk), D.reshape(len(GRAD_PARAMS), 2, *nngp.shape)
+    if grad:
+        return _grad_result(get, names, nngp, ntk, D, params)
+    return _result(get, names, nngp, ntk)
 
-
-def _result(get, names, nngp, ntk):
-    out = {"nngp": nngp, "ntk": ntk}
-    if isinstance(get, str):
-        return out[get]
-    return collections.namedtuple("Kernels", names)(*(out[n] for n in names))
 
 
 CUDA_BLOCK = 16  # thread block edge: CUDA_BLOCK² pairs per block

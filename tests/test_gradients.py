@@ -47,6 +47,33 @@ y = dense(h2, w_std=w, b_std=b)
 output y
 """
 
+CONV_NET = """network grads_conv
+param w = 1.3
+param b = 0.2
+input x : image[5, 5, 2]
+g1 = conv(x, filter=[3, 3], padding=same, w_std=w, b_std=b)
+h1 = relu(g1)
+p1 = avg_pool(h1, window=[2, 2], stride=[1, 1])
+g2 = conv(p1, filter=[2, 2], w_std=w, b_std=b)
+h2 = erf(g2)
+f = global_avg_pool(h2)
+y = dense(f, w_std=1.0, b_std=b)
+output y
+"""
+
+CONV_STANDARD_NET = """network grads_conv_std
+parameterization standard
+param w = 1.2
+param b = 0.3
+input x : sequence[6, 2]
+g1 = conv(x, filter=[3], padding=circular, w_std=w, b_std=b, width=4)
+h1 = relu(g1)
+f = flatten(h1)
+y = dense(f, w_std=w, b_std=b)
+output y
+"""
+
+NETS = {n.split()[1]: n for n in (NTK_NET, STANDARD_NET, CONV_NET, CONV_STANDARD_NET)}
 H = 1e-3
 
 
@@ -64,21 +91,21 @@ def _difference(model, x1, x2, name, backend):
 def models(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grads")
     out = {}
-    for text in (NTK_NET, STANDARD_NET):
-        path = tmp / f"{text.split()[1]}.ntk"
+    for name, text in NETS.items():
+        path = tmp / f"{name}.ntk"
         path.write_text(text)
-        out[text.split()[1]] = ntkc.load(path)
+        out[name] = ntkc.load(path)
     return out
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("net", ["grads", "grads_std"])
+@pytest.mark.parametrize("net", list(NETS))
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 def test_gradients_match_finite_differences(models, net, backend):
     model = models[net]
     rng = np.random.default_rng(1)
-    x1 = rng.normal(size=(5, model.input_shape[0])) * 0.6
-    x2 = rng.normal(size=(4, model.input_shape[0])) * 0.6
+    x1 = rng.normal(size=(5, *model.input_shape)) * 0.6
+    x2 = rng.normal(size=(4, *model.input_shape)) * 0.6
     for b in (None, x2):
         kernels, grads = model.kernel(x1, b, grad=tuple(model.params), backend=backend)
         plain = model.kernel(x1, b, backend=backend)
@@ -111,11 +138,13 @@ def test_gradient_errors(models, tmp_path):
         model.kernel(x, grad="v")
     with pytest.raises(ValueError, match="whole matrices on the CPU"):
         model.kernel(x, grad="w", out_dir=tmp_path)
-    conv = tmp_path / "conv.ntk"
-    conv.write_text("network c\ninput x : image[4, 4, 1]\ng = conv(x, filter=[3, 3])\n"
-                    "h = relu(g)\np = flatten(h)\ny = dense(p)\noutput y\n")
-    with pytest.raises(SpecError, match="convolutional networks are not supported yet"):
-        ntkc.load(conv).kernel(np.ones((2, 4, 4, 1)), grad="w")
+    attention = tmp_path / "attention.ntk"
+    attention.write_text("network a\nparam w = 1.0\ninput x : sequence[3, 2]\n"
+                         "g = conv(x, filter=[1], w_std=w)\nh = relu(g)\n"
+                         "t = attention(h, n_heads=1, w_key_std=1.0, w_value_std=1.0, "
+                         "w_out_std=1.0, b_std=0.0)\np = flatten(t)\ny = dense(p)\noutput y\n")
+    with pytest.raises(SpecError, match="per-input matrices are not differentiated yet"):
+        ntkc.load(attention).kernel(np.ones((2, 3, 2)), grad="w")
     kinked = tmp_path / "kinked.ntk"
     kinked.write_text("network k\nparam w = 1.0\ninput x : vector[2]\ng = dense(x, w_std=w)\n"
                       "h = selu(g)\ny = dense(h)\noutput y\n")

@@ -21,6 +21,7 @@ from ..semantics.derive import Recursion
 from ..semantics.positions import POSITIONS, I
 from ..semantics.quadrature import GaussExpectation
 from ..semantics.structure import DIAG, FULL, SCALAR, analyse
+from ..semantics.tangent import output_key
 from . import matrix_stencils
 from .emit import TARGETS
 from .fast_acos import ACOS_SOURCE
@@ -84,7 +85,14 @@ class SpatialWriter(NumpyPhases):
             base = self.pslots[r.base]
             self.pslots[r.symbol] = Slot("pt", used["pt"], base.rows, base.cols, base.storage)
             used["pt"] += self.pslots[r.symbol].size()
-        self.n_point, self.n_w = used["pt"] + 2, max(used["w"], 1)
+        # the point row ends in K(x,x), Θ(x,x), then with tangents their derivatives
+        self.grad_params = [p.name for p in self.prog.params.values()
+                            if output_key("nngp", p.name) in rec.outputs]
+        self.diag_keys = ["nngp_diag", "ntk_diag"] + [
+            output_key(w, p) for p in self.grad_params for w in ("nngp_diag", "ntk_diag")]
+        self.pair_keys = ["nngp", "ntk"] + [
+            output_key(w, p) for p in self.grad_params for w in ("nngp", "ntk")]
+        self.n_point, self.n_w = used["pt"] + len(self.diag_keys), max(used["w"], 1)
         self.sslots, used = allocate(self.plans["pair"], self.structure, "pair", outputs, "s",
                                      read, blocks=True)
         self.n_s, self.n_rb = max(used["s"], 1), max(used["rb"], 1)
@@ -328,11 +336,11 @@ class SpatialWriter(NumpyPhases):
                 if targets:
                     body += self._nb_loop(targets, exprs, self.structure[stage.run[0].symbol],
                                           stage.run[0].spatial, "point", "    ")
-        outs = [self.rec.outputs["nngp_diag"], self.rec.outputs["ntk_diag"]]
+        outs = [self.rec.outputs[k] for k in self.diag_keys]
         names = {s: self._ref_nb(s, "point", SCALAR) for e in outs for s in e.free_symbols}
         pr = CpuPrinter(names, {})
-        body += [f"    pt[{self.n_point - 2}] = {pr.doprint(outs[0])}",
-                 f"    pt[{self.n_point - 1}] = {pr.doprint(outs[1])}"]
+        first = self.n_point - len(outs)
+        body += [f"    pt[{first + k}] = {pr.doprint(e)}" for k, e in enumerate(outs)]
         # pt: float64; the (x, x̃) arrays in the dtype of ``like`` (float32 inputs: float32)
         return ["@numba.njit(cache=True, nogil=True)",
                 "def _point_rows(X, params, out, like, rows):",
@@ -347,13 +355,15 @@ class SpatialWriter(NumpyPhases):
         body = []
         for group in self.plans["pair"]:
             body += self._nb_group(group, "pair")
-        outs = [self.rec.outputs["nngp"], self.rec.outputs["ntk"]]
+        outs = [self.rec.outputs[k] for k in self.pair_keys]
         names = {s: self._ref_nb(s, "pair", SCALAR) for e in outs for s in e.free_symbols}
         pr = CpuPrinter(names, {})
         body += [f"    K[_a, _b] = {pr.doprint(outs[0])}", f"    T[_a, _b] = {pr.doprint(outs[1])}"]
+        body += [f"    D[{k}, _a, _b] = {pr.doprint(e)}" for k, e in enumerate(outs[2:])]
+        grads = ", D" if self.grad_params else ""
         # s and tmp in the dtype of K: float32 or float64 (one compiled version each)
         return ["@numba.njit(cache=True, nogil=True, error_model=\"numpy\")",
-                "def _pair_rows(X1, X2, P1, P2, params, K, T, symmetric, rows):",
+                f"def _pair_rows(X1, X2, P1, P2, params, K, T{grads}, symmetric, rows):",
                 f"    s = np.full({self.n_s}, np.nan, K.dtype)  # a read before a write: NaN",
                 f"    tmp = np.empty({self.n_tmp}, K.dtype)",
                 f"    rb = np.empty({self.n_rb}, K.dtype)  # blocks of conv outputs (spatial_plan)",

@@ -32,7 +32,9 @@ def module_head(w, spec_name: str, spec_text: str, options: dict) -> list[str]:
         f"PARAMS = {params!r}",
         f"TARGETS = {w.targets!r}  # devices with kernels here; the first is the default",
         f"N_POINT = {w.n_point}",
-        "DIAG_NNGP, DIAG_NTK = N_POINT - 2, N_POINT - 1  # point slots of K(x,x), Θ(x,x)",
+        f"DIAG_NNGP = {w.n_point - len(w.diag_keys)}",
+        "DIAG_NTK = DIAG_NNGP + 1  # point slots of K(x,x), Θ(x,x); then ∂K(x,x), ∂Θ(x,x)",
+        f"GRAD_PARAMS = {tuple(w.grad_params)!r}  # by each of these: kernel(grad=True)",
         f"N_SCRATCH = {w.n_s}  # scratch entries of one pair (float32 or float64)",
         f"N_TMP = {w.n_tmp}  # entries of the stencils' row buffer",
         f"N_RB = {w.n_rb}  # entries of one pair's block buffer (conv outputs, a block of rows)",
@@ -73,7 +75,7 @@ def _point_phase(x, p, dtype):
 
 
 def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", device=None,
-           device_tile=None):
+           device_tile=None, grad=False):
     """NNGP and/or NTK Gram matrices of the network's output.
 
     x1: (n1, *INPUT_SHAPE); x2: (n2, *INPUT_SHAPE) or None for x1 against itself.
@@ -85,8 +87,13 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
     float32 inputs give float32 Gram matrices: the per-input phase in float64, each pair's
     arrays stored in float32 (the pointwise formulas evaluated in float64); anything else
     float64 throughout.
+    grad (modules compiled with gradients, GRAD_PARAMS not empty; ntkc.Model.kernel(grad=)
+    compiles them): returns (kernels, D), D of shape (len(GRAD_PARAMS), 2, n1, n2) with
+    D[k, 0] = ∂K/∂GRAD_PARAMS[k] and D[k, 1] = ∂Θ/∂GRAD_PARAMS[k], on the CPU.
     """
     names, device, x1, x2, symmetric, dtype = _kernel_arguments(x1, x2, get, backend, device)
+    _check_grad(grad, device)
+    D = None
     channels = INPUT_SHAPE[-1]
     a = np.ascontiguousarray(x1, dtype=np.float64).reshape(x1.shape[0], -1, channels)
     b = a if symmetric else np.ascontiguousarray(x2, dtype=np.float64).reshape(
@@ -95,16 +102,14 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
     if device == "cuda":  # the diagonal and the mirror are done there too
         nngp, ntk = _kernel_cuda(a, b, symmetric, "ntk" in names, p, dtype, device_tile)
         _check_result(nngp, ntk, params)
-        out = {"nngp": nngp, "ntk": ntk}
-        if isinstance(get, str):
-            return out[get]
-        return collections.namedtuple("Kernels", names)(*(out[n] for n in names))
+        return _result(get, names, nngp, ntk)
     if backend == "numpy":
         p1 = _point_numpy(a, p)
         p2 = p1 if symmetric else _point_numpy(b, p)
         _check_point("x1", p1, params, dtype)
         _check_point("x2", p2, params, dtype)
-        nngp, ntk = _pairs_numpy(a, b, p1, p2, p)
+        outs = _pairs_numpy(a, b, p1, p2, p)
+        nngp, ntk, D = outs[0], outs[1], (outs[2:] if grad else None)
     else:
         p1 = _point_phase(a, p, dtype)
         p2 = p1 if symmetric else _point_phase(b, p, dtype)
@@ -112,16 +117,22 @@ def kernel(x1, x2=None, get=("nngp", "ntk"), params=None, backend="numba", devic
         _check_point("x2", p2, params, dtype)
         nngp = np.empty((a.shape[0], b.shape[0]), dtype)  # the pair scratch's dtype too
         ntk = np.empty_like(nngp)
-        _in_threads(_pair_rows, a.shape[0], a, b, p1, p2, p, nngp, ntk, symmetric)
+        if grad:
+            D = np.empty((2 * len(GRAD_PARAMS), *nngp.shape), dtype)
+            _in_threads(_pair_rows, a.shape[0], a, b, p1, p2, p, nngp, ntk, D, symmetric)
+        else:
+            _in_threads(_pair_rows, a.shape[0], a, b, p1, p2, p, nngp, ntk, symmetric)
         if symmetric:
-            _mirror(nngp)
-            _mirror(ntk)
+            for m in (nngp, ntk, *(D if grad else ())):
+                _mirror(m)
     if symmetric:  # the diagonal from the per-input formulas (exact at correlation 1)
         np.fill_diagonal(nngp, p1[:, DIAG_NNGP])
         np.fill_diagonal(ntk, p1[:, DIAG_NTK])
+        for k, d in enumerate(D if grad else ()):
+            np.fill_diagonal(d, p1[:, DIAG_NTK + 1 + k])
     _check_result(nngp, ntk, params)
-    out = {"nngp": nngp.astype(dtype, copy=False), "ntk": ntk.astype(dtype, copy=False)}
-    if isinstance(get, str):
-        return out[get]
-    return collections.namedtuple("Kernels", names)(*(out[n] for n in names))
+    if grad:
+        return _grad_result(get, names, nngp.astype(dtype, copy=False),
+                            ntk.astype(dtype, copy=False), np.asarray(D, dtype), params)
+    return _result(get, names, nngp.astype(dtype, copy=False), ntk.astype(dtype, copy=False))
 '''

@@ -49,24 +49,25 @@ class NumpyPhases:
         src = ["def _point_numpy(X, params):",
                f"    pt = numpy.zeros((X.shape[0], {self.n_point}))", "    x = X"]
         src += self._np_phase(self.rec.point, "point")
-        for k, key in ((2, "nngp_diag"), (1, "ntk_diag")):
+        first = self.n_point - len(self.diag_keys)
+        for k, key in enumerate(self.diag_keys):
             e = self.rec.outputs[key]
             names = {s: self._ref_np(s, "point", SCALAR) for s in e.free_symbols}
-            src.append(f"    pt[:, {self.n_point - k}] = {ArrayPrinter(names, {}).doprint(e)}")
+            src.append(f"    pt[:, {first + k}] = {ArrayPrinter(names, {}).doprint(e)}")
         return src + ["    return pt", ""]
 
     def numpy_pair(self) -> list[str]:
         src = ["def _pairs_numpy(X1, X2, P1, P2, params):",
-               "    nngp = numpy.empty((X1.shape[0], X2.shape[0]))",
-               "    ntk = numpy.empty_like(nngp)",
+               f"    out = numpy.empty(({len(self.pair_keys)}, X1.shape[0], X2.shape[0]))",
+               "    # K, Θ, then ∂K, ∂Θ by each of GRAD_PARAMS",
                "    for a in range(X1.shape[0]):",
                "        x1, x2 = numpy.broadcast_to(X1[a], X2.shape), X2"]
         src += ["    " + ln for ln in self._np_phase(self.rec.pair, "pair")]
-        for key, target in (("nngp", "nngp"), ("ntk", "ntk")):
+        for k, key in enumerate(self.pair_keys):
             e = self.rec.outputs[key]
             names = {s: self._ref_np(s, "pair", SCALAR) for s in e.free_symbols}
-            src.append(f"        {target}[a] = {ArrayPrinter(names, {}).doprint(e)}")
-        return src + ["    return nngp, ntk", ""]
+            src.append(f"        out[{k}, a] = {ArrayPrinter(names, {}).doprint(e)}")
+        return src + ["    return out", ""]
 
     def _np_phase(self, assignments, phase: str) -> list[str]:
         src = []

@@ -168,7 +168,7 @@ class Model:
         ``module.TARGETS``); device_tile: rows (or (rows, cols)) per GPU tile, default
         from the free device memory.
         grad: param name(s): returns (kernels, {name: kernels' derivatives by it}), exact
-        derivatives of the recursion (ntkc.runtime.gradients), dense networks, on the CPU.
+        derivatives of the recursion (ntkc.runtime.gradients), on the CPU.
         out: a ``.zarr`` path: one Dask task per tile (default tile 1024) into a resumable
         Zarr store (ntkc.runtime.distributed; needs ``pip install 'ntkc[distributed]'``),
         returned as Dask arrays; client: a dask.distributed Client or a scheduler address

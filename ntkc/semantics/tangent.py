@@ -27,6 +27,7 @@ import sympy
 from .derive import Assignment, DeriveError, Recursion
 from .duals import Clip1
 from .quadrature import GaussExpectation, Integrand, expectation
+from .rules import STENCILS
 
 HALF = sympy.Rational(1, 2)
 
@@ -138,41 +139,66 @@ def output_key(which: str, param: str) -> str:
 
 
 def with_tangents(rec: Recursion) -> Recursion:
-    """The recursion with the tangents of every quantity and output for every param."""
-    if rec.spatial:
-        raise GradientError("kernel gradients of convolutional networks are not supported "
-                            "yet: only networks with a vector input", None)
+    """The recursion with the tangents of every quantity and output for every param.
+
+    A stencil is linear in its source, so its tangent is the same stencil of the
+    source's tangent; the input's channel sums have none. A per-input quantity's tangent
+    has the twins of its value: at x' (the pair phase reads it there) and at the copy x̃
+    (one input's covariances across positions)."""
     point, pair = list(rec.point), list(rec.pair)
     twins, names = dict(rec.twins), dict(rec.code_names)
+    twins3 = None if rec.twins3 is None else dict(rec.twins3)
     outputs = dict(rec.outputs)
     for i, p in enumerate(rec.program.params.values()):
         theta = p.symbol
         known: dict[sympy.Symbol, sympy.Expr] = {}
 
-        def define(a: Assignment, tangent: sympy.Expr, into: list[Assignment],
-                   i: int = i, theta: sympy.Symbol = theta, known: dict = known) -> None:
-            if tangent == 0:
-                known[a.symbol] = sympy.S.Zero
-                return
-            symbol = sympy.Symbol(f"∂{theta.name}{a.symbol.name}", real=True)
-            names[symbol] = f"D{i}{names[a.symbol]}"
-            into.append(dataclasses.replace(a, symbol=symbol, expr=tangent))
-            known[a.symbol] = symbol
+        def tangent_of(a: Assignment, theta: sympy.Symbol = theta,
+                       known: dict = known) -> Assignment | None:
+            st = a.stencil
+            if st is None:
+                d = _tangent(a.expr, theta, known)
+                return None if d == 0 else dataclasses.replace(
+                    a, expr=d, diag=None if a.diag is None else _tangent(a.diag, theta, known))
+            if st.operands or STENCILS[st.op].matrix:
+                raise GradientError(f"kernel gradients through '{a.line}' ({st.op}): its "
+                                    "per-input matrices are not differentiated yet", None)
+            d = sympy.S.Zero if st.source is None else known.get(st.source, sympy.S.Zero)
+            if d == 0:
+                return None
+            return dataclasses.replace(
+                a, expr=a.expr.xreplace({st.source: d}),
+                stencil=dataclasses.replace(st, source=d),
+                diag=None if a.diag is None else _tangent(a.diag, theta, known))
 
-        for a in rec.point:
-            define(a, _tangent(a.expr, theta, known), point)
-        for s in list(known):  # the twin at x' of a point quantity's tangent
-            t = known[s]
-            if t != 0:
-                twin = sympy.Symbol(f"∂{theta.name}{rec.twins[s].name}", real=True)
-                names[twin] = f"D{i}{names[rec.twins[s]]}"
-                twins[t] = twin
-                known[rec.twins[s]] = twin
-            else:
-                known[rec.twins[s]] = sympy.S.Zero
-        for a in rec.pair:
-            define(a, _tangent(a.expr, theta, known), pair)
+        def twin(s: sympy.Symbol, t: sympy.Expr, maps: list[tuple[dict, dict]],
+                 i: int = i, theta: sympy.Symbol = theta, known: dict = known) -> None:
+            for value_twins, tangent_twins in maps:
+                if s not in value_twins:
+                    continue
+                other = value_twins[s]
+                if t == 0:
+                    known[other] = sympy.S.Zero
+                    continue
+                tw = sympy.Symbol(f"∂{theta.name}{other.name}", real=True)
+                names[tw] = f"D{i}{names[other]}"
+                tangent_twins[t] = tw
+                known[other] = tw
+
+        maps = [(rec.twins, twins)] + ([(rec.twins3, twins3)] if twins3 is not None else [])
+        for phase, into in ((rec.point, point), (rec.pair, pair)):
+            for a in phase:
+                d = tangent_of(a)
+                if d is None:
+                    known[a.symbol] = sympy.S.Zero
+                else:
+                    symbol = sympy.Symbol(f"∂{theta.name}{a.symbol.name}", real=True)
+                    names[symbol] = f"D{i}{names[a.symbol]}"
+                    into.append(dataclasses.replace(d, symbol=symbol))
+                    known[a.symbol] = symbol
+                if phase is rec.point:  # a per-input quantity: its tangent's twins now
+                    twin(a.symbol, known[a.symbol], maps)
         for which in ("nngp", "ntk", "nngp_diag", "ntk_diag"):
             outputs[output_key(which, p.name)] = _tangent(rec.outputs[which], theta, known)
     return dataclasses.replace(rec, point=point, pair=pair, outputs=outputs, twins=twins,
-                               code_names=names)
+                               twins3=twins3, code_names=names)
