@@ -377,3 +377,21 @@ def test_simulator_layer_norm_matches_neural_tangents():
     all_axes = [c["layers"][0], ["layer_norm", {"axes": "all"}], *c["layers"][2:]]
     assert rel(all_axes) < 0.02
     assert rel(c["layers"][:1] + c["layers"][2:]) > 0.3
+
+
+@pytest.mark.parametrize("param", ["ntk", "standard"])
+def test_simulator_backprop_matches_finite_differences(param):
+    # mc_conv's layer_norm over the channels and over every axis: its backprop (through the
+    # mean and the variance) equals central differences of its forward pass (width 3, one
+    # draw, float64; measured ≤ 2e-10 relative)
+    from mc_conv import ConvNetwork
+    from test_monte_carlo_conv import _fd_ntk
+
+    layers = [CONV, LN_ALL, ["relu", {}],
+              ["conv", {"filter": [2, 2], "padding": "valid", "w_std": 1.1, "b_std": 0.1}],
+              ["layer_norm", {}], ["erf", {}], ["flatten", {}], READOUT]
+    x = np.random.default_rng(1).standard_normal((3, *MC_SHAPE))
+    net = ConvNetwork(layers, MC_SHAPE, 3, dtype=np.float64, parameterization=param)
+    params = net.draw_params(1, np.random.default_rng(0))
+    _, ntk, _ = net.evaluate(x, params)
+    np.testing.assert_allclose(ntk[0], _fd_ntk(net, x, params), rtol=1e-6, atol=1e-9)
