@@ -18,7 +18,7 @@ import math
 
 import sympy
 
-from .registry import Arg, ArgKind, Opening, Rule, register
+from .registry import Arg, ArgKind, FiniteForward, Opening, Rule, register
 
 
 def _normaliser(eng, node, p: int) -> sympy.Expr:
@@ -50,6 +50,16 @@ def shape_layer_norm(node, in_shapes, program):
     return in_shapes[0]
 
 
+def finite_layer_norm(jax, p, g, *, axes):
+    # (g - mean) / sqrt(var + 1e-12) over the normalised axes, as NT's LayerNorm
+    over = -1 if axes == "channels" else tuple(range(1, g.ndim))
+    mean = g.mean(axis=over, keepdims=True)
+    var = ((g - mean) ** 2).mean(axis=over, keepdims=True)
+    return (g - mean) / (var + 1e-12) ** 0.5
+
+
 LAYER_NORM = register(Rule("layer_norm", Opening.LINEAR,
                            (Arg("axes", ArgKind.CHOICE, "channels", ("channels", "all")),),
-                           1, shape_layer_norm, derive_layer_norm, needs_gaussian=True))
+                           1, shape_layer_norm, derive_layer_norm, needs_gaussian=True,
+                           finite=FiniteForward(finite_layer_norm, lambda node, program: {
+                               "axes": node.attrs["axes"]})))

@@ -108,6 +108,8 @@ class FiniteForward:
     width is chosen at init, ``init(key, width=...)``), else None. Default: c_in[0].
     same_channels: its inputs must have equal channels (lincomb, products): the codegen
     ties their widths.
+    random: forward also takes ``key``, a jax PRNG key of its own (dropout's masks), split
+    from the key apply is given: one draw per call, independent between lines.
     """
 
     forward: Callable[..., Any]
@@ -115,6 +117,7 @@ class FiniteForward:
     params: Callable[..., dict[str, tuple[tuple[Any, ...], Any]]] | None = None
     channels: Callable[..., Any] | None = None
     same_channels: bool = False
+    random: bool = False
 
 
 @dataclass(frozen=True)
