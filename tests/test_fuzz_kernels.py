@@ -88,7 +88,8 @@ def test_generator_acceptance_and_coverage():
     ops = {"vector", "sequence", "image", "dense", "w_std", "b_std", "width", "conv-valid",
            "conv-same", "conv-circular", "conv-stride", "avg_pool", "sum_pool", "pool-valid",
            "pool-same", "pool-circular", "global_avg_pool", "global_sum_pool", "flatten",
-           "lincomb", "lincomb-same-line", "concat", "layer_norm", "standard", "param-use",
+           "lincomb", "lincomb-same-line", "concat", "layer_norm", "layer_norm-all",
+           "conv", "conv_local", "standard", "param-use",
            "unused-line", "nonlin-poly2", "nonlin-cubic_p", "nonlin-my_tanh",
            *BUILTIN_NONLINS}
     assert ops <= covered, sorted(ops - covered)

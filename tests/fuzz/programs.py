@@ -4,13 +4,14 @@ One generator, two sources of randomness: ``random_program(random.Random(seed))`
 campaign (fast, reproducible by seed) and the hypothesis strategy ``programs()`` for pytest
 (derandomized, shrinkable). Both drive :func:`build` through a small chooser interface.
 
-Coverage: inputs vector/sequence/image; dense (w_std, b_std or none, width), conv (filter,
-stride, padding valid|same|circular, w_std, b_std, width), avg_pool/sum_pool (window,
-stride, padding), global_avg_pool, global_sum_pool, flatten; every builtin nonlinearity with
-random arguments; user nonlins with a closed form (polynomials) and without (tanh, sigmoid:
-dense networks only, conv networks refuse them); linear combinations (the same line twice,
-lines read by several later lines), concat, layer_norm, unused lines, params as w_std,
-b_std, coefficients and nonlinearity arguments; both parameterizations.
+Coverage: inputs vector/sequence/image; dense (w_std, b_std or none, width), conv and
+conv_local (filter, stride, padding valid|same|circular, w_std, b_std, width),
+avg_pool/sum_pool (window, stride, padding), global_avg_pool, global_sum_pool, flatten;
+every builtin nonlinearity with random arguments; user nonlins with a closed form
+(polynomials) and without (tanh, sigmoid: dense networks only, conv networks refuse them);
+linear combinations (the same line twice, lines read by several later lines), concat,
+layer_norm (axes channels or all), unused lines, params as w_std, b_std, coefficients and
+nonlinearity arguments; both parameterizations.
 
 The typing rules the generator respects (the compiler refuses the rest, see
 tests/test_spec_errors.py):
@@ -194,10 +195,12 @@ class _Gen:
         if pad != "valid" or self.c.chance(0.5):
             args += f", padding={pad}"
         self.ops.add(f"conv-{pad}")
+        op = "conv_local" if self.c.chance(0.25) else "conv"  # weights per position
+        self.ops.add(op)
         more, width = self.affine_args()
         name = self.fresh("g")
         return self.add(Line(name, out, width, True, "affine", frozenset([name])),
-                        f"conv({src.name}, {args}{more})")
+                        f"{op}({src.name}, {args}{more})")
 
     def pool(self, src: Line) -> Line | None:
         op = self.c.choice(("avg_pool", "sum_pool"))
@@ -292,9 +295,13 @@ class _Gen:
 
     def layer_norm(self, src: Line) -> Line:
         self.ops.add("layer_norm")
+        axes = ""
+        if src.spatial and self.c.chance(0.4):  # the mean variance over positions
+            axes = ", axes=all"
+            self.ops.add("layer_norm-all")
         line = Line(self.fresh("n"), src.spatial, src.channels, True, "linear", src.roots,
                     src.pool, acts=src.acts)
-        return self.add(line, f"layer_norm({src.name})")
+        return self.add(line, f"layer_norm({src.name}{axes})")
 
     def combinable(self, terms: list[Line]) -> bool:
         first = terms[0]
