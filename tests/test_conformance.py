@@ -16,22 +16,23 @@ autodiff) compared with the analytic Gram matrices on 3 inputs (float64 througho
 (a) Rate: one network's error, the RMS over networks and Gram entries of
 (kernel - analytic)/s_ij with s_ij = sqrt(analytic_ii · analytic_jj), is a fluctuation
 O(1/√n) plus a bias O(1/n), so the least-squares slope of log error on log width should be
-about -1/2: asked ≤ -0.3. Measured (S = 16, these seeds): -0.37 … -0.64 for every spec
-but fc_polynomials (-1.7: a cubic of a cubic has heavy tails that dominate at width 32,
-and they fall faster). A network that computes something else has an error that stops
+about -1/2: asked ≤ -0.3. Measured (S = 16, these seeds): -0.37 … -0.69 for every spec
+but fc_polynomials (-1.2 NNGP, -1.4 NTK: a cubic of a cubic has heavy tails that dominate
+at width 32, and they fall faster). A network that computes something else has an error that stops
 falling at the mismatch: its slope goes to 0.
 
 (b) Agreement at the largest width, per Gram entry: |mean - analytic| ≤ K·SE, with SE the
 standard error of the mean over the networks. Its std is pooled over the three widths,
 each scaled by √(n/n_max) (the fluctuation is O(1/√n)), so the SE has 45 degrees of
 freedom instead of 15. K = 6: Student's t with 45 dof exceeds 6 with probability 3e-7
-per entry, ~500 entries in all (measured: at most 3.3 SE). The O(1/n) bias is about half
+per entry, ~500 entries in all (measured: at most 3.2 SE). The O(1/n) bias is about half
 an SE at n_max or less (a deep ReLU network's bias·n is ~1-3 in units of s_ij, the SE
 ~1.5% of s_ij), and a scale wrong by 10% in any layer moves a kernel by ≫ 6 SE.
 
 Under the standard parameterization the NTK grows with the widths the spec declares
 (n_in·K per dense), so fc_standard_param is compiled with every hidden width set to n.
-The whole file runs in about a minute on 2 cores; one jit compile per spec and width.
+One jit compile per spec and width, which is most of the time: about 140 s of CPU for the
+file, two compiles at a time.
 """
 
 from __future__ import annotations
