@@ -84,7 +84,10 @@ def _summary(wall: float, timings: dict, workers: int) -> dict:
     write = sum(t[1] for t in timings.values())
     tiles = len(timings)
     return {"wall_s": wall, "tiles": tiles, "kernel_s": kernel, "write_s": write,
-            "overhead_per_tile_s": max(0.0, wall * workers - kernel - write) / tiles}
+            "overhead_per_tile_s": max(0.0, wall * workers - kernel - write) / tiles,
+            # below 1: workers waited on Dask; a slower kernel per tile with more workers
+            # at ~1 means the cores were not free (other jobs), not a scheduling cost
+            "busy": (kernel + write) / (wall * workers)}
 
 
 def report_dask(r: dict) -> str:
@@ -96,7 +99,7 @@ def report_dask(r: dict) -> str:
         lines.append(f"  {w} worker(s): {run['wall_s']:8.2f} s wall, {run['tiles']} tiles, "
                      f"kernel {run['kernel_s'] / run['tiles'] * 1e3:.1f} ms/tile, write "
                      f"{run['write_s'] / run['tiles'] * 1e3:.1f} ms/tile, overhead "
-                     f"{run['overhead_per_tile_s'] * 1e3:.1f} ms/tile")
+                     f"{run['overhead_per_tile_s'] * 1e3:.1f} ms/tile, busy {run['busy']:.1%}")
     lines += [(f"  speedup 2 workers / 1 worker: {one['wall_s'] / two['wall_s']:.2f}x; "
               f"1 worker / single process: {one['wall_s'] / r['serial_s']:.3f}"),
               (f"  small tiles ({r['small_tile']}, N={r['small_n']}, 2 workers): "
