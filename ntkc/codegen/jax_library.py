@@ -137,7 +137,7 @@ def _line_keys(key, count, lines):
 
 def _ntk(f1, f2, params):
     # Σ_θ ∂f_k(x1)/∂θ ∂f_k(x2)/∂θ averaged over the output units k; f2 None: x2 is x1
-    out2, pullback = jax.vjp(f1 if f2 is None else f2, params)
+    out2 = jax.eval_shape(f1 if f2 is None else f2, params)  # shapes only: no pass yet
     n2, k = out2.shape
     n1 = n2 if f2 is None else jax.eval_shape(f1, params).shape[0]
     size = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
@@ -147,6 +147,8 @@ def _ntk(f1, f2, params):
         terms = [jnp.einsum("ika,jka->ij", a.reshape(n1, k, -1), b.reshape(n2, k, -1))
                  for a, b in zip(jax.tree_util.tree_leaves(j1), jax.tree_util.tree_leaves(j2))]
         return sum(terms) / k
+
+    _, pullback = jax.vjp(f1 if f2 is None else f2, params)
 
     def column(cotangent):  # Θ against one output unit at one point of x2
         (tangent,) = pullback(cotangent)
