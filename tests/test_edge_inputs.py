@@ -83,8 +83,13 @@ def _params(name):
     return [pytest.param(n, marks=pytest.mark.slow) if n in CONV else n for n in name]
 
 
+def _shape(model) -> tuple[int, ...]:
+    """One input's shape; an open size (vector[*]) takes 7 features here."""
+    return tuple(7 if s is None else s for s in model.input_shape)
+
+
 def _inputs(model, n=5, seed=0) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, *model.input_shape))
+    x = np.random.default_rng(seed).standard_normal((n, *_shape(model)))
     x[0] = 0.0  # a blank input
     x[2] = x[1]  # a duplicate
     if len(model.input_shape) > 1:  # images: a zero patch
@@ -158,7 +163,7 @@ def test_relu_mlp_zero_input_closed_form(models):
     k = t = b**2
     for _ in range(4):
         k, t = w**2 * k / 2 + b**2, w**2 * k / 2 + b**2 + w**2 * t / 2
-    out = model.kernel(np.zeros((1, *model.input_shape)))
+    out = model.kernel(np.zeros((1, *_shape(model))))
     assert out.nngp[0, 0] == pytest.approx(k, rel=1e-13)
     assert out.ntk[0, 0] == pytest.approx(t, rel=1e-13)
     no_bias = model.kernel(_inputs(model), params={"b": 0.0})  # zero variances all through
@@ -172,7 +177,7 @@ def test_extreme_scales(models, spec):
     says to scale the inputs. At 1e150 saturated duals evaluate asin/acos at correlations
     rounded to ±(1 - 1e-16), ~1e-8 off (its square root): PSD to 1e-7 there."""
     model = models(spec)
-    x = np.random.default_rng(1).standard_normal((4, *model.input_shape))
+    x = np.random.default_rng(1).standard_normal((4, *_shape(model)))
     for scale, dtype in ((1e150, np.float64), (1e-150, np.float64),
                          (1e18, np.float32), (1e-18, np.float32), (1e21, np.float32)):
         xs = (x * scale).astype(dtype)

@@ -199,7 +199,7 @@ COMPILER: dict[str, Case] = {
 }
 
 
-# (3) Parameterization standard (ntkc/rules/conv.py, dense.py): weights N(0, w²/fan_in) and
+# (3) Parameterization standard (ntkc/semantics/rules/conv.py, dense.py): weights N(0, w²/fan_in) and
 # biases N(0, b²) trained directly, so Θ[conv] = C_in·F·𝒜(K[h]) + 1 + w²·𝒜(Θ[h]) grows
 # with the hidden widths (C_in: the width= of the line producing h, or the input's
 # channels; after flatten, a dense's fan-in is P·C). Each spec is compiled with width = n
