@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 import pytest
+from checks import assert_spec_error
 from mc_networks import _builtin_phi
 from scipy import integrate
 
@@ -185,13 +186,7 @@ HEAD = "network t\ninput x : vector[3]\ng = dense(x)\n"
     (HEAD + "h = silu()\noutput h\n", "4:5", "silu needs an input line"),
 ])
 def test_spec_errors(text, where, message):
-    with pytest.raises(SpecError) as e:
-        compile_text(text, "t.ntk")
-    lines = str(e.value).splitlines()
-    assert lines[0].startswith(f"t.ntk:{where}: error: ") and message in lines[0], lines
-    line, col = map(int, where.split(":"))
-    assert lines[1].strip() == text.splitlines()[line - 1].strip()
-    assert lines[2].index("^") == 4 + col - 1
+    assert_spec_error(text, where, message)
 
 
 def test_show_names_the_expectations():

@@ -23,11 +23,10 @@ import re
 
 import numpy as np
 import pytest
+from checks import assert_matches_oracle, assert_spec_error, load_text
 from oracle import oracle_kernels
 
-import ntkc
 from ntkc.compiler import compile_text
-from ntkc.errors import SpecError
 from ntkc.show import show
 
 DENSE = "network d\ninput x : vector[3]\ng = dense(x, w_std=1.3, b_std=0.2)\nh = relu(g)\n"
@@ -61,27 +60,16 @@ def _inputs(name: str, n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape)
 
 
-def _load(tmp_path, text: str, stem: str = "net"):
-    path = tmp_path / f"{stem}.ntk"
-    path.write_text(text)
-    return ntkc.load(path)
-
-
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("name", list(PROGRAMS))
 def test_against_oracle(tmp_path, name, backend):
     if backend == "numba" and name not in NUMBA:
         pytest.skip("numba: only the programs in NUMBA (compile time)")
     x1, x2 = _inputs(name, 4, 1), _inputs(name, 3, 2)
-    want = oracle_kernels(PROGRAMS[name], x1, x2)
-    model = _load(tmp_path, PROGRAMS[name])
-    k12, k11 = model.kernel(x1, x2, backend=backend), model.kernel(x1, backend=backend)
-    for which in ("nngp", "ntk"):
-        for got, ref in ((getattr(k12, which), want[which]),
-                         (getattr(k11, which), want[which + "_gram1"])):
-            np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12 * np.abs(ref).max(),
-                                       err_msg=f"{name} {which}")
+    model = load_text(tmp_path, PROGRAMS[name])
+    assert_matches_oracle(model, PROGRAMS[name], x1, x2, backend, name)
     # and dropout did move them: the same program with d = h instead differs
+    want = oracle_kernels(PROGRAMS[name], x1, x2)
     plain = oracle_kernels(re.sub(r"dropout\((\w+), rate=[0-9.]+\)", r"\1", PROGRAMS[name]),
                            x1, x2)
     assert np.abs(plain["ntk_gram1"] - want["ntk_gram1"]).max() > 1e-3 * np.abs(
@@ -91,12 +79,12 @@ def test_against_oracle(tmp_path, name, backend):
 def test_spatial_against_dropout_free_kernels(tmp_path):
     keep, positions = 0.7, 4 * 3
     x = _inputs("gap", 5, 3)
-    net = _load(tmp_path, PROGRAMS["gap"], "gap_dropout").kernel(x, backend="numpy")
+    net = load_text(tmp_path, PROGRAMS["gap"], "gap_dropout").kernel(x, backend="numpy")
     plain = {}
     for readout in ("global_avg_pool", "flatten"):
         text = PROGRAMS["gap"].replace("d = dropout(h, rate=0.7)\n", "").replace(
             "global_avg_pool(d)", f"{readout}(h)")
-        plain[readout] = _load(tmp_path, text, readout).kernel(x, backend="numpy")
+        plain[readout] = load_text(tmp_path, text, readout).kernel(x, backend="numpy")
     off = ~np.eye(len(x), dtype=bool)
     for which in ("nngp", "ntk"):
         got, gap = getattr(net, which), getattr(plain["global_avg_pool"], which)
@@ -114,7 +102,7 @@ def test_x2_given(tmp_path):
     same array object (kernel(x, x)) is x2=None, the Gram, in both."""
     text = PROGRAMS["residual_concat"]
     x = _inputs("residual_concat", 4, 5)
-    model = _load(tmp_path, text)
+    model = load_text(tmp_path, text)
     gram, same, copy = model.kernel(x), model.kernel(x, x), model.kernel(x, x.copy())
     want = oracle_kernels(text, x, x.copy())
     for which in ("nngp", "ntk"):
@@ -146,13 +134,7 @@ HEAD = DENSE + "d = dropout(h, rate=0.5)\n"
       "or layer_norm of one); 'd' is the output of dropout (line 5)")),
 ])
 def test_spec_errors(text, where, message):
-    with pytest.raises(SpecError) as e:
-        compile_text(text, "t.ntk")
-    lines = str(e.value).splitlines()
-    assert lines[0].startswith(f"t.ntk:{where}: error: ") and message in lines[0], lines
-    line, col = map(int, where.split(":"))
-    assert lines[1].strip() == text.splitlines()[line - 1].strip()
-    assert lines[2].index("^") == 4 + col - 1
+    assert_spec_error(text, where, message)
 
 
 def test_show():

@@ -20,12 +20,12 @@ import hashlib
 
 import numpy as np
 import pytest
+from checks import assert_spec_error
 from mc_conv import tap_table
 from oracle import oracle_kernels
 
 import ntkc
-from ntkc.compiler import compile_file, compile_text
-from ntkc.errors import SpecError
+from ntkc.compiler import compile_file
 from ntkc.frontend import program_from_text
 from ntkc.semantics.derive import derive
 from ntkc.semantics.structure import analyse, line_structure
@@ -238,13 +238,7 @@ ERRORS = [
 
 @pytest.mark.parametrize("text, where, message", ERRORS)
 def test_spec_errors(text, where, message):
-    with pytest.raises(SpecError) as e:
-        compile_text(text, "t.ntk")
-    report = str(e.value).splitlines()
-    assert report[0].startswith(f"t.ntk:{where}: error: ") and message in report[0], report
-    line, col = map(int, where.split(":"))
-    assert report[1].strip() == text.splitlines()[line - 1].strip()
-    assert report[2].index("^") == 4 + col - 1
+    assert_spec_error(text, where, message)
 
 
 @pytest.mark.slow

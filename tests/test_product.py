@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from oracle import oracle_kernels
+from checks import assert_matches_oracle, assert_spec_error, load_text
 
-import ntkc
 from ntkc.compiler import compile_text
-from ntkc.errors import SpecError
 from ntkc.show import show
 
 DENSE = ("network d\ninput x : vector[3]\ng1 = dense(x, w_std=1.3, b_std=0.2)\n"
@@ -58,35 +56,23 @@ def _inputs(name: str, n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape)
 
 
-def _load(tmp_path, text: str, stem: str = "net"):
-    path = tmp_path / f"{stem}.ntk"
-    path.write_text(text)
-    return ntkc.load(path)
-
-
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("name", list(PROGRAMS))
 def test_against_oracle(tmp_path, name, backend):
     if backend == "numba" and name not in NUMBA:
         pytest.skip("numba: only the programs in NUMBA (compile time)")
-    x1, x2 = _inputs(name, 4, 1), _inputs(name, 3, 2)
-    want = oracle_kernels(PROGRAMS[name], x1, x2)
-    model = _load(tmp_path, PROGRAMS[name])
-    k12, k11 = model.kernel(x1, x2, backend=backend), model.kernel(x1, backend=backend)
-    for which in ("nngp", "ntk"):
-        for got, ref in ((getattr(k12, which), want[which]),
-                         (getattr(k11, which), want[which + "_gram1"])):
-            np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12 * np.abs(ref).max(),
-                                       err_msg=f"{name} {which}")
+    model = load_text(tmp_path, PROGRAMS[name])
+    assert_matches_oracle(model, PROGRAMS[name], _inputs(name, 4, 1), _inputs(name, 3, 2),
+                          backend, name)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_square_is_monomial(tmp_path, backend):
     x = np.random.default_rng(3).standard_normal((6, 3))
     tail = "y = dense(p, w_std=1.1, b_std=0.2)\noutput y\n"
-    square = _load(tmp_path, DENSE + "p = g1 * g1\n" + tail, "square").kernel(x, x[:4],
+    square = load_text(tmp_path, DENSE + "p = g1 * g1\n" + tail, "square").kernel(x, x[:4],
                                                                               backend=backend)
-    mono = _load(tmp_path, DENSE + "p = monomial(g1, degree=2)\n" + tail, "mono").kernel(
+    mono = load_text(tmp_path, DENSE + "p = monomial(g1, degree=2)\n" + tail, "mono").kernel(
         x, x[:4], backend=backend)
     for a, b in zip(square, mono):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
@@ -121,13 +107,7 @@ HEAD = DENSE + "h = relu(g1)\n"
      "cannot multiply 'g' of shape [2, 2, ?] and 'f' of shape [4, 4, ?]"),
 ])
 def test_spec_errors(text, where, message):
-    with pytest.raises(SpecError) as e:
-        compile_text(text, "t.ntk")
-    lines = str(e.value).splitlines()
-    assert lines[0].startswith(f"t.ntk:{where}: error: ") and message in lines[0], lines
-    line, col = map(int, where.split(":"))
-    assert lines[1].strip() == text.splitlines()[line - 1].strip()
-    assert lines[2].index("^") == 4 + col - 1
+    assert_spec_error(text, where, message)
 
 
 def test_show():
