@@ -186,8 +186,9 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
 class Kernel(gp_kernels.Kernel):
     """A network's NNGP (``get="nngp"``) or NTK as a scikit-learn GP kernel.
 
-    Its hyperparameters are the spec's params (``params`` overrides their defaults),
-    optimised on a log scale within ``param_bounds``, as scikit-learn's kernels are; the
+    Its hyperparameters are the spec's positive params (``params`` overrides their
+    defaults; others stay fixed), optimised on a log scale within ``param_bounds``, as
+    scikit-learn's kernels are; the
     gradient is exact (ntkc.semantics.tangent), so GaussianProcessRegressor's L-BFGS
     needs no finite differences. Rows of X are reshaped to the spec's input."""
 
@@ -221,8 +222,9 @@ class Kernel(gp_kernels.Kernel):
 
     @property
     def hyperparameters(self) -> list[gp_kernels.Hyperparameter]:
-        return [gp_kernels.Hyperparameter(name, "numeric", self.param_bounds)
-                for name in _model(self.spec).params]
+        # on a log scale, so a param that is not positive is held fixed at its value
+        return [gp_kernels.Hyperparameter(name, "numeric", self.param_bounds, fixed=value <= 0)
+                for name, value in self._values().items()]
 
     def _inputs(self, X: Any) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
@@ -237,7 +239,9 @@ class Kernel(gp_kernels.Kernel):
             return model.kernel(x1, x2, get=self.get, params=values)
         if Y is not None:
             raise ValueError("the gradient is only available for Y=None (scikit-learn's rule)")
-        names = list(values)
+        names = [h.name for h in self.hyperparameters if not h.fixed]
+        if not names:
+            return model.kernel(x1, get=self.get, params=values), np.empty((len(x1),) * 2 + (0,))
         k, grads = model.kernel(x1, get=self.get, params=values, grad=tuple(names))
         # theta is log(value): dK/dlog θ = θ·dK/dθ
         gradient = np.stack([values[n] * grads[n] for n in names], axis=-1)
