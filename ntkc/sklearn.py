@@ -57,6 +57,17 @@ def _model(spec: str | Path | None) -> Model:
     return _MODELS[key]
 
 
+def _as_spec_input(X: np.ndarray, spec: str | Path | None) -> np.ndarray:
+    """Rows of flattened inputs (n, features) in the spec's input shape."""
+    shape = _model(spec).input_shape
+    if None in shape:  # vector[*]: any number of features
+        return X
+    if X.shape[1] != math.prod(shape):
+        raise ValueError(f"X has {X.shape[1]} features, but the spec's input is "
+                         f"{shape} ({math.prod(shape)} features per row)")
+    return X.reshape(X.shape[0], *shape)
+
+
 class _NTKEstimator(BaseEstimator):
     """What the regressor and the classifier share: params, input shapes, fitting."""
 
@@ -98,13 +109,7 @@ class _NTKEstimator(BaseEstimator):
     # -- data --------------------------------------------------------------------------
     def _inputs(self, X: Any, reset: bool) -> np.ndarray:
         X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
-        shape = _model(self.spec).input_shape
-        if None in shape:  # vector[*]: any number of features
-            return X
-        if X.shape[1] != math.prod(shape):
-            raise ValueError(f"X has {X.shape[1]} features, but the spec's input is "
-                             f"{shape} ({math.prod(shape)} features per row)")
-        return X.reshape(X.shape[0], *shape)
+        return _as_spec_input(X, self.spec)
 
     def _fit(self, X: Any, targets: np.ndarray) -> None:
         x = self._inputs(X, reset=True)
@@ -227,9 +232,7 @@ class Kernel(gp_kernels.Kernel):
                 for name, value in self._values().items()]
 
     def _inputs(self, X: Any) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float64)
-        shape = _model(self.spec).input_shape
-        return X if None in shape else X.reshape(X.shape[0], *shape)
+        return _as_spec_input(np.asarray(X, dtype=np.float64), self.spec)
 
     def __call__(self, X: Any, Y: Any = None, eval_gradient: bool = False) -> Any:
         model, values = _model(self.spec), self._values()

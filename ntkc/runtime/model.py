@@ -315,11 +315,7 @@ class Model:
         else:  # a generated module: its spec, recorded relative to it
             spec = Path(self.module.__file__).parent / self.module.SPEC_FILE
             text, filename = spec.read_text(), spec.as_posix()
-        source = compile_finite(text, filename).encode()
-        cached = cache_dir() / f"{self.network}_jax_{hashlib.sha256(source).hexdigest()[:16]}.py"
-        if not cached.exists():
-            _write_atomically(cached, source)
-        return import_module_file(cached)
+        return load_source(compile_finite(text, filename), f"{self.network}_jax")
 
     def monte_carlo_kernel(self, x1, x2=None, width: int | dict[str, int] = 512,
                            n_samples: int = 16, seed: int = 0,
@@ -364,12 +360,7 @@ def load(path: str | Path, quad_degree: int = DEFAULT_DEGREE, target: str = "all
                     f"regenerate it with `ntkc compile {spec}`")
         return Model(module)
     compiled = compile_file(path, quad_degree=quad_degree, target=target)
-    source = compiled.source.encode()
-    sha = hashlib.sha256(source).hexdigest()[:16]
-    cached = cache_dir() / f"{compiled.program.network}_{sha}.py"
-    if not cached.exists():
-        _write_atomically(cached, source)
-    return Model(import_module_file(cached), compiled)
+    return Model(load_source(compiled.source, compiled.program.network), compiled)
 
 
 def load_source(source: str, stem: str) -> ModuleType:
