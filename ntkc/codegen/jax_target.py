@@ -31,6 +31,7 @@ from .._version import __version__
 from ..errors import Diagnostic, SpecError
 from ..frontend import program_from_text
 from ..ir import Node, Program
+from ..semantics.duals import as_expr
 from ..semantics.rules import RULES, Opening
 from ..semantics.rules.registry import FiniteForward
 from .driver_template import comment, identifier
@@ -140,7 +141,7 @@ class JaxWriter:
                     self._tie(node, c_in[0].xreplace(self.ties), c.xreplace(self.ties))
                 c_in = [c.xreplace(self.ties) for c in c_in]
             width = self.width_of.get(node.name)
-            chans[node.name] = sympy.sympify(
+            chans[node.name] = as_expr(
                 finite.channels(node, prog, c_in, width) if finite.channels else c_in[0])
         for _ in range(len(self.ties) + 1):  # resolve ties of ties
             self.ties = {s: e.xreplace(self.ties) for s, e in self.ties.items()}
@@ -228,7 +229,7 @@ class JaxWriter:
                                          if any(d[0] == n for d in draws)) + "}",
         ]
         for k, (line, name, (_, std)) in enumerate(draws):
-            std = sympy.sympify(std)
+            std = as_expr(std)
             scaled = f"z[{k}]" if std == 1 else f"{self.literal(std)} * z[{k}]"
             body.append(f"    params[{line!r}][{identifier(name)!r}] = {scaled}")
         return [*body, "    return params"]
